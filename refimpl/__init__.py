@@ -1,0 +1,1 @@
+"""The reference router for llama-server router mode."""

@@ -1,0 +1,70 @@
+"""Commands: everything the router core asks its driver to do. Each ``repr`` is valid Python."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+
+@dataclass(frozen=True, slots=True)
+class Spawn:
+    """Start a child process for ``model``; later events name it by ``instance``."""
+
+    instance: int
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendExit:
+    """Write the exit command to the child's stdin (graceful stop)."""
+
+    instance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """Force-kill the child (it is still LOADING, or ignored the exit command)."""
+
+    instance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Proxy request ``req`` to the child ``instance`` of ``model``."""
+
+    req: int
+    model: str
+    instance: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer ``req`` directly. ``kind`` names the reason (see ``core.errors``)."""
+
+    req: int
+    status: int
+    kind: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Send an event to ``/models/sse`` subscribers."""
+
+    model: str
+    event: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return f"Publish(model={self.model!r}, event={self.event!r}, data={self.data!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    """A line for the router's log: child output (prefixed by the driver) or a rejection."""
+
+    instance: int
+    text: str
+
+
+Command = Union[Spawn, SendExit, Kill, Forward, Reply, Publish, Log]

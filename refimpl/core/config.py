@@ -1,0 +1,80 @@
+"""What the router core is configured with: the models it knows and its limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Mapping
+
+from .mutants import check_mutants
+
+POLICIES = ("fifo", "naive-lru", "drain-timeout")
+DEFAULT_POLICY = "fifo"
+
+
+def _frozen(mapping: Mapping[str, int]) -> Mapping[str, int]:
+    return MappingProxyType(dict(mapping))
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One model the router can load.
+
+    ``memory`` is the model's need in bytes per device, estimated before its first load; a device it
+    does not name costs it nothing.
+    """
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    memory: Mapping[str, int] = field(default_factory=dict)
+    stop_timeout: float = 10.0
+    load_on_startup: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "memory", _frozen(self.memory))
+        if self.stop_timeout < 0:
+            raise ValueError(f"model {self.name!r}: stop_timeout must be >= 0")
+        if any(v < 0 for v in self.memory.values()):
+            raise ValueError(f"model {self.name!r}: memory needs must be >= 0")
+
+    def __repr__(self) -> str:
+        return (f"ModelSpec(name={self.name!r}, aliases={self.aliases!r}, "
+                f"memory={dict(self.memory)!r}, stop_timeout={self.stop_timeout!r}, "
+                f"load_on_startup={self.load_on_startup!r})")
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """Limits and policy. ``models_max`` 0 means unlimited; ``devices`` empty means no budget.
+
+    ``devices`` maps a device name to the bytes available to models on it (free memory at start
+    minus the margin). ``drain_timeout`` is used only by the ``drain-timeout`` policy.
+    """
+
+    models: tuple[ModelSpec, ...]
+    models_max: int = 4
+    devices: Mapping[str, int] = field(default_factory=dict)
+    autoload: bool = True
+    policy: str = DEFAULT_POLICY
+    drain_timeout: float = 30.0
+    mutants: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "devices", _frozen(self.devices))
+        object.__setattr__(self, "mutants", check_mutants(frozenset(self.mutants)))
+        if self.models_max < 0:
+            raise ValueError("models_max must be >= 0 (0 means unlimited)")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; known: {', '.join(POLICIES)}")
+        names: set[str] = set()
+        for spec in self.models:
+            for name in (spec.name, *spec.aliases):
+                if name in names:
+                    raise ValueError(f"model name or alias {name!r} is used twice")
+                names.add(name)
+
+    def __repr__(self) -> str:
+        return (f"RouterConfig(models={self.models!r}, models_max={self.models_max!r}, "
+                f"devices={dict(self.devices)!r}, autoload={self.autoload!r}, "
+                f"policy={self.policy!r}, drain_timeout={self.drain_timeout!r}, "
+                f"mutants={self.mutants!r})")

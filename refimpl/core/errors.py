@@ -1,0 +1,11 @@
+"""The ``kind`` of each ``Reply`` the core gives: one name per reason, shared by every driver."""
+
+OK = "ok"
+INVALID_REQUEST = "invalid_request_error"
+MODEL_NOT_FOUND = "model_not_found"
+MODEL_NOT_LOADED = "model_not_loaded"
+ALREADY_RUNNING = "model_already_running"
+NOT_RUNNING = "model_not_running"
+LOAD_FAILED = "model_load_failed"
+INSUFFICIENT_MEMORY = "insufficient_memory"
+LIMIT_REACHED = "model_limit_reached"  # only the Z10 mutant gives it: capacity must queue

@@ -1,0 +1,378 @@
+"""The router core: events in, commands out, time passed in. No I/O, no clock, no randomness.
+
+Both the live router and the simulator drive this one class. ``handle(event, now)`` returns the
+commands that the event calls for; ``next_timer()`` says when the core next wants ``TimerFired``.
+
+State kept here, per model: its status, its current child (an *instance*; at most one per model,
+a new one only after the old one has exited), and the requests that hold a reference to it
+(waiting for its load or forwarded to it). Requests for a model with no usable child wait in the
+scheduler's FIFO queue, one entry per model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import errors
+from .commands import Command, Forward, Kill, Log, Publish, Reply, SendExit, Spawn
+from .config import ModelSpec, RouterConfig
+from .events import (ChildExited, ChildOutput, ClientGone, Event, LoadAsked, RequestArrived,
+                     ResponseEnded, RouterStarted, TimerFired, UnloadAsked)
+from .lifecycle import Status, check_transition
+from .protocol import (LineReader, LoadingState, LogLine, Overlong, ReadyState, Rejection,
+                       SleepingState, parse_line)
+from .scheduler import Scheduler
+
+
+@dataclass(slots=True)
+class Instance:
+    """One child process. It counts against the limits from spawn until it has exited."""
+
+    id: int
+    model: str
+    reader: LineReader = field(default_factory=LineReader)
+    ready: bool = False
+    stopping: bool = False  # the router sent it exit or kill
+    asked_by_api: bool = False  # the stop came from /models/unload, not an eviction
+    kill_at: float | None = None
+
+
+@dataclass(slots=True)
+class Model:
+    spec: ModelSpec
+    status: Status = Status.UNLOADED
+    instance: Instance | None = None
+    last_used: float = 0.0
+    waiters: list[int] = field(default_factory=list)  # waiting for the current load
+    forwarded: set[int] = field(default_factory=set)  # in flight on the current child
+    exit_code: int | None = None
+    failed: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiters) or bool(self.forwarded)
+
+    @property
+    def usable(self) -> bool:
+        """Has a child that new requests may be sent or coalesced to."""
+        return self.instance is not None and not self.instance.stopping
+
+
+@dataclass(slots=True)
+class Request:
+    req: int
+    model: str
+    phase: str  # "queued" | "waiting" | "forwarded"
+
+
+class RouterCore:
+    """The sans-IO router. See the module docstring."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.mutants = config.mutants
+        self.models: dict[str, Model] = {}
+        self.names: dict[str, str] = {}  # name or alias -> model name
+        for spec in config.models:
+            self.add_model(spec)
+        self.instances: dict[int, Instance] = {}  # alive children, stopping ones included
+        self.requests: dict[int, Request] = {}
+        self.scheduler = Scheduler(self)
+        self._next_instance = 1
+
+    # -- registry ----------------------------------------------------------------------------
+
+    def add_model(self, spec: ModelSpec) -> None:
+        for name in (spec.name, *spec.aliases):
+            owner = self.names.get(name)
+            if owner is not None and owner != spec.name:
+                raise ValueError(f"name {name!r} already belongs to model {owner!r}")
+        self.models[spec.name] = Model(spec)
+        for name in (spec.name, *spec.aliases):
+            self.names[name] = spec.name
+
+    def resolve(self, name: str | None) -> str | None:
+        return None if name is None else self.names.get(name)
+
+    # -- the two entry points ----------------------------------------------------------------
+
+    def next_timer(self) -> float | None:
+        deadlines = [i.kill_at for i in self.instances.values() if i.kill_at is not None]
+        drain = self.scheduler.drain_deadline
+        if drain is not None:
+            deadlines.append(drain)
+        return min(deadlines) if deadlines else None
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        out: list[Command] = []
+        if isinstance(event, RequestArrived):
+            self._on_request(event, now, out)
+        elif isinstance(event, ResponseEnded):
+            self._release(event.req, now, out)
+        elif isinstance(event, ClientGone):
+            self._on_client_gone(event.req, now, out)
+        elif isinstance(event, ChildOutput):
+            self._on_output(event.instance, event.data, now, out)
+        elif isinstance(event, ChildExited):
+            self._on_exit(event.instance, event.code, now, out)
+        elif isinstance(event, TimerFired):
+            self._on_timer(now, out)
+        elif isinstance(event, LoadAsked):
+            self._on_load_asked(event, now, out)
+        elif isinstance(event, UnloadAsked):
+            self._on_unload_asked(event, now, out)
+        elif isinstance(event, RouterStarted):
+            for model in self.models.values():
+                if model.spec.load_on_startup and model.status is Status.UNLOADED:
+                    self.scheduler.enqueue(model.spec.name, None)
+            self.scheduler.run(now, out)
+        else:  # pragma: no cover - the Event union is closed
+            raise TypeError(f"not an event: {event!r}")
+        return out
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _on_request(self, event: RequestArrived, now: float, out: list[Command]) -> None:
+        req = event.req
+        if event.model is None or event.model == "":
+            out.append(Reply(req, 400, errors.INVALID_REQUEST, "the request names no model"))
+            return
+        name = self.resolve(event.model)
+        if name is None:
+            out.append(Reply(req, 400, errors.MODEL_NOT_FOUND,
+                             f"model {event.model!r} not found"))
+            return
+        model = self.models[name]
+        inst = model.instance
+        if inst is not None and (not inst.stopping or "Z9" in self.mutants):
+            if model.status is Status.LOADING:
+                self.requests[req] = Request(req, name, "waiting")
+                model.waiters.append(req)
+            else:
+                self.forward(req, model, now, out)
+            return
+        autoload = self.config.autoload if event.autoload is None else event.autoload
+        if not autoload:
+            out.append(Reply(req, 400, errors.MODEL_NOT_LOADED,
+                             f"model {name!r} is not loaded"))
+            return
+        self.requests[req] = Request(req, name, "queued")
+        self.scheduler.enqueue(name, req)
+        self.scheduler.run(now, out, arrival=True)
+
+    def forward(self, req: int, model: Model, now: float, out: list[Command]) -> None:
+        assert model.instance is not None
+        self.requests[req] = Request(req, model.spec.name, "forwarded")
+        model.forwarded.add(req)
+        model.last_used = now
+        out.append(Forward(req, model.spec.name, model.instance.id))
+
+    def _release(self, req: int, now: float, out: list[Command]) -> None:
+        """The response of ``req`` ended: drop its reference, then see what the queue needs."""
+        request = self.requests.pop(req, None)
+        if request is None:
+            return
+        model = self.models[request.model]
+        model.forwarded.discard(req)
+        model.last_used = now
+        self.scheduler.run(now, out)
+
+    def _on_client_gone(self, req: int, now: float, out: list[Command]) -> None:
+        request = self.requests.get(req)
+        if request is None:
+            return
+        if request.phase == "queued":
+            del self.requests[req]
+            self.scheduler.dequeue(request.model, req)
+        elif request.phase == "waiting":
+            del self.requests[req]
+            self.models[request.model].waiters.remove(req)
+        else:
+            self._release(req, now, out)
+            return
+        self.scheduler.run(now, out)
+
+    def join(self, model: Model, reqs: list[int], now: float, out: list[Command]) -> None:
+        """Queued requests join the model's child: wait for its load, or go to it now."""
+        for req in reqs:
+            if model.status is Status.LOADING:
+                self.requests[req] = Request(req, model.spec.name, "waiting")
+                model.waiters.append(req)
+            else:
+                self.forward(req, model, now, out)
+
+    def fail_waiters(self, reqs: list[int], status: int, kind: str, message: str,
+                     out: list[Command]) -> None:
+        for req in reqs:
+            self.requests.pop(req, None)
+            out.append(Reply(req, status, kind, message))
+
+    # -- the HTTP API ------------------------------------------------------------------------
+
+    def _on_load_asked(self, event: LoadAsked, now: float, out: list[Command]) -> None:
+        name = self.resolve(event.model)
+        if name is None:
+            out.append(Reply(event.req, 404, errors.MODEL_NOT_FOUND,
+                             f"model {event.model!r} not found"))
+            return
+        model = self.models[name]
+        if model.usable:
+            out.append(Reply(event.req, 400, errors.ALREADY_RUNNING,
+                             f"model {name!r} is already running"))
+            return
+        self.scheduler.enqueue(name, None)
+        out.append(Reply(event.req, 200, errors.OK))
+        self.scheduler.run(now, out, arrival=True)
+
+    def _on_unload_asked(self, event: UnloadAsked, now: float, out: list[Command]) -> None:
+        name = self.resolve(event.model)
+        model = self.models.get(name) if name is not None else None
+        if model is None or model.instance is None:
+            out.append(Reply(event.req, 400, errors.NOT_RUNNING,
+                             f"model {event.model!r} is not running"))
+            return
+        model.instance.asked_by_api = model.instance.asked_by_api or not model.instance.stopping
+        self.stop(model, now, out)
+        out.append(Reply(event.req, 200, errors.OK))
+
+    # -- children ----------------------------------------------------------------------------
+
+    def spawn(self, model: Model, now: float, out: list[Command]) -> None:
+        inst = Instance(self._next_instance, model.spec.name)
+        self._next_instance += 1
+        self.instances[inst.id] = inst
+        self._set_status(model, Status.LOADING, out)
+        model.instance = inst
+        model.exit_code = None
+        model.failed = False
+        out.append(Spawn(inst.id, model.spec.name))
+
+    def stop(self, model: Model, now: float, out: list[Command]) -> None:
+        """Stop the model's child: kill it at once while LOADING, else ask it to exit."""
+        inst = model.instance
+        if inst is None or inst.stopping:
+            return
+        inst.stopping = True
+        if model.status is Status.LOADING and "Z6" not in self.mutants:
+            out.append(Kill(inst.id))
+        else:
+            out.append(SendExit(inst.id))
+            inst.kill_at = now + model.spec.stop_timeout
+
+    def _on_output(self, instance: int, data: bytes, now: float, out: list[Command]) -> None:
+        inst = self.instances.get(instance)
+        if inst is None:
+            return
+        for line in inst.reader.feed(data):
+            self._on_line(inst, line, now, out)
+
+    def _on_line(self, inst: Instance, line: bytes | Overlong, now: float,
+                 out: list[Command]) -> None:
+        parsed = parse_line(line)
+        model = self.models[inst.model]
+        if isinstance(parsed, LogLine):
+            out.append(Log(inst.id, parsed.text))
+        elif isinstance(parsed, Rejection):
+            if "Z14" in self.mutants and parsed.reason.startswith("unknown state"):
+                raise RuntimeError(f"router abort: {parsed.reason}")
+            out.append(Log(inst.id, f"ignored child message: {parsed.reason}"))
+        elif isinstance(parsed, LoadingState):
+            if model.status is Status.LOADING:
+                data: dict[str, Any] = {"status": Status.LOADING.value}
+                if parsed.progress is not None:
+                    p = parsed.progress
+                    data["progress"] = {"stages": list(p.stages), "current": p.current,
+                                        "value": p.value}
+                out.append(Publish(model.spec.name, "status_change", data))
+            else:
+                out.append(Log(inst.id, f"ignored 'loading' while {model.status.value}"))
+        elif isinstance(parsed, ReadyState):
+            self._on_ready(inst, model, parsed, now, out)
+        elif isinstance(parsed, SleepingState):
+            if model.status is Status.LOADED:
+                self._set_status(model, Status.SLEEPING, out)
+            else:
+                out.append(Log(inst.id, f"ignored 'sleeping' while {model.status.value}"))
+        else:
+            out.append(Log(inst.id, f"ignored download message from a model child: {parsed!r}"))
+
+    def _on_ready(self, inst: Instance, model: Model, msg: ReadyState, now: float,
+                  out: list[Command]) -> None:
+        if model.status is Status.LOADED:
+            out.append(Log(inst.id, "ignored 'ready' while loaded"))
+            return
+        first = model.status is Status.LOADING
+        if first:
+            model.info = dict(msg.info)
+        self._set_status(model, Status.LOADED, out, info=model.info if first else None)
+        inst.ready = True
+        model.last_used = now
+        if not first:
+            return
+        if "Z1" in self.mutants:
+            # The bug: the waiters are dispatched after the scheduler ran, and held no reference.
+            waiters, model.waiters = model.waiters, []
+            self.scheduler.run(now, out)
+            for req in waiters:
+                self._dispatch_again(req, model, now, out)
+            return
+        waiters, model.waiters = model.waiters, []
+        if inst.stopping:
+            for req in waiters:
+                self._dispatch_again(req, model, now, out)
+        else:
+            for req in waiters:
+                self.forward(req, model, now, out)
+        self.scheduler.run(now, out)
+
+    def _dispatch_again(self, req: int, model: Model, now: float, out: list[Command]) -> None:
+        """Send ``req`` to its model's child if usable, else back into the queue."""
+        del self.requests[req]
+        if model.usable:
+            self.forward(req, model, now, out)
+        else:
+            self.requests[req] = Request(req, model.spec.name, "queued")
+            self.scheduler.enqueue(model.spec.name, req)
+
+    def _on_exit(self, instance: int, code: int, now: float, out: list[Command]) -> None:
+        inst = self.instances.pop(instance, None)
+        if inst is None:
+            return
+        for line in inst.reader.finish():
+            self._on_line(inst, line, now, out)
+        model = self.models[inst.model]
+        if model.instance is not inst:  # pragma: no cover - one child per model at a time
+            return
+        if "Z5" in self.mutants and model.status is Status.LOADING and not inst.stopping:
+            return  # the bug: the model stays LOADING and its waiters wait forever
+        model.instance = None
+        model.exit_code = code
+        requested = inst.stopping
+        model.failed = code != 0 and (not requested or "Z18" in self.mutants)
+        self._set_status(model, Status.UNLOADED, out, exit_code=code, failed=model.failed)
+        waiters, model.waiters = model.waiters, []
+        if requested:
+            why = f"model {model.spec.name!r} was unloaded before it finished loading"
+        else:
+            why = f"model {model.spec.name!r} failed to load (exit code {code})"
+        self.fail_waiters(waiters, 503, errors.LOAD_FAILED, why, out)
+        # Forwarded requests end through ResponseEnded from the proxy; their refs go with them.
+        self.scheduler.run(now, out)
+
+    def _on_timer(self, now: float, out: list[Command]) -> None:
+        for inst in self.instances.values():
+            if inst.kill_at is not None and inst.kill_at <= now:
+                inst.kill_at = None
+                out.append(Kill(inst.id))
+        self.scheduler.on_timer(now, out)
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _set_status(self, model: Model, new: Status, out: list[Command], **extra: Any) -> None:
+        check_transition(model.spec.name, model.status, new)
+        model.status = new
+        data: dict[str, Any] = {"status": new.value}
+        data.update((k, v) for k, v in extra.items() if v is not None)
+        out.append(Publish(model.spec.name, "status_change", data))

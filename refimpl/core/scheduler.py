@@ -1,0 +1,188 @@
+"""The one place that decides loads and evictions: a FIFO queue with one entry per wanted model.
+
+The head of the queue claims a free slot (count and memory on every device, children still
+stopping included). When it does not fit, the least-recently-used *idle* models are evicted, and
+only as many as the queued entries need. Policies differ only in which models may be victims and
+in whether a blocked queue falls back to force eviction:
+
+- ``fifo`` (default): victims are LOADED or SLEEPING, with no in-flight or waiting requests.
+- ``naive-lru``: the original router: any LOADED or SLEEPING model, busy or not.
+- ``drain-timeout``: seed 004: idle victims, but after ``drain_timeout`` seconds blocked, the LRU
+  busy model is force-evicted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from . import errors
+from .commands import Command
+from .lifecycle import Status
+
+if TYPE_CHECKING:
+    from .router import Model, RouterCore
+
+
+@dataclass(slots=True)
+class Entry:
+    """One queued model: the requests waiting for it, and whether the API asked to load it."""
+
+    waiters: list[int] = field(default_factory=list)
+    asked: bool = False
+
+
+class Scheduler:
+    def __init__(self, core: RouterCore) -> None:
+        self.core = core
+        self.queue: dict[str, Entry] = {}  # insertion order is arrival order
+        self.drain_deadline: float | None = None
+        config, mutants = core.config, core.config.mutants
+        self.evict_busy = config.policy == "naive-lru" or "Z2" in mutants
+        self.evict_loading = "Z8" in mutants
+        self.drain_fallback = config.policy == "drain-timeout" or "Z19" in mutants
+        self.drain_timeout = config.drain_timeout
+        unlimited = config.models_max == 0 and "Z17" not in mutants
+        self.models_max: int | None = None if unlimited else config.models_max
+        self.devices = config.devices
+
+    # -- the queue ---------------------------------------------------------------------------
+
+    def enqueue(self, name: str, req: int | None) -> None:
+        """Queue a request for ``name`` (``None``: a load asked through the API or at startup)."""
+        entry = self.queue.get(name)
+        if entry is None:
+            entry = self.queue[name] = Entry()
+        if req is None:
+            entry.asked = True
+        else:
+            entry.waiters.append(req)
+
+    def dequeue(self, name: str, req: int) -> None:
+        """A queued client left: it leaves the queue and costs nobody their slot."""
+        entry = self.queue[name]
+        entry.waiters.remove(req)
+        if not entry.waiters and not entry.asked:
+            del self.queue[name]
+
+    # -- capacity ----------------------------------------------------------------------------
+
+    def _counted(self, projected: bool) -> list[Model]:
+        """The models whose children take capacity now (or, projected, once stopping ones exit)."""
+        core, mutants = self.core, self.core.mutants
+        out = []
+        for inst in core.instances.values():
+            model = core.models[inst.model]
+            if inst.stopping and (projected or "Z4" in mutants):
+                continue
+            if "Z3" in mutants and model.status is Status.LOADING:
+                continue
+            out.append(model)
+        return out
+
+    def _fits(self, model: Model, running: list[Model]) -> bool:
+        if self.models_max is not None and len(running) + 1 > self.models_max:
+            return False
+        for device, capacity in self.devices.items():
+            used = sum(m.spec.memory.get(device, 0) for m in running)
+            if used + model.spec.memory.get(device, 0) > capacity:
+                return False
+        return True
+
+    def _fits_alone(self, model: Model) -> bool:
+        return all(model.spec.memory.get(d, 0) <= cap for d, cap in self.devices.items())
+
+    def _victims(self, *, busy_too: bool) -> list[Model]:
+        """Eviction candidates, least recently used first."""
+        out = []
+        for model in self.core.models.values():
+            inst = model.instance
+            if inst is None or inst.stopping or model.spec.name in self.queue:
+                continue
+            if model.status is Status.LOADING and not self.evict_loading:
+                continue
+            if model.busy and not busy_too and model.status is not Status.LOADING:
+                continue
+            out.append(model)
+        out.sort(key=lambda m: m.last_used)
+        return out
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def run(self, now: float, out: list[Command], *, arrival: bool = False) -> None:
+        """Spawn what fits, in queue order; then evict what the blocked entries need."""
+        if not self.queue or ("Z7" in self.core.mutants and not arrival):
+            return
+        self._spawn_heads(now, out)
+        blocked = self._plan_evictions(now, out) if self.queue else False
+        if blocked and self.drain_fallback:
+            if self.drain_deadline is None:
+                self.drain_deadline = now + self.drain_timeout
+        else:
+            self.drain_deadline = None
+
+    def _spawn_heads(self, now: float, out: list[Command]) -> None:
+        core = self.core
+        while self.queue:
+            name, entry = next(iter(self.queue.items()))
+            model = core.models[name]
+            if model.instance is not None:
+                if model.usable:  # a child came back for it meanwhile: join it
+                    del self.queue[name]
+                    core.join(model, entry.waiters, now, out)
+                    continue
+                return  # its old child is still stopping: wait for the exit
+            if not self._fits_alone(model):
+                del self.queue[name]
+                core.fail_waiters(entry.waiters, 507, errors.INSUFFICIENT_MEMORY,
+                                  f"model {name!r} needs more memory than a device has", out)
+                continue
+            if not self._fits(model, self._counted(projected=False)):
+                return
+            del self.queue[name]
+            core.spawn(model, now, out)
+            core.join(model, entry.waiters, now, out)
+
+    def _plan_evictions(self, now: float, out: list[Command]) -> bool:
+        """Evict LRU victims for the queued entries, in order; True if the queue is blocked."""
+        running = self._counted(projected=True)
+        victims = self._victims(busy_too=self.evict_busy)
+        chosen: list[Model] = []
+        blocked_entry: str | None = None
+        for name in self.queue:
+            model = self.core.models[name]
+            if not self._fits_alone(model):
+                continue
+            while not self._fits(model, running) and victims:
+                victim = victims.pop(0)
+                chosen.append(victim)
+                running.remove(victim)
+            if not self._fits(model, running):
+                blocked_entry = name
+                break
+            running.append(model)
+        for victim in chosen:
+            self._evict(victim, now, out)
+        if blocked_entry is not None and "Z10" in self.core.mutants and not chosen:
+            if not any(i.stopping for i in self.core.instances.values()):
+                entry = self.queue.pop(blocked_entry)
+                self.core.fail_waiters(entry.waiters, 500, errors.LIMIT_REACHED,
+                                       "model limit reached, try again later", out)
+                return False
+        return blocked_entry is not None
+
+    def _evict(self, victim: Model, now: float, out: list[Command]) -> None:
+        if victim.status is Status.LOADING:  # only the Z8 mutant gets here
+            waiters, victim.waiters = victim.waiters, []
+            self.core.fail_waiters(waiters, 500, errors.LOAD_FAILED,
+                                   "could not establish connection", out)
+        self.core.stop(victim, now, out)
+
+    def on_timer(self, now: float, out: list[Command]) -> None:
+        if self.drain_deadline is None or now < self.drain_deadline:
+            return
+        self.drain_deadline = None
+        victims = self._victims(busy_too=True)
+        if victims:
+            self._evict(victims[0], now, out)
+        self.run(now, out)

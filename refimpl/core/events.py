@@ -77,3 +77,6 @@ class TimerFired:
 
 Event = Union[RouterStarted, RequestArrived, ClientGone, ResponseEnded, LoadAsked, UnloadAsked,
               ChildOutput, ChildExited, TimerFired]
+
+EVENT_TYPES: tuple[type, ...] = (RouterStarted, RequestArrived, ClientGone, ResponseEnded,
+                                 LoadAsked, UnloadAsked, ChildOutput, ChildExited, TimerFired)

@@ -146,14 +146,15 @@ class RouterCore:
             return
         model = self.models[name]
         inst = model.instance
-        if inst is not None and (not inst.stopping or "Z9" in self.mutants):
+        autoload = self.config.autoload if event.autoload is None else event.autoload
+        if inst is not None and (not inst.stopping or "Z9" in self.mutants) and (
+                name not in self.scheduler.draining or not autoload):
             if model.status is Status.LOADING:
                 self.requests[req] = Request(req, name, "waiting")
                 model.waiters.append(req)
             else:
                 self.forward(req, model, now, out)
             return
-        autoload = self.config.autoload if event.autoload is None else event.autoload
         if not autoload:
             out.append(Reply(req, 400, errors.MODEL_NOT_LOADED,
                              f"model {name!r} is not loaded"))

@@ -6,6 +6,9 @@ only as many as the queued entries need. Policies differ only in which models ma
 in whether a blocked queue falls back to force eviction:
 
 - ``fifo`` (default): victims are LOADED or SLEEPING, with no in-flight or waiting requests.
+  When no idle victim is enough, the least-recently-used busy models needed are marked
+  *draining*: new requests for them queue behind the blocked entry instead of keeping them busy
+  forever, so they drain in bounded time and are evicted idle (no starvation, no busy eviction).
 - ``naive-lru``: the original router: any LOADED or SLEEPING model, busy or not.
 - ``drain-timeout``: seed 004: idle victims, but after ``drain_timeout`` seconds blocked, the LRU
   busy model is force-evicted.
@@ -37,10 +40,12 @@ class Scheduler:
         self.core = core
         self.queue: dict[str, Entry] = {}  # insertion order is arrival order
         self.drain_deadline: float | None = None
+        self.draining: set[str] = set()  # busy models that take no new requests until evicted
         config, mutants = core.config, core.config.mutants
         self.evict_busy = config.policy == "naive-lru" or "Z2" in mutants
         self.evict_loading = "Z8" in mutants
         self.drain_fallback = config.policy == "drain-timeout" or "Z19" in mutants
+        self.block_draining = config.policy == "fifo"
         self.drain_timeout = config.drain_timeout
         unlimited = config.models_max == 0 and "Z17" not in mutants
         self.models_max: int | None = None if unlimited else config.models_max
@@ -97,7 +102,7 @@ class Scheduler:
         out = []
         for model in self.core.models.values():
             inst = model.instance
-            if inst is None or inst.stopping or model.spec.name in self.queue:
+            if inst is None or inst.stopping:
                 continue
             if model.status is Status.LOADING and not self.evict_loading:
                 continue
@@ -112,6 +117,7 @@ class Scheduler:
     def run(self, now: float, out: list[Command], *, arrival: bool = False) -> None:
         """Spawn what fits, in queue order; then evict what the blocked entries need."""
         if not self.queue or ("Z7" in self.core.mutants and not arrival):
+            self.draining.clear()
             return
         self._spawn_heads(now, out)
         blocked = self._plan_evictions(now, out) if self.queue else False
@@ -149,6 +155,7 @@ class Scheduler:
         victims = self._victims(busy_too=self.evict_busy)
         chosen: list[Model] = []
         blocked_entry: str | None = None
+        self.draining.clear()
         for name in self.queue:
             model = self.core.models[name]
             if not self._fits_alone(model):
@@ -159,6 +166,8 @@ class Scheduler:
                 running.remove(victim)
             if not self._fits(model, running):
                 blocked_entry = name
+                if self.block_draining:
+                    self._mark_draining(model, running)
                 break
             running.append(model)
         for victim in chosen:
@@ -170,6 +179,14 @@ class Scheduler:
                                        "model limit reached, try again later", out)
                 return False
         return blocked_entry is not None
+
+    def _mark_draining(self, model: Model, running: list[Model]) -> None:
+        """Pick the LRU busy models whose eviction would let ``model`` fit, and drain them."""
+        busy = [m for m in self._victims(busy_too=True) if m in running]
+        while busy and not self._fits(model, running):
+            victim = busy.pop(0)
+            running.remove(victim)
+            self.draining.add(victim.spec.name)
 
     def _evict(self, victim: Model, now: float, out: list[Command]) -> None:
         if victim.status is Status.LOADING:  # only the Z8 mutant gets here

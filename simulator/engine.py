@@ -1,0 +1,198 @@
+"""The event loop of a simulation: a heap ordered by (virtual time, sequence number).
+
+No wall clock anywhere: time jumps from one scheduled action to the next, and every random draw
+(arrivals, load times, faults, how child output is chunked) comes from one ``random.Random``, so
+one seed replays one run exactly. The router core is the real one, driven as the live router
+drives it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from refimpl.core.commands import Command, Forward, Kill, Reply, SendExit, Spawn
+from refimpl.core.config import RouterConfig
+from refimpl.core.events import (ClientGone, Event, RequestArrived, ResponseEnded, RouterStarted,
+                                 TimerFired)
+from refimpl.core.router import RouterCore
+from refimpl.core.trace import At
+
+from .children import SimChild
+from .faults import Faults
+from .summary import Summary
+from .workloads import Arrival, Workload
+
+
+@dataclass
+class SimResult:
+    summary: Summary
+    trace: list[At] | None
+    end: float  # virtual time the run stopped at
+    pending: list[int]  # requests never answered (lost)
+
+
+@dataclass(slots=True)
+class _Open:
+    """A request the simulated client is still waiting on."""
+
+    model: str
+    service: float
+    instance: int | None = None
+
+
+class Simulation:
+    """One run: ``config`` for the core, arrivals from ``workload``, misbehaviour from ``faults``.
+
+    Arrivals stop at ``duration``; the run then goes on for at most ``drain`` more virtual seconds
+    so that every request can finish (faults never start after ``faults.until``).
+    """
+
+    def __init__(self, config: RouterConfig, workload: Workload | None, faults: Faults,
+                 rng: random.Random, *, duration: float, drain: float = 600.0,
+                 record: bool = True) -> None:
+        self.config = config
+        self.faults = faults
+        self.rng = rng
+        self.duration = duration
+        self.deadline = duration + drain
+        self.core = RouterCore(config)
+        self.now = 0.0
+        self.trace: list[At] | None = [] if record else None
+        self.summary = Summary(config)
+        self.children: dict[int, SimChild] = {}
+        self.open: dict[int, _Open] = {}
+        self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
+        self._seq = 0
+        self._timer_at: float | None = None
+        self._next_req = 1
+        self._arrivals: Iterator[Arrival] | None = (
+            workload.arrivals(rng, duration) if workload is not None else None)
+
+    # -- scheduling ----------------------------------------------------------------------------
+
+    def at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, fn, arg))
+
+    def step(self) -> bool:
+        """Run the next scheduled action; False when nothing is left before the deadline."""
+        if not self._heap or self._heap[0][0] > self.deadline:
+            return False
+        t, _, fn, arg = heapq.heappop(self._heap)
+        self.now = t
+        fn(arg)
+        return True
+
+    def run_until(self, t: float) -> None:
+        """Run every action scheduled up to and including virtual time ``t``."""
+        while self._heap and self._heap[0][0] <= t and self.step():
+            pass
+        self.now = max(self.now, t)
+
+    def run(self) -> SimResult:
+        self.start()
+        while self.step():
+            pass
+        return self.result()
+
+    def start(self) -> None:
+        self.at(0.0, self.deliver, RouterStarted())
+        self._next_arrival()
+
+    def result(self) -> SimResult:
+        return SimResult(self.summary, self.trace, self.now, sorted(self.open))
+
+    # -- the router side -----------------------------------------------------------------------
+
+    def deliver(self, event: Event) -> None:
+        """Hand one event to the core, then carry out the commands it returns."""
+        now = self.now
+        trace, observe = self.trace, self.summary.observe
+        if trace is not None:
+            trace.append(At(now, event))
+        observe(now, event)
+        if type(event) is ResponseEnded:
+            self.open.pop(event.req, None)
+        for command in self.core.handle(event, now):
+            if trace is not None:
+                trace.append(At(now, command))
+            observe(now, command)
+            self._execute(command)
+        timer = self.core.next_timer()
+        if timer is not None and timer != self._timer_at:
+            self._timer_at = timer
+            self.at(max(timer, now), self._fire_timer, timer)
+
+    def _fire_timer(self, t: float) -> None:
+        if t == self._timer_at:
+            self._timer_at = None
+            self.deliver(TimerFired())
+
+    def _execute(self, command: Command) -> None:
+        kind = type(command)
+        if kind is Forward:
+            assert isinstance(command, Forward)
+            request = self.open.get(command.req)
+            child = self.children.get(command.instance)
+            if request is None:
+                return
+            request.instance = command.instance
+            if child is None:
+                self.at(self.now, self._refused, command.req)
+            else:
+                child.serve(command.req, request.service)
+        elif kind is Reply:
+            assert isinstance(command, Reply)
+            self.open.pop(command.req, None)
+        elif kind is Spawn:
+            assert isinstance(command, Spawn)
+            child = SimChild(self, command.instance, command.model)
+            self.children[command.instance] = child
+            child.start()
+        elif kind is SendExit:
+            assert isinstance(command, SendExit)
+            self.children[command.instance].exit_command()
+        elif kind is Kill:
+            assert isinstance(command, Kill)
+            self.children[command.instance].kill()
+
+    def _refused(self, req: int) -> None:
+        self.deliver(ResponseEnded(req, ok=False))
+
+    # -- the client side -----------------------------------------------------------------------
+
+    def _next_arrival(self) -> None:
+        if self._arrivals is None:
+            return
+        arrival = next(self._arrivals, None)
+        if arrival is not None:
+            self.at(arrival.t, self._arrive, arrival)
+
+    def _arrive(self, arrival: Arrival) -> None:
+        self._next_arrival()
+        self.request(arrival.model, arrival.service, arrival.patience)
+
+    def request(self, model: str | None, service: float, patience: float | None = None,
+                autoload: bool | None = None) -> int:
+        """A client sends a request now; returns its id."""
+        req = self._next_req
+        self._next_req += 1
+        self.open[req] = _Open(model or "", service)
+        if patience is not None:
+            self.at(self.now + patience, self.give_up, req)
+        self.deliver(RequestArrived(req, model, autoload))
+        return req
+
+    def give_up(self, req: int) -> None:
+        """The client of ``req`` disconnects, if it is still waiting."""
+        request = self.open.pop(req, None)
+        if request is None:
+            return
+        if request.instance is not None:
+            child = self.children.get(request.instance)
+            if child is not None:
+                child.cancel(req)
+        self.deliver(ClientGone(req))

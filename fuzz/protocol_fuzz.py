@@ -26,22 +26,31 @@ if __name__ == "__main__":  # run as a script from a checkout: make ``refimpl`` 
 # Coverage instrumentation only for a fuzzing run, not when pytest imports the entry point.
 _fuzzing = __name__ == "__main__" and atheris is not None
 with atheris.instrument_imports() if _fuzzing else contextlib.nullcontext():
-    from refimpl.core.protocol import (MAX_LINE, STATE_PREFIX, LineReader, LogLine, Message,
-                                       Overlong, Rejection, format_message,
-                                       parse_line)
+    from refimpl.core.protocol import (MAX_LINE, STATE_PREFIX, DownloadProgress,
+                                       DownloadResult, LineReader, LoadingState, LogLine,
+                                       Message, Overlong, Progress, ReadyState, Rejection,
+                                       SleepingState, format_message, parse_line)
 
 MESSAGES: tuple[type, ...] = get_args(Message)
 ALLOWED: tuple[type, ...] = (*MESSAGES, LogLine, Rejection)
 HEADER = 4  # leading bytes that steer the run; the rest is the child's output
 
-# With byte 1's top bit set, bytes 0x10.. of the stream stand for these tokens, so that a short run
-# with no seed corpus still reaches the command parser's branches (libFuzzer cannot see into json).
-# The codes stay clear of \n and \r, which must keep their meaning.
-TOKENS: dict[int, bytes] = {0x10 + i: t for i, t in enumerate([
+# Unless byte 1's top bit is set, bytes 0x0e..0x1f of the stream stand for these tokens (whole valid
+# lines, then fragments to break them with), so that a short run with no seed corpus still reaches
+# the command parser's branches: libFuzzer cannot see into json. The codes stay clear of \n and \r.
+_WHOLE_LINES = [
+    LoadingState(),
+    LoadingState(Progress(("text_model", "mmproj"), "text_model", 0.5)),
+    ReadyState({"id": "a", "object": "model"}),
+    SleepingState(),
+    DownloadProgress("https://example.invalid/a.gguf", 1, 2),
+    DownloadResult(ok=False),
+]
+TOKENS: dict[int, bytes] = {0x0E + i: t for i, t in enumerate([
+    *(format_message(m)[:-1] for m in _WHOLE_LINES),
     STATE_PREFIX,
     b'{"state":"loading","payload":{',
     b'{"state":"ready","payload":{',
-    b'{"state":"sleeping","payload":{',
     b'{"state":"downloading","payload":{',
     b'"stages":["text_model"],',
     b'"current":"text_model",',
@@ -57,12 +66,12 @@ TOKENS: dict[int, bytes] = {0x10 + i: t for i, t in enumerate([
 def _steer(data: bytes) -> tuple[int, list[int], bytes]:
     """Split ``data`` into (max_line, read sizes, stream).
 
-    Byte 0 with its top bit set picks a small ``max_line`` so over-long lines are reachable; byte 1
-    with its top bit set expands :data:`TOKENS`; the header bytes, used in turn, are the read sizes
-    (0 .. 31; 0 is an empty read).
+    Byte 0 with its top bit set picks a small ``max_line`` so over-long lines are reachable; unless
+    byte 1 has its top bit set, :data:`TOKENS` are expanded; the header bytes, used in turn, are
+    the read sizes (0 .. 31; 0 is an empty read).
     """
     header, stream = data[:HEADER], data[HEADER:]
-    if len(header) > 1 and header[1] & 0x80:
+    if not (len(header) > 1 and header[1] & 0x80):
         stream = b"".join(TOKENS.get(b, bytes((b,))) for b in stream)
     max_line = (header[0] & 0x3F) + 1 if header and header[0] & 0x80 else MAX_LINE
     sizes = [b % 32 for b in header] or [1]

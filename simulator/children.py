@@ -58,6 +58,9 @@ class SimChild:
             self.sim.at(t, self._emit, data[:cut])
             data = data[cut:]
 
+    def write_raw_now(self, data: bytes) -> None:
+        self._write_raw(self.sim.now, data)
+
     def _emit(self, chunk: bytes) -> None:
         if self.alive:
             self.sim.deliver(ChildOutput(self.instance, chunk))
@@ -132,6 +135,9 @@ class SimChild:
 
     def kill(self) -> None:
         self.sim.at(self.sim.now, self._exit, -9)
+
+    def crash(self, code: int) -> None:
+        self._exit(code)
 
     def _exit(self, code: int) -> None:
         if not self.alive:

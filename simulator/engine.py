@@ -15,8 +15,8 @@ from typing import Any, Callable, Iterator
 
 from refimpl.core.commands import Command, Forward, Kill, Reply, SendExit, Spawn
 from refimpl.core.config import RouterConfig
-from refimpl.core.events import (ClientGone, Event, RequestArrived, ResponseEnded, RouterStarted,
-                                 TimerFired)
+from refimpl.core.events import (ClientGone, Event, LoadAsked, RequestArrived, ResponseEnded,
+                                 RouterStarted, TimerFired, UnloadAsked)
 from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
 
@@ -196,3 +196,24 @@ class Simulation:
             if child is not None:
                 child.cancel(req)
         self.deliver(ClientGone(req))
+
+    # -- an operator and a chaos monkey, for scripted scenarios and stateful tests ---------------
+
+    def api(self, event_type: type[LoadAsked] | type[UnloadAsked], model: str) -> int:
+        """``POST /models/load`` or ``/models/unload`` now; returns the id of the API call."""
+        req = self._next_req
+        self._next_req += 1
+        self.deliver(event_type(req, model))
+        return req
+
+    def child_of(self, model: str) -> SimChild | None:
+        """The newest child of ``model`` that is still alive."""
+        alive = [c for c in self.children.values() if c.model == model and c.alive]
+        return alive[-1] if alive else None
+
+    def crash(self, model: str, code: int = 137) -> bool:
+        child = self.child_of(model)
+        if child is None:
+            return False
+        self.at(self.now, child.crash, code)
+        return True

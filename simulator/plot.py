@@ -27,6 +27,7 @@ PLOT_W = WIDTH - LEFT - RIGHT
 LANE_H = 28
 LANE_GAP = 6
 REQ_H = 220
+PAD = 6
 FONT = "font-family='Helvetica, Arial, sans-serif'"
 CHAR_W = 6.6  # average glyph width at 12px, for layout without measuring text
 
@@ -46,13 +47,10 @@ class _Child:
 
 @dataclass(slots=True)
 class _Request:
-    req: int
-    model: str | None
     arrived: float
     forwarded: float | None = None
     outcome: str | None = None  # "ok", "error", "gone"; None: never answered
     answered: float | None = None
-    detail: str = ""
 
 
 @dataclass(slots=True)
@@ -71,7 +69,7 @@ class _Digest:
 def _digest(trace: Sequence[At], config: RouterConfig) -> _Digest:
     d = _Digest(models=[spec.name for spec in config.models])
     if trace:
-        d.start = min(0.0, trace[0].t)
+        d.start = trace[0].t
         d.end = trace[-1].t
     if d.end <= d.start:
         d.end = d.start + 1.0
@@ -123,7 +121,7 @@ def _digest(trace: Sequence[At], config: RouterConfig) -> _Digest:
                     del loading[gone.model]
         elif kind is RequestArrived:
             assert isinstance(item, RequestArrived)
-            request = _Request(item.req, item.model, t)
+            request = _Request(t)
             requests[item.req] = request
             d.requests.append(request)
         elif kind is Forward:
@@ -133,15 +131,13 @@ def _digest(trace: Sequence[At], config: RouterConfig) -> _Digest:
                 request_.forwarded = t
         elif kind is ResponseEnded:
             assert isinstance(item, ResponseEnded)
-            _answer(requests, item.req, t, "ok" if item.ok else "error",
-                    "" if item.ok else "child failed the response")
+            _answer(requests, item.req, t, "ok" if item.ok else "error")
         elif kind is Reply:
             assert isinstance(item, Reply)
-            ok = 200 <= item.status < 300
-            _answer(requests, item.req, t, "ok" if ok else "error", f"{item.status} {item.kind}")
+            _answer(requests, item.req, t, "ok" if 200 <= item.status < 300 else "error")
         elif kind is ClientGone:
             assert isinstance(item, ClientGone)
-            _answer(requests, item.req, t, "gone", "client gone")
+            _answer(requests, item.req, t, "gone")
     top = max((c.lane for c in d.children), default=-1) + 1
     if limit > 0:
         d.lanes, d.over_lanes = limit, max(0, top - limit)
@@ -150,11 +146,11 @@ def _digest(trace: Sequence[At], config: RouterConfig) -> _Digest:
     return d
 
 
-def _answer(requests: dict[int, _Request], req: int, t: float, outcome: str, detail: str) -> None:
+def _answer(requests: dict[int, _Request], req: int, t: float, outcome: str) -> None:
     # Only the first answer counts; a second one is a bug the properties report, not the plot.
     request = requests.pop(req, None)
     if request is not None:
-        request.outcome, request.answered, request.detail = outcome, t, detail
+        request.outcome, request.answered = outcome, t
 
 
 # -- scales and ticks ---------------------------------------------------------------------------
@@ -167,12 +163,12 @@ def _time_ticks(start: float, end: float) -> tuple[list[float], str]:
     """About nine round ticks, and the unit they are written in."""
     span = end - start
     step = min(_TIME_STEPS, key=lambda s: abs(span / s - 9))
-    if span / step > 12:  # spans beyond a few days: keep doubling rather than drown the axis
+    if span / step > 12:  # beyond the longest round step (weeks): unround ticks beat 100 of them
         step = span / 9
     first = math.ceil(start / step - 1e-9) * step
     n = int((end - first) / step + 1e-9) + 1
     ticks = [first + i * step for i in range(n)]
-    unit = "s" if span <= 180 or step < 1 else ("m:ss" if span <= 3 * 3600 else "h:mm")
+    unit = "s" if span <= 180 or step < 1 else ("m:ss" if span <= 3600 else "h:mm")
     return ticks, unit
 
 
@@ -183,6 +179,10 @@ def _fmt_time(t: float, unit: str) -> str:
     if unit == "m:ss":
         return f"{sign}{t // 60}:{t % 60:02d}"
     return f"{sign}{t // 3600}:{t // 60 % 60:02d}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _fmt_seconds(s: float) -> str:
@@ -229,21 +229,27 @@ def _darker(colour: str, f: float) -> str:
     return f"#{int(r * f):02x}{int(g * f):02x}{int(b * f):02x}"
 
 
+def _mix(colour: str, f: float) -> str:
+    """``colour`` at opacity ``f`` over white, as an opaque colour."""
+    r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
+    return f"#{round(255 - (255 - r) * f):02x}{round(255 - (255 - g) * f):02x}" \
+           f"{round(255 - (255 - b) * f):02x}"
+
+
 def _ink_on(colour: str) -> str:
     r, g, b = (int(colour[i:i + 2], 16) for i in (1, 3, 5))
     return "#fff" if 0.299 * r + 0.587 * g + 0.114 * b < 140 else "#1a1a1a"
 
 
-_DEFS = (
-    "<defs>"
-    "<pattern id='hatch-loading' width='6' height='6' patternUnits='userSpaceOnUse' "
-    "patternTransform='rotate(45)'><rect width='3' height='6' fill='#fff' fill-opacity='0.55'/>"
-    "</pattern>"
-    "<pattern id='hatch-stopping' width='4' height='4' patternUnits='userSpaceOnUse' "
-    "patternTransform='rotate(-45)'><rect width='2' height='4' fill='#000' fill-opacity='0.35'/>"
-    "</pattern>"
-    "</defs>"
-)
+def _patterns(key: str, colour: str) -> str:
+    """Hatches for one colour: pale with white stripes (loading), dark with black (stopping)."""
+    pale, dark = _mix(colour, 0.45), _darker(colour, 0.6)
+    return (f"<pattern id='load-{key}' width='6' height='6' patternUnits='userSpaceOnUse' "
+            f"patternTransform='rotate(45)'><rect width='6' height='6' fill='{pale}'/>"
+            f"<rect width='3' height='6' fill='#fff' fill-opacity='0.6'/></pattern>"
+            f"<pattern id='stop-{key}' width='4' height='4' patternUnits='userSpaceOnUse' "
+            f"patternTransform='rotate(-45)'><rect width='4' height='4' fill='{dark}'/>"
+            f"<rect width='2' height='4' fill='#000' fill-opacity='0.35'/></pattern>")
 
 
 def _marker(kind: str, x: float, y: float, colour: str) -> str:
@@ -277,6 +283,10 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
     """The whole trace as one SVG document: slots on top, request waits below, then legend."""
     d = _digest(trace, config)
     colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(d.models)}
+    models_index = {m: str(i) for i, m in enumerate(d.models)}
+    neutral = "#8c8c8c"  # legend swatches for the bar parts, so they are not read as one model
+    defs = ("<defs>" + "".join(_patterns(models_index[m], colours[m]) for m in d.models)
+            + _patterns("n", neutral) + "</defs>")
     t0, t1 = d.start, d.end
     scale_x = PLOT_W / (t1 - t0)
 
@@ -296,9 +306,10 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
     stride = math.ceil(len(d.requests) / MAX_POINTS) if len(d.requests) > MAX_POINTS else 1
     peak = max((c.lane for c in d.children), default=-1) + 1
     limit = str(config.models_max) if config.models_max else "unlimited"
-    summary = (f"{len(d.requests)} requests (ok {counts['ok']}, errors {counts['error']}, "
-               f"client gone {counts['gone']}, never answered {counts['lost']})  ·  "
-               f"{len(d.children)} loads  ·  {evictions} evictions  ·  "
+    summary = (f"{_count(len(d.requests), 'request')} (ok {counts['ok']}, "
+               f"errors {counts['error']}, client gone {counts['gone']}, "
+               f"never answered {counts['lost']})  ·  {_count(len(d.children), 'load')}  ·  "
+               f"{_count(evictions, 'eviction')}  ·  "
                f"models_max {limit}, peak {peak} alive")
     if stride > 1:
         summary += f"  ·  points: 1 in {stride} ok/gone requests shown"
@@ -358,31 +369,32 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
             tip.append("OVER LIMIT")
         parts = [f"<g class='child'><title>{escape(', '.join(tip))}</title>"]
         h = _n(LANE_H)
-        w_all = max(x_z - x_a, 1.0)  # a child that lived an instant still gets a visible sliver
-        if x_l > x_a:
-            parts.append(f"<rect x='{_n(x_a)}' y='{_n(ly)}' width='{_n(x_l - x_a)}' height='{h}' "
-                         f"fill='{colour}' fill-opacity='0.45'/>"
-                         f"<rect x='{_n(x_a)}' y='{_n(ly)}' width='{_n(x_l - x_a)}' height='{h}' "
-                         f"fill='url(#hatch-loading)'/>")
-        if x_s > x_l:
-            parts.append(f"<rect x='{_n(x_l)}' y='{_n(ly)}' width='{_n(x_s - x_l)}' height='{h}' "
-                         f"fill='{colour}'/>")
-        if x_z > x_s:
-            dark = _darker(colour, 0.6)
-            parts.append(f"<rect x='{_n(x_s)}' y='{_n(ly)}' width='{_n(x_z - x_s)}' height='{h}' "
-                         f"fill='{dark}'/><rect x='{_n(x_s)}' y='{_n(ly)}' "
-                         f"width='{_n(x_z - x_s)}' height='{h}' fill='url(#hatch-stopping)'/>")
-        if x_z - x_a < 1.0:
+        key = models_index[c.model]
+
+        def part(x0: float, x1: float, fill: str) -> None:
+            if x1 - x0 >= 0.1:  # thinner than that is invisible; leaving it out keeps files small
+                parts.append(f"<rect x='{_n(x0)}' y='{_n(ly)}' width='{_n(x1 - x0)}' "
+                             f"height='{h}' fill='{fill}'/>")
+
+        if x_z - x_a < 1.5:
+            # Too thin to show its phases: one sliver, so a child that lived an instant is seen.
             parts.append(f"<rect x='{_n(x_a)}' y='{_n(ly)}' width='1' height='{h}' "
                          f"fill='{colour}'/>")
-        # A thin white edge keeps back-to-back children of one model apart.
-        parts.append(f"<rect x='{_n(x_a)}' y='{_n(ly)}' width='{_n(w_all)}' height='{h}' "
-                     f"fill='none' stroke='{RED if over else '#fff'}' "
-                     f"stroke-width='{1.5 if over else 0.7}'/>")
+        else:
+            part(x_a, x_l, f"url(#load-{key})")
+            part(x_l, x_s, colour)
+            part(x_s, x_z, f"url(#stop-{key})")
+        if over or x_z - x_a >= 3:
+            # A thin white edge keeps back-to-back children of one model apart.
+            parts.append(f"<rect x='{_n(x_a)}' y='{_n(ly)}' width='{_n(max(x_z - x_a, 1.0))}' "
+                         f"height='{h}' fill='none' stroke='{RED if over else '#fff'}' "
+                         f"stroke-width='{1.5 if over else 0.7}'/>")
         label_w = len(c.model) * CHAR_W + 6
-        if x_s - x_a >= label_w:
-            ink = _ink_on(colour)
-            parts.append(_text(x_a + 3, ly + LANE_H / 2 + 4, c.model, 11, fill=ink))
+        # The name goes where its ink reads: on the solid part, else on the pale loading part.
+        if x_s - x_l >= label_w:
+            parts.append(_text(x_l + 3, ly + LANE_H / 2 + 4, c.model, 11, fill=_ink_on(colour)))
+        elif x_l - x_a >= label_w:
+            parts.append(_text(x_a + 3, ly + LANE_H / 2 + 4, c.model, 11, fill="#1a1a1a"))
         parts.append("</g>")
         out.append("".join(parts))
         if c.stopped is not None and c.evicted:
@@ -408,19 +420,20 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
             r.answered if r.answered is not None else t1)
         waits.append((r, max(0.0, done - r.arrived)))
     top = max((w for _, w in waits), default=0.0)
-    ordered = sorted(w for _, w in waits if w > 0)
-    # A sqrt axis keeps both the common sub-second waits and the rare long ones readable.
-    typical = ordered[len(ordered) // 2] if ordered else 0.0
+    positive = [w for _, w in waits if w > 0]
+    typical = sum(positive) / len(positive) if positive else 0.0
+    # When a few waits dwarf the usual ones, a sqrt axis keeps both readable.
     use_sqrt = top > 0 and (typical == 0 or top / typical > 20)
     top = top * 1.05 if top > 0 else 1.0
 
     def y_of(w: float) -> float:
         f = math.sqrt(w / top) if use_sqrt else w / top
-        return req_bottom - f * REQ_H
+        # A few pixels of air so the many zero waits do not sit on the panel's frame.
+        return req_bottom - PAD - f * (REQ_H - 2 * PAD)
 
     back.append(f"<rect x='{LEFT}' y='{_n(req_top)}' width='{PLOT_W}' height='{REQ_H}' "
                 f"fill='#fafafa' stroke='#ccc'/>")
-    for v in _wait_ticks(top, use_sqrt, REQ_H):
+    for v in _wait_ticks(top, use_sqrt, REQ_H - 2 * PAD):
         py = y_of(v)
         grid.append(f"<line x1='{LEFT}' x2='{LEFT + PLOT_W}' y1='{_n(py)}' y2='{_n(py)}' "
                     f"stroke='#e2e2e2'/>")
@@ -464,13 +477,10 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
     items: list[tuple[str, str]] = []
     for m in d.models:
         items.append((f"<rect x='0' y='-10' width='18' height='12' fill='{colours[m]}'/>", m))
-    sample = "#8c8c8c"  # a neutral swatch, so the bar parts are not read as one model
     items += [
-        (f"<rect x='0' y='-10' width='18' height='12' fill='{sample}' fill-opacity='0.45'/>"
-         "<rect x='0' y='-10' width='18' height='12' fill='url(#hatch-loading)'/>", "loading"),
-        (f"<rect x='0' y='-10' width='18' height='12' fill='{sample}'/>", "loaded"),
-        (f"<rect x='0' y='-10' width='18' height='12' fill='{_darker(sample, 0.6)}'/>"
-         "<rect x='0' y='-10' width='18' height='12' fill='url(#hatch-stopping)'/>", "stopping"),
+        ("<rect x='0' y='-10' width='18' height='12' fill='url(#load-n)'/>", "loading"),
+        (f"<rect x='0' y='-10' width='18' height='12' fill='{neutral}'/>", "loaded"),
+        ("<rect x='0' y='-10' width='18' height='12' fill='url(#stop-n)'/>", "stopping"),
         (_eviction(9, -10), "eviction"),
         (_crash(9, -4), "crashed"),
         (f"<rect x='0' y='-11' width='18' height='14' fill='#fde3e3' stroke='{RED}' "
@@ -493,7 +503,7 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
 
     head = (f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{_n(height)}' "
             f"viewBox='0 0 {WIDTH} {_n(height)}' {FONT}>"
-            f"<title>{escape(title or 'router trace')}</title>{_DEFS}"
+            f"<title>{escape(title or 'router trace')}</title>{defs}"
             f"<rect width='100%' height='100%' fill='#fff'/>")
     # Grid lines lie over the panel backgrounds but under everything drawn on them.
     return (head + "".join(back) + "<g class='grid'>" + "".join(grid) + "</g>" + "".join(out)

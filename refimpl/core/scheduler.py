@@ -50,6 +50,7 @@ class Scheduler:
         unlimited = config.models_max == 0 and "Z17" not in mutants
         self.models_max: int | None = None if unlimited else config.models_max
         self.devices = config.devices
+        self._alone: dict[str, bool] = {}  # model -> fits on every device when alone
 
     # -- the queue ---------------------------------------------------------------------------
 
@@ -95,14 +96,19 @@ class Scheduler:
         return True
 
     def _fits_alone(self, model: Model) -> bool:
-        return all(model.spec.memory.get(d, 0) <= cap for d, cap in self.devices.items())
+        fits = self._alone.get(model.spec.name)
+        if fits is None:
+            fits = self._alone[model.spec.name] = all(
+                model.spec.memory.get(d, 0) <= cap for d, cap in self.devices.items())
+        return fits
 
     def _victims(self, *, busy_too: bool) -> list[Model]:
         """Eviction candidates, least recently used first."""
         out = []
-        for model in self.core.models.values():
-            inst = model.instance
-            if inst is None or inst.stopping:
+        models = self.core.models
+        for inst in self.core.instances.values():
+            model = models[inst.model]
+            if inst.stopping or model.instance is not inst:
                 continue
             if model.status is Status.LOADING and not self.evict_loading:
                 continue
@@ -121,6 +127,8 @@ class Scheduler:
             return
         self._spawn_heads(now, out)
         blocked = self._plan_evictions(now, out) if self.queue else False
+        if self.queue:
+            self._spawn_heads(now, out)  # a stop frees nothing until its child exits (Z4)
         if blocked and self.drain_fallback:
             if self.drain_deadline is None:
                 self.drain_deadline = now + self.drain_timeout

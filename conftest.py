@@ -1,4 +1,4 @@
-"""Hypothesis profiles and markers for the whole suite.
+"""Hypothesis profiles for the whole suite, and the switch of the mutation run.
 
 Pick a profile with ``--hypothesis-profile``: ``dev`` (default, quick), ``ci`` (derandomized, so
 a red CI run is reproducible), ``nightly`` (many more examples, for finding new counterexamples).
@@ -6,7 +6,11 @@ a red CI run is reproducible), ``nightly`` (many more examples, for finding new 
 
 from __future__ import annotations
 
+import os
+
 from hypothesis import HealthCheck, settings
+
+from refimpl.core import mutants
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow],
                print_blob=False)
@@ -16,3 +20,8 @@ settings.register_profile("ci", max_examples=100, derandomize=True,  # type: ign
                           **_COMMON)
 settings.register_profile("nightly", max_examples=2000, **_COMMON)  # type: ignore[arg-type]
 settings.load_profile("dev")
+
+# The mutation run (python -m properties.zoo) runs this same suite with one mutant forced on.
+_MUTANT = os.environ.get("ROUTER_MUTANT", "").strip()
+if _MUTANT:
+    mutants.force(frozenset(_MUTANT.split(",")))

@@ -144,29 +144,30 @@ def exit_reaches_unloaded(trace: Trace) -> list[Violation]:
     """A child exit in any state leaves its model UNLOADED with the exit code, at once (Z5)."""
     out: list[Violation] = []
     replay = Replay()
-    waiting: tuple[At, str] | None = None  # an exit whose status change is still due
+    due: tuple[float, ChildExited, str] | None = None  # an exit whose status change is owed
+
+    def missed(t: float, exited: ChildExited, model: str) -> Violation:
+        return Violation("exit_reaches_unloaded", t, f"{model}: child exited with code "
+                         f"{exited.code} but the model was not reported unloaded")
+
     for at in trace:
         what = at.what
-        if waiting is not None:
-            exit_at, model = waiting
+        if due is not None:
+            t, exited, model = due
             if isinstance(what, Publish) and what.model == model:
-                assert isinstance(exit_at.what, ChildExited)
                 if what.data.get("status") == "unloaded" \
-                        and what.data.get("exit_code") == exit_at.what.code:
-                    waiting = None
-            elif not isinstance(what, (Publish, Reply, Forward, Spawn, SendExit, Kill)):
-                out.append(Violation("exit_reaches_unloaded", exit_at.t, f"{model}: child exited"
-                                     f" with code {exit_at.what.code} but the model was not "
-                                     "reported unloaded"))  # type: ignore[union-attr]
-                waiting = None
+                        and what.data.get("exit_code") == exited.code:
+                    due = None
+            elif isinstance(what, EVENT_TYPES):  # the exit's own commands are over
+                out.append(missed(t, exited, model))
+                due = None
         if isinstance(what, ChildExited):
             child = replay.children.get(what.instance)
             if child is not None:
-                waiting = (at, child.model)
+                due = (at.t, what, child.model)
         replay.step(at)
-    if waiting is not None:
-        out.append(Violation("exit_reaches_unloaded", waiting[0].t,
-                             f"{waiting[1]}: child exited, model never reported unloaded"))
+    if due is not None:
+        out.append(missed(*due))
     return out
 
 
@@ -227,6 +228,7 @@ def fifo_between_models(trace: Trace, config: RouterConfig) -> list[Violation]:
     asked: set[str] = set()
     known = {spec.name for spec in config.models}
     arrived: RequestArrived | None = None  # its commands are still to come
+    load: LoadAsked | None = None  # the API call the current commands answer
 
     def settle() -> None:
         if arrived is None:
@@ -242,6 +244,7 @@ def fifo_between_models(trace: Trace, config: RouterConfig) -> list[Violation]:
         if isinstance(what, EVENT_TYPES):
             settle()
             arrived = what if isinstance(what, RequestArrived) else None
+            load = None
         if isinstance(what, Spawn):
             head = next(iter(entries), None)
             if head is not None and head != what.model and what.model in entries:
@@ -250,13 +253,18 @@ def fifo_between_models(trace: Trace, config: RouterConfig) -> list[Violation]:
                                      f"t={entries[head]:.6g})"))
             entries.pop(what.model, None)
             asked.discard(what.model)
-        elif isinstance(what, (LoadAsked, RouterStarted)):
-            names = [replay.model_of(what.model)] if isinstance(what, LoadAsked) else \
-                [s.name for s in config.models if s.load_on_startup]
-            for name in names:
-                if name in known and name not in replay.by_model:
-                    asked.add(name)
-                    entries.setdefault(name, at.t)
+        elif isinstance(what, RouterStarted):
+            for name in (s.name for s in config.models if s.load_on_startup):
+                asked.add(name)
+                entries.setdefault(name, at.t)
+        elif isinstance(what, LoadAsked):
+            load = what
+        elif isinstance(what, Reply) and load is not None and what.req == load.req \
+                and what.status == 200:
+            name = replay.model_of(load.model)
+            if name in known:
+                asked.add(name)
+                entries.setdefault(name, at.t)
         replay.step(at)
         if isinstance(what, (Forward, Reply, ClientGone)):
             r = replay.requests.get(what.req)

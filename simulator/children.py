@@ -52,7 +52,7 @@ class SimChild:
         self._write_raw(t, line)
 
     def _write_raw(self, t: float, data: bytes) -> None:
-        rng = self.rng
+        rng = self.sim.chunk_rng
         while data:
             cut = rng.randrange(1, len(data) + 1) if rng.random() < 0.5 else len(data)
             self.sim.at(t, self._emit, data[:cut])

@@ -52,10 +52,13 @@ class Simulation:
 
     def __init__(self, config: RouterConfig, workload: Workload | None, faults: Faults,
                  rng: random.Random, *, duration: float, drain: float = 600.0,
-                 record: bool = True) -> None:
+                 record: bool = True, chunk_rng: random.Random | None = None) -> None:
         self.config = config
         self.faults = faults
         self.rng = rng
+        # How child output is cut into reads; separate so that a hypothesis-driven ``rng`` need
+        # not spend a draw on every byte boundary.
+        self.chunk_rng = chunk_rng if chunk_rng is not None else rng
         self.duration = duration
         self.deadline = duration + drain
         self.core = RouterCore(config)

@@ -45,7 +45,8 @@ class Workload:
         if self.long_fraction and rng.random() < self.long_fraction:
             service = rng.uniform(0.5, 1.5) * self.long_service
         else:
-            service = rng.expovariate(1.0 / self.service)
+            # capped: a draw of 1e300 seconds (hypothesis tries such things) is no workload
+            service = min(rng.expovariate(1.0 / self.service), 50.0 * self.service)
         patience = None
         if self.disconnect_fraction and rng.random() < self.disconnect_fraction:
             patience = rng.uniform(0.05, 3.0)
@@ -131,4 +132,4 @@ def make_workload(name: str, models: int, rate: float, **options: float) -> Work
         raise ValueError("a workload needs at least one model")
     if not (rate > 0 and math.isfinite(rate)):
         raise ValueError(f"rate must be a positive number of requests per second, not {rate}")
-    return Workload(name, models=models, rate=rate, **options)  # type: ignore[arg-type]
+    return Workload(name, models=models, rate=rate, **options)

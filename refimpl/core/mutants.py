@@ -37,3 +37,17 @@ def check_mutants(names: frozenset[str]) -> frozenset[str]:
         raise UnknownMutant(f"unknown mutant(s) {', '.join(unknown)}; known: "
                             f"{', '.join(MUTANTS)}")
     return names
+
+
+_forced: frozenset[str] = frozenset()
+
+
+def force(names: frozenset[str]) -> None:
+    """Turn ``names`` on in every core created from now on (the mutation run's switch: it runs
+    the unchanged test suite against a mutant; see ``properties/zoo.py``)."""
+    global _forced
+    _forced = check_mutants(frozenset(names))
+
+
+def forced() -> frozenset[str]:
+    return _forced

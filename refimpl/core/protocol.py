@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 STATE_PREFIX = b"cmd_child_to_router:state:"
 EXIT_COMMAND = b"cmd_router_to_child:exit\n"
@@ -172,7 +172,7 @@ def parse_line(line: bytes | Overlong) -> Parsed:
     except UnicodeDecodeError:
         return Rejection("not valid UTF-8", line)
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:
         return Rejection(f"invalid JSON: {exc}", line)
     if not isinstance(obj, dict):
@@ -196,8 +196,19 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 overflows to inf, which JSON cannot carry back out
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
 def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):  # may be far too big for a float: compare it as an int
+        return True
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _count(value: object) -> bool:
@@ -214,7 +225,7 @@ def _build_loading(payload: dict[str, Any]) -> LoadingState | str:
         return "'stages' must be a list of strings"
     if not isinstance(current, str):
         return "'current' must be a string"
-    if not _number(value) or not 0.0 <= value <= 1.0:
+    if not _number(value) or not 0 <= value <= 1:
         return "'value' must be a number in 0..1"
     return LoadingState(Progress(tuple(stages), current, float(value)))
 
@@ -244,7 +255,7 @@ def _build_downloading(payload: dict[str, Any]) -> DownloadProgress | DownloadRe
     return DownloadProgress(url, done, total)
 
 
-_BUILDERS: dict[str, Any] = {
+_BUILDERS: dict[str, Callable[[dict[str, Any]], Message | str]] = {
     "loading": _build_loading,
     "ready": _build_ready,
     "sleeping": _build_sleeping,

@@ -20,6 +20,7 @@ from .config import ModelSpec, RouterConfig
 from .events import (ChildExited, ChildOutput, ClientGone, Event, LoadAsked, RequestArrived,
                      ResponseEnded, RouterStarted, TimerFired, UnloadAsked)
 from .lifecycle import Status, check_transition
+from .mutants import forced
 from .protocol import (LineReader, LoadingState, LogLine, Overlong, ReadyState, Rejection,
                        SleepingState, parse_line)
 from .scheduler import Scheduler
@@ -72,7 +73,7 @@ class RouterCore:
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        self.mutants = config.mutants
+        self.mutants = config.mutants | forced()
         self.models: dict[str, Model] = {}
         self.names: dict[str, str] = {}  # name or alias -> model name
         for spec in config.models:
@@ -222,6 +223,10 @@ class RouterCore:
         if model.usable:
             out.append(Reply(event.req, 400, errors.ALREADY_RUNNING,
                              f"model {name!r} is already running"))
+            return
+        if not self.scheduler.fits_alone(model):
+            out.append(Reply(event.req, 507, errors.INSUFFICIENT_MEMORY,
+                             f"model {name!r} needs more memory than a device has"))
             return
         self.scheduler.enqueue(name, None)
         out.append(Reply(event.req, 200, errors.OK))

@@ -41,7 +41,7 @@ class Scheduler:
         self.queue: dict[str, Entry] = {}  # insertion order is arrival order
         self.drain_deadline: float | None = None
         self.draining: set[str] = set()  # busy models that take no new requests until evicted
-        config, mutants = core.config, core.config.mutants
+        config, mutants = core.config, core.mutants
         self.evict_busy = config.policy == "naive-lru" or "Z2" in mutants
         self.evict_loading = "Z8" in mutants
         self.drain_fallback = config.policy == "drain-timeout" or "Z19" in mutants
@@ -95,7 +95,7 @@ class Scheduler:
                 return False
         return True
 
-    def _fits_alone(self, model: Model) -> bool:
+    def fits_alone(self, model: Model) -> bool:
         fits = self._alone.get(model.spec.name)
         if fits is None:
             fits = self._alone[model.spec.name] = all(
@@ -146,7 +146,7 @@ class Scheduler:
                     core.join(model, entry.waiters, now, out)
                     continue
                 return  # its old child is still stopping: wait for the exit
-            if not self._fits_alone(model):
+            if not self.fits_alone(model):
                 del self.queue[name]
                 core.fail_waiters(entry.waiters, 507, errors.INSUFFICIENT_MEMORY,
                                   f"model {name!r} needs more memory than a device has", out)
@@ -166,7 +166,7 @@ class Scheduler:
         self.draining.clear()
         for name in self.queue:
             model = self.core.models[name]
-            if not self._fits_alone(model):
+            if not self.fits_alone(model):
                 continue
             while not self._fits(model, running) and victims:
                 victim = victims.pop(0)

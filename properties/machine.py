@@ -1,0 +1,118 @@
+"""A hypothesis state machine over the router core with simulated children.
+
+Hypothesis plays clients (requests, give-ups), an operator (load, unload) and a chaos monkey
+(crashes, hangs, garbage on stdout) against the real core, in virtual time. When the
+program ends, the run goes on, faults over, until every request must have been answered, and
+every guarantee is checked on the whole trace (safety violations keep the time they happened at). The randomness of the
+simulated children (load times, output chunking) comes from ``st.randoms()``, so it shrinks with
+the program. A failure prints the program as Python steps.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from refimpl.core.config import RouterConfig
+from refimpl.core.events import LoadAsked, UnloadAsked
+from refimpl.core.protocol import STATE_PREFIX
+from simulator.engine import Simulation
+from simulator.faults import Faults
+
+from .invariants import check_all
+
+MACHINE_FAULTS = Faults(load_time=(0.2, 1.5), exit_time=(0.01, 0.2), wake_time=(0.05, 0.3))
+SETTLE = 2000.0  # virtual seconds the teardown lets the router finish its work
+
+GARBAGE = st.one_of(
+    st.binary(max_size=40).map(lambda b: b + b"\n"),
+    st.sampled_from([
+        STATE_PREFIX + b'{"state": "exploding", "payload": {}}\n',
+        STATE_PREFIX + b'{"state": "ready", "payload": [1]}\n',
+        STATE_PREFIX + b"{not json\n",
+        b"log line with " + STATE_PREFIX + b'{"state": "ready", "payload": {}}\n',
+    ]),
+)
+
+
+def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
+                   ) -> type[RuleBasedStateMachine]:
+    """A state machine class checking ``config`` (policy, limits, mutants) against every guarantee."""
+    names = [spec.name for spec in config.models]
+    model = st.sampled_from(names)
+
+    class RouterMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sim: Simulation | None = None
+
+        @initialize(rng=st.randoms(use_true_random=False), chunking=st.integers(0, 2**32))
+        def start(self, rng: random.Random, chunking: int) -> None:
+            self.sim = Simulation(config, None, faults, rng, duration=0.0, drain=1e9,
+                                  chunk_rng=random.Random(chunking))
+            self.sim.start()
+            self.sim.run_until(0.0)
+
+        @property
+        def s(self) -> Simulation:
+            assert self.sim is not None
+            return self.sim
+
+        @rule(model=model, seconds=st.sampled_from([0.2, 2.0, 30.0]))
+        def request(self, model: str, seconds: float) -> None:
+            self.s.request(model, seconds)
+
+        @rule(seconds=st.sampled_from([0.05, 0.5, 2.0, 15.0]))
+        def wait(self, seconds: float) -> None:
+            self.s.run_until(self.s.now + seconds)
+
+        @precondition(lambda self: self.sim is not None and bool(self.sim.open))
+        @rule(data=st.data())
+        def client_gives_up(self, data: Any) -> None:
+            req = data.draw(st.sampled_from(sorted(self.s.open)), label="req")
+            self.s.give_up(req)
+
+        @rule(model=model)
+        def load(self, model: str) -> None:
+            self.s.api(LoadAsked, model)
+
+        @rule(model=model)
+        def unload(self, model: str) -> None:
+            self.s.api(UnloadAsked, model)
+
+        @rule(model=model, code=st.sampled_from([1, 137, 139]))
+        def crash(self, model: str, code: int) -> None:
+            self.s.crash(model, code)
+
+        @rule(model=model)
+        def hang_on_exit(self, model: str) -> None:
+            child = self.s.child_of(model)
+            if child is not None:
+                child.hangs = True
+
+        @rule(model=model, data=GARBAGE)
+        def garbage(self, model: str, data: bytes) -> None:
+            child = self.s.child_of(model)
+            if child is not None:
+                child.write_raw_now(data)
+
+        def teardown(self) -> None:
+            if self.sim is None:
+                return
+            self.s.run_until(self.s.now + SETTLE)
+            assert self.s.trace is not None
+            violations = check_all(self.s.trace, config)
+            assert not violations, "\n".join(map(str, violations))
+
+    RouterMachine.__name__ = RouterMachine.__qualname__ = (
+        f"RouterMachine_{config.policy.replace('-', '_')}"
+        + "".join(f"_{m}" for m in sorted(config.mutants)))
+    return RouterMachine
+
+
+def with_policy(config: RouterConfig, policy: str, *mutants: str) -> RouterConfig:
+    return replace(config, policy=policy, mutants=frozenset(mutants))

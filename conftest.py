@@ -1,7 +1,8 @@
 """Hypothesis profiles for the whole suite, and the switch of the mutation run.
 
 Pick a profile with ``--hypothesis-profile``: ``dev`` (default, quick), ``ci`` (derandomized, so
-a red CI run is reproducible), ``nightly`` (many more examples, for finding new counterexamples).
+a red CI run is reproducible; the default when ``CI`` is set), ``nightly`` (many more examples,
+for finding new counterexamples).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ settings.register_profile("dev", max_examples=60, **_COMMON)  # type: ignore[arg
 settings.register_profile("ci", max_examples=100, derandomize=True,  # type: ignore[arg-type]
                           **_COMMON)
 settings.register_profile("nightly", max_examples=2000, **_COMMON)  # type: ignore[arg-type]
-settings.load_profile("dev")
+# CI (which sets CI=true) gets the derandomized profile unless --hypothesis-profile says otherwise.
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 # The mutation run (python -m properties.zoo) runs this same suite with one mutant forced on.
 _MUTANT = os.environ.get("ROUTER_MUTANT", "").strip()

@@ -11,7 +11,7 @@ THRASH_ROWS = {"Z1", "Z2", "Z7", "Z8", "Z9", "Z19"}  # thrash and starvation sce
 
 
 def _params() -> list[object]:
-    return [pytest.param(zid, id=f"{zid}-{SCENARIOS[zid].title[:40]}",
+    return [pytest.param(zid, id=zid,
                          marks=[pytest.mark.thrash] if zid in THRASH_ROWS else [])
             for zid in SCENARIOS]
 

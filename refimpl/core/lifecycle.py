@@ -72,3 +72,4 @@ def mermaid_diagram() -> str:
     for (old, new), cause in TRANSITIONS.items():
         lines.append(f"    {old.name} --> {new.name}: {cause}")
     return "\n".join(lines)
+

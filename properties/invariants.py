@@ -367,11 +367,15 @@ CHECKS: dict[str, Check] = {
 }
 
 
-def check_all(trace: Trace, config: RouterConfig, *, liveness: bool = True) -> list[Violation]:
-    """Every guarantee; ``liveness=False`` skips the end-of-trace check for a cut-off trace."""
+def check_all(trace: Trace, config: RouterConfig, *, liveness: bool = True,
+              first_only: bool = False) -> list[Violation]:
+    """Every guarantee; ``liveness=False`` skips the end-of-trace check for a cut-off trace, and
+    ``first_only`` stops at the first guarantee that fails (a shrinker only needs a yes or no)."""
     out: list[Violation] = []
     for name, check in CHECKS.items():
         if name == "every_request_answered" and not liveness:
             continue
         out.extend(check(trace, config))
+        if out and first_only:
+            break
     return out

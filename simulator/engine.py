@@ -214,6 +214,9 @@ class Simulation:
         alive = [c for c in self.children.values() if c.model == model and c.alive]
         return alive[-1] if alive else None
 
+    def has_live_child(self) -> bool:
+        return any(child.alive for child in self.children.values())
+
     def crash(self, model: str, code: int = 137) -> bool:
         child = self.child_of(model)
         if child is None:

@@ -126,9 +126,10 @@ class Scheduler:
             self.draining.clear()
             return
         self._spawn_heads(now, out)
+        before = len(out)
         blocked = self._plan_evictions(now, out) if self.queue else False
-        if self.queue:
-            self._spawn_heads(now, out)  # a stop frees nothing until its child exits (Z4)
+        if self.queue and len(out) > before:
+            self._spawn_heads(now, out)  # a stop frees nothing until its child exits (but Z4)
         if blocked and self.drain_fallback:
             if self.drain_deadline is None:
                 self.drain_deadline = now + self.drain_timeout

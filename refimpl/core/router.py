@@ -33,9 +33,7 @@ class Instance:
     id: int
     model: str
     reader: LineReader = field(default_factory=LineReader)
-    ready: bool = False
     stopping: bool = False  # the router sent it exit or kill
-    asked_by_api: bool = False  # the stop came from /models/unload, not an eviction
     kill_at: float | None = None
 
 
@@ -239,7 +237,6 @@ class RouterCore:
             out.append(Reply(event.req, 400, errors.NOT_RUNNING,
                              f"model {event.model!r} is not running"))
             return
-        model.instance.asked_by_api = model.instance.asked_by_api or not model.instance.stopping
         self.stop(model, now, out)
         out.append(Reply(event.req, 200, errors.OK))
 
@@ -313,7 +310,6 @@ class RouterCore:
         if first:
             model.info = dict(msg.info)
         self._set_status(model, Status.LOADED, out, info=model.info if first else None)
-        inst.ready = True
         model.last_used = now
         if not first:
             return

@@ -67,14 +67,13 @@ def busy_never_evicted(trace: Trace) -> list[Violation]:
     replay = Replay()
     for at in trace:
         what = at.what
-        if isinstance(what, (SendExit, Kill)):
-            child = replay.children.get(what.instance)
-            if child is not None and child.stop is None and replay.stop_reason() == "evicted":
-                busy = replay.in_flight(what.instance)
-                if busy:
-                    out.append(Violation("busy_never_evicted", at.t,
-                                         f"evicted {child.model} (instance {what.instance}) with "
-                                         f"requests {[r.req for r in busy]} in flight"))
+        child = replay.first_stop(what)
+        if child is not None and replay.stop_reason() == "evicted":
+            busy = replay.in_flight(child.instance)
+            if busy:
+                out.append(Violation("busy_never_evicted", at.t,
+                                     f"evicted {child.model} (instance {child.instance}) with "
+                                     f"requests {[r.req for r in busy]} in flight"))
         replay.step(at)
     return out
 
@@ -205,14 +204,13 @@ def no_thrash(trace: Trace) -> list[Violation]:
     replay = Replay()
     for at in trace:
         what = at.what
-        if isinstance(what, (SendExit, Kill)):
-            child = replay.children.get(what.instance)
-            if child is not None and child.stop is None and replay.stop_reason() == "evicted":
-                unserved = sorted(r for r in child.waiters if not replay.requests[r].ended)
-                if unserved:
-                    out.append(Violation("no_thrash", at.t, f"{child.model} (instance "
-                                         f"{what.instance}) evicted before it served the "
-                                         f"requests {unserved} it was loaded for"))
+        child = replay.first_stop(what)
+        if child is not None and replay.stop_reason() == "evicted":
+            unserved = sorted(r for r in child.waiters if not replay.requests[r].ended)
+            if unserved:
+                out.append(Violation("no_thrash", at.t, f"{child.model} (instance "
+                                     f"{child.instance}) evicted before it served the "
+                                     f"requests {unserved} it was loaded for"))
         replay.step(at)
     return out
 
@@ -298,15 +296,14 @@ def loading_stops(trace: Trace) -> list[Violation]:
     replay = Replay()
     for at in trace:
         what = at.what
-        if isinstance(what, (SendExit, Kill)):
-            child = replay.children.get(what.instance)
-            if child is not None and child.stop is None and not child.ready:
-                if replay.stop_reason() == "evicted":
-                    out.append(Violation("loading_stops", at.t, f"{child.model} evicted while "
-                                         "loading"))
-                elif isinstance(what, SendExit):
-                    out.append(Violation("loading_stops", at.t, f"{child.model} unloaded while "
-                                         "loading with the exit command, not killed at once"))
+        child = replay.first_stop(what)
+        if child is not None and not child.ready:
+            if replay.stop_reason() == "evicted":
+                out.append(Violation("loading_stops", at.t, f"{child.model} evicted while "
+                                     "loading"))
+            elif isinstance(what, SendExit):
+                out.append(Violation("loading_stops", at.t, f"{child.model} unloaded while "
+                                     "loading with the exit command, not killed at once"))
         replay.step(at)
     return out
 

@@ -69,6 +69,13 @@ class Replay:
         if r.instance is not None:
             self._flight.get(r.instance, set()).discard(r.req)
 
+    def first_stop(self, what: Item) -> Child | None:
+        """The child that ``what`` stops, if it is a stop command and the child's first one."""
+        if not isinstance(what, (SendExit, Kill)):
+            return None
+        child = self.children.get(what.instance)
+        return child if child is not None and child.stop is None else None
+
     def stop_reason(self) -> str:
         return "unloaded" if isinstance(self.cause, UnloadAsked) else "evicted"
 

@@ -39,10 +39,10 @@ class Outcome:
     failures: int
 
 
-def run_suite(mutant: str, *, first_only: bool, timeout: float, extra: list[str]) -> Outcome:
+def run_suite(mutant: str, *, first_only: bool, timeout: float, paths: list[str]) -> Outcome:
     env = dict(os.environ, ROUTER_MUTANT=mutant)
     cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider",
-           "--hypothesis-profile", "ci", *(["-x"] if first_only else []), *extra, *suite()]
+           "--hypothesis-profile", "ci", *(["-x"] if first_only else []), *paths]
     started = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -69,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--all-failures", action="store_true",
                         help="run the whole suite for each mutant and count every failing test "
                              "(slower; the default stops at the first)")
+    parser.add_argument("--tests", nargs="+", metavar="PATH", default=None,
+                        help="run only these test files or folders (default: the whole suite, "
+                             "scenario tests first), e.g. properties/test_stateful.py to see what "
+                             "the state machine kills on its own")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds allowed per suite run (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -76,21 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown mutant(s) {', '.join(unknown)}; known: {', '.join(MUTANTS)}")
     names = args.mutants or list(MUTANTS)
+    paths = args.tests or suite()
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing:
+        parser.error(f"no such test path: {', '.join(missing)}")
 
     print("correct core: running the suite with no mutant ...", flush=True)
-    baseline = run_suite("", first_only=True, timeout=args.timeout, extra=[])
+    baseline = run_suite("", first_only=True, timeout=args.timeout, paths=paths)
     if baseline.killed:
         print(f"the suite fails on the correct core ({baseline.by}); fix that first")
         return 1
-    print(f"correct core: suite passed in {baseline.seconds:.1f} s\n")
+    print(f"correct core: suite passed in {baseline.seconds:.1f} s ({' '.join(paths)})\n")
 
-    header = f"| mutant | bug | killed | by | time to kill |"
-    print(header)
+    print("| mutant | bug | killed | by | time to kill |")
     print("|---|---|---|---|---|")
     survivors = 0
     for name in names:
         outcome = run_suite(name, first_only=not args.all_failures, timeout=args.timeout,
-                            extra=[])
+                            paths=paths)
         survivors += not outcome.killed
         by = outcome.by + (f" (+{outcome.failures - 1} more)"
                            if args.all_failures and outcome.failures > 1 else "")

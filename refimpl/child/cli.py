@@ -1,0 +1,146 @@
+"""The child's command line: a llama-server-like subset, parsed without importing anything heavy.
+
+Parsing runs before llama_cpp, numpy or FastAPI are imported, so a bad flag costs milliseconds and
+exits with status 2 and a one-line message naming the flag (argparse's own behaviour), never a
+traceback. Flags a router strips from its children (``--api-key``) are refused loudly rather than
+ignored: a child that silently dropped an API key would serve unauthenticated while its caller
+believed otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+ROUTER_PORT_ENV = "LLAMA_SERVER_ROUTER_PORT"
+
+# Flags a router must not hand to a child. Each maps to the reason shown when one shows up anyway.
+_REFUSED = {
+    "--api-key": "the router authenticates clients and strips --api-key from its children",
+    "--api-key-file": "the router authenticates clients and strips --api-key-file from its children",
+    "--ssl-key-file": "children serve plain HTTP on 127.0.0.1; TLS belongs to the router",
+    "--ssl-cert-file": "children serve plain HTTP on 127.0.0.1; TLS belongs to the router",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ChildOptions:
+    model: Path
+    host: str
+    port: int
+    alias: str
+    ctx_size: int
+    temp: float
+    seed: int
+    n_predict: int
+    batch_size: int
+    parallel: int
+    threads: int | None
+    n_gpu_layers: int
+    mmproj: Path | None
+    sleep_idle_seconds: float  # < 0: never sleep
+    verbose: bool
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints usage + message and exits 2; keep that, but point at --help.
+        self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
+class _Refuse(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        assert option_string is not None
+        parser.error(f"{option_string} is not accepted by a router child: "
+                     f"{_REFUSED[option_string]}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m refimpl.child",
+        description=(
+            "A llama-server-compatible server for one GGUF model, on llama-cpp-python. "
+            "A router spawns one per loaded model. With the environment variable "
+            f"{ROUTER_PORT_ENV} set it also speaks the router line protocol: "
+            "'cmd_child_to_router:state:{...}' lines on stdout (loading, ready, sleeping), "
+            "and it exits on 'cmd_router_to_child:exit' or EOF on stdin."
+        ),
+        allow_abbrev=False,  # '--mod' must not silently mean '--model'
+    )
+    p.add_argument("-m", "--model", required=True, type=Path, metavar="PATH",
+                   help="GGUF model file to serve (required)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080,
+                   help="port to listen on; 0 picks a free one (default: 8080)")
+    p.add_argument("-a", "--alias", default=None, metavar="NAME",
+                   help="model id reported by /v1/models and in the ready message "
+                        "(default: the model file's stem)")
+    p.add_argument("-c", "--ctx-size", type=int, default=512, metavar="N",
+                   help="context size in tokens; 0 takes the model's training context "
+                        "(default: 512)")
+    p.add_argument("--temp", type=float, default=0.8,
+                   help="default sampling temperature for requests that set none (default: 0.8)")
+    p.add_argument("-s", "--seed", type=int, default=-1,
+                   help="default RNG seed for requests that set none; -1 = random (default: -1)")
+    p.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
+                   help="default number of tokens to predict; -1 = until end of text or context "
+                        "(default: -1)")
+    p.add_argument("-b", "--batch-size", type=int, default=2048, metavar="N",
+                   help="logical batch size for prompt processing (default: 2048)")
+    p.add_argument("-np", "--parallel", type=int, default=1, metavar="N",
+                   help="number of slots reported; requests are served one at a time "
+                        "behind a lock (default: 1)")
+    p.add_argument("-t", "--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for generation (default: llama-cpp-python's choice)")
+    p.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=0, metavar="N",
+                   help="layers to offload to a GPU, if llama.cpp was built with one (default: 0)")
+    p.add_argument("--mmproj", type=Path, default=None, metavar="PATH",
+                   help="multimodal projector file; recorded and reported, not used")
+    p.add_argument("--sleep-idle-seconds", type=float, default=-1.0, metavar="S",
+                   help="free the weights after S seconds without a request and reload them on "
+                        "the next one; -1 = never (default: -1)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="let llama.cpp log what it loads and decodes")
+    for flag in _REFUSED:
+        p.add_argument(flag, action=_Refuse, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_options(argv: Sequence[str] | None = None) -> ChildOptions:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    for name, minimum in (("ctx_size", 0), ("batch_size", 1), ("parallel", 1),
+                          ("n_gpu_layers", -1)):
+        if getattr(ns, name) < minimum:
+            parser.error(f"--{name.replace('_', '-')} must be >= {minimum}")
+    if not 0 <= ns.port <= 65535:
+        parser.error("--port must be in 0..65535")
+    if ns.threads is not None and ns.threads < 1:
+        parser.error("--threads must be >= 1")
+    model: Path = ns.model
+    return ChildOptions(
+        model=model,
+        host=ns.host,
+        port=ns.port,
+        alias=ns.alias if ns.alias else model.stem,
+        ctx_size=ns.ctx_size,
+        temp=ns.temp,
+        seed=ns.seed,
+        n_predict=ns.n_predict,
+        batch_size=ns.batch_size,
+        parallel=ns.parallel,
+        threads=ns.threads,
+        n_gpu_layers=ns.n_gpu_layers,
+        mmproj=ns.mmproj,
+        sleep_idle_seconds=ns.sleep_idle_seconds if ns.sleep_idle_seconds > 0 else -1.0,
+        verbose=ns.verbose,
+    )
+
+
+def is_router_child() -> bool:
+    return ROUTER_PORT_ENV in os.environ

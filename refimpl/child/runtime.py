@@ -1,0 +1,209 @@
+"""The child's life: loading, ready, sleeping, stopping, and the messages each change sends.
+
+One object, driven from the event loop (requests, the idle timer) and from two threads (the model
+loader's progress callback, the stdin watcher's exit request). Weights are loaded and freed on
+worker threads; the event loop only ever swaps the ``llama`` reference, under ``_transition``, so
+sleeping and waking never overlap. A request holds ``in_flight`` from the moment it arrives,
+before anything is awaited, so the idle timer cannot free the weights under a request that has
+started (the sleep race llama-server has between its idle check and queueing a task).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import llama_cpp
+
+from refimpl.child.announcer import Announcer
+from refimpl.child.cli import ChildOptions
+from refimpl.child.model import LoadAborted, LoadFailed, ModelFacts, load_llama, read_facts
+from refimpl.core.protocol import LoadingState, Progress, ReadyState, SleepingState
+
+log = logging.getLogger("refimpl.child")
+
+STAGE = "text_model"
+PROGRESS_STEP = 0.05  # report load progress in steps of at least this much (and always 1.0)
+
+
+class ChildState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    SLEEPING = "sleeping"
+    FAILED = "failed"
+
+
+class NotServing(Exception):
+    """The model cannot serve a request now; ``message`` is what the client is told."""
+
+    def __init__(self, message: str, status: int = 503) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+class ChildRuntime:
+    def __init__(self, options: ChildOptions, announcer: Announcer) -> None:
+        self.options = options
+        self.announcer = announcer
+        self.state = ChildState.LOADING
+        self.llama: llama_cpp.Llama | None = None
+        self.facts: ModelFacts | None = None
+        self.created = int(time.time())
+        self.in_flight = 0
+        self.last_activity = time.monotonic()
+        self.exit_code = 0
+        self.exit_requested = threading.Event()
+        # Set by the server: stops the HTTP server (called on the event loop).
+        self.stop_serving: Callable[[], None] = lambda: None
+        # Set by the app: holds the model exclusively (no request is using it) while it is freed.
+        self.exclusive: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transition = asyncio.Lock()
+        self._last_progress = -1.0
+
+    # -- what the router and clients see ----------------------------------------------------
+
+    def models_entry(self) -> dict[str, Any]:
+        """This model's ``/v1/models`` entry: also the ``ready`` message's payload."""
+        entry: dict[str, Any] = {"id": self.options.alias, "object": "model",
+                                 "created": self.created, "owned_by": "llamacpp"}
+        if self.facts is not None:
+            entry["meta"] = self.facts.meta()
+        return entry
+
+    # -- loading --------------------------------------------------------------------------------
+
+    def _report_progress(self, value: float) -> bool:
+        if self.exit_requested.is_set():
+            return False  # abort the load: llama.cpp stops reading tensors
+        value = min(max(value, 0.0), 1.0)
+        if value >= 1.0 or value - self._last_progress >= PROGRESS_STEP:
+            if value > self._last_progress:
+                self._last_progress = value
+                self.announcer.send(LoadingState(Progress((STAGE,), STAGE, value)))
+        return True
+
+    def _load(self, report: bool) -> llama_cpp.Llama:
+        on_progress = self._report_progress if report else (
+            lambda _value: not self.exit_requested.is_set())
+        return load_llama(self.options, on_progress, self.exit_requested.is_set)
+
+    def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The loop that ``request_exit`` (called from other threads) hands the stop to."""
+        self._loop = loop
+
+    async def load_first(self) -> bool:
+        """Load the weights at startup; True when the model is ready to serve."""
+        self._report_progress(0.0)
+        started = time.perf_counter()
+        try:
+            llama = await asyncio.to_thread(self._load, True)
+        except LoadAborted:
+            log.info("load of %s abandoned: exit requested", self.options.model)
+            self.state = ChildState.FAILED
+            return False
+        except LoadFailed as exc:
+            log.error("%s", exc)
+            self.state = ChildState.FAILED
+            self.exit_code = 1
+            return False
+        self._report_progress(1.0)
+        self.llama = llama
+        self.facts = read_facts(llama)
+        self.state = ChildState.READY
+        self.last_activity = time.monotonic()
+        log.info("loaded %s as %r in %.3f s (n_ctx %d)", self.options.model, self.options.alias,
+                 time.perf_counter() - started, self.facts.n_ctx)
+        return True
+
+    def announce_ready(self) -> None:
+        self.announcer.send(ReadyState(self.models_entry()))
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def ensure_awake(self) -> None:
+        """Make the model ready for a request that already counts in ``in_flight``."""
+        if self.state is ChildState.READY:
+            return
+        if self.state is ChildState.LOADING:
+            raise NotServing("Loading model")
+        if self.state is ChildState.FAILED:
+            raise NotServing("the model is not available")
+        async with self._transition:
+            if self.state is not ChildState.SLEEPING:
+                return await self.ensure_awake()
+            started = time.perf_counter()
+            try:
+                llama = await asyncio.to_thread(self._load, False)
+            except (LoadFailed, LoadAborted) as exc:
+                log.error("could not wake up: %s", exc)
+                self.state = ChildState.FAILED
+                self.exit_code = 0 if isinstance(exc, LoadAborted) else 1
+                self.stop_serving()
+                raise NotServing("the model could not be reloaded after sleeping", 500) from None
+            self.llama = llama
+            self.state = ChildState.READY
+            log.info("woke up in %.3f s", time.perf_counter() - started)
+            self.announcer.send(ReadyState({}))
+
+    def request_started(self) -> None:
+        self.in_flight += 1
+
+    def request_ended(self) -> None:
+        self.in_flight -= 1
+        self.last_activity = time.monotonic()
+
+    # -- sleeping -------------------------------------------------------------------------------
+
+    async def sleep_when_idle(self, idle_seconds: float) -> None:
+        """Run forever: free the weights once nothing has been asked for ``idle_seconds``."""
+        while True:
+            if self.state is ChildState.READY and self.in_flight == 0:
+                remaining = self.last_activity + idle_seconds - time.monotonic()
+                if remaining <= 0:
+                    await self._fall_asleep()
+                    continue
+                await asyncio.sleep(remaining)
+            else:
+                await asyncio.sleep(min(idle_seconds, 0.1))
+
+    async def _fall_asleep(self) -> None:
+        async with self._transition:
+            if self.state is not ChildState.READY or self.in_flight:
+                return
+            llama, self.llama = self.llama, None
+            self.state = ChildState.SLEEPING  # from here on a request waits in ensure_awake
+            assert llama is not None
+            if self.exclusive is not None:
+                async with self.exclusive():
+                    await asyncio.to_thread(llama.close)
+            else:
+                await asyncio.to_thread(llama.close)
+            del llama
+            log.info("sleeping after %.1f s idle: weights freed", self.options.sleep_idle_seconds)
+            self.announcer.send(SleepingState())
+
+    # -- exiting --------------------------------------------------------------------------------
+
+    def request_exit(self, reason: str) -> None:
+        """Thread-safe: stop loading (if still loading) and shut the HTTP server down."""
+        log.info("exiting: %s", reason)
+        self.exit_requested.set()
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self.stop_serving)
+            except RuntimeError:  # the loop already closed: we are on our way out anyway
+                pass
+
+    def close(self) -> None:
+        llama, self.llama = self.llama, None
+        if llama is not None:
+            llama.close()

@@ -1,0 +1,1 @@
+"""The live reference router: the core, driven over real processes and real HTTP."""

@@ -1,0 +1,229 @@
+"""The router's HTTP API (ROUTER.md section 4) on Starlette, and the streaming proxy.
+
+Starlette runs on anyio, like the driver. Every decision (where a request goes, whether a load or
+unload is allowed) is the core's, asked through the driver; this module only speaks HTTP.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Any, AsyncIterator
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from refimpl.core import errors
+from refimpl.core.commands import Reply
+from refimpl.core.events import LoadAsked, UnloadAsked
+
+from .driver import Driver
+from .options import RouterOptions
+from .sources import ModelEntry
+
+# Hop-by-hop and per-connection headers the proxy must not copy (upstream #17698): the server in
+# front writes its own, and a copy would duplicate them.
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+              "trailer", "transfer-encoding", "upgrade", "content-length", "server", "date",
+              "host", "authorization"}
+BUILD_INFO = "refimpl-router 0.1.0"
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    return JSONResponse({"error": {"code": status, "message": message, "type": kind}},
+                        status_code=status)
+
+
+def reply_response(reply: Reply) -> JSONResponse:
+    if reply.status == 200:
+        return JSONResponse({"success": True})
+    kind = "not_found_error" if reply.status == 404 else (
+        "invalid_request_error" if reply.status < 500 else "server_error")
+    return error(reply.status, reply.message or reply.kind, kind)
+
+
+class RouterApp:
+    def __init__(self, driver: Driver, entries: dict[str, ModelEntry],
+                 options: RouterOptions, lifespan: Any = None) -> None:
+        self.driver = driver
+        self.entries = entries
+        self.options = options
+        self.created = int(time.time())
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
+                                        limits=httpx.Limits(max_connections=1000))
+        routes = [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/models", self.list_models, methods=["GET"]),
+            Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/models/load", self.load, methods=["POST"]),
+            Route("/models/unload", self.unload, methods=["POST"]),
+            Route("/models/sse", self.sse, methods=["GET"]),
+            Route("/props", self.props, methods=["GET"]),
+            Route("/{path:path}", self.proxy, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+        ]
+        self.app = Starlette(routes=routes, lifespan=lifespan)
+        self.app.add_middleware(_ApiKey, key=options.api_key)  # type: ignore[arg-type]
+
+    # -- the router's own endpoints --------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def props(self, request: Request) -> Response:
+        if "model" in request.query_params:
+            return await self.proxy(request)
+        return JSONResponse({"role": "router", "max_instances": self.options.models_max,
+                             "models_autoload": self.options.models_autoload,
+                             "build_info": BUILD_INFO})
+
+    def model_info(self, name: str) -> dict[str, Any]:
+        model = self.driver.core.models[name]
+        entry = self.entries[name]
+        status: dict[str, Any] = {"value": model.status.value, "args": entry.args()}
+        if entry.source == "preset":
+            status["preset"] = entry.name
+        if model.failed:
+            status["failed"] = True
+            status["exit_code"] = model.exit_code
+        info: dict[str, Any] = {k: v for k, v in model.info.items()
+                                if k not in ("id", "object", "status")}
+        return {"id": name, "aliases": list(model.spec.aliases), "tags": [], "object": "model",
+                "owned_by": "llamacpp", "created": self.created, "status": status,
+                "source": entry.source, "can_remove": entry.source == "cache", **info}
+
+    async def list_models(self, request: Request) -> Response:
+        data = [self.model_info(name) for name in self.driver.core.models]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def _api(self, request: Request, kind: type[LoadAsked] | type[UnloadAsked]) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return error(400, "\"model\" must be a non-empty string")
+        return reply_response(self.driver.api(kind, model))
+
+    async def load(self, request: Request) -> Response:
+        return await self._api(request, LoadAsked)
+
+    async def unload(self, request: Request) -> Response:
+        return await self._api(request, UnloadAsked)
+
+    async def sse(self, request: Request) -> Response:
+        send, receive = self.driver.subscribe()
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b": subscribed\n\n"
+                async with receive:
+                    async for message in receive:
+                        yield b"data: " + json.dumps(message).encode() + b"\n\n"
+            finally:
+                self.driver.unsubscribe(send)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    # -- the proxy -------------------------------------------------------------------------------
+
+    async def proxy(self, request: Request) -> Response:
+        body = await request.body()
+        if request.method == "GET":
+            model: str | None = request.query_params.get("model")
+        else:
+            parsed = _parse(body)
+            if isinstance(parsed, Response):
+                return parsed
+            value = parsed.get("model")
+            if value is not None and not isinstance(value, str):
+                return error(400, "\"model\" must be a string")
+            model = value
+        autoload = _autoload(request.query_params.get("autoload"))
+        req, outcome = await self.driver.route(model, autoload, request.is_disconnected)
+        if outcome.reply is not None:
+            reply = outcome.reply
+            kind = "not_found_error" if reply.kind == errors.MODEL_NOT_FOUND else (
+                "invalid_request_error" if reply.status < 500 else "server_error")
+            return error(reply.status, reply.message or reply.kind, kind)
+        assert outcome.forward is not None
+        child = self.driver.children.get(outcome.forward.instance)
+        if child is None:
+            self.driver.ended(req, ok=False)
+            return error(502, "the model's child process is gone", "server_error")
+        query = request.url.query
+        url = httpx.URL(f"http://127.0.0.1:{child.port}{request.url.path}"
+                        + (f"?{query}" if query else ""))
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        try:
+            upstream = await self.client.send(
+                self.client.build_request(request.method, url, headers=headers, content=body),
+                stream=True)
+        except httpx.HTTPError as exc:
+            self.driver.ended(req, ok=False)
+            return error(502, f"could not reach the model's child: {exc}", "server_error")
+
+        async def relay() -> AsyncIterator[bytes]:
+            ok = False
+            try:
+                async for chunk in upstream.aiter_raw():
+                    yield chunk
+                ok = upstream.status_code < 500
+            except httpx.HTTPError:
+                pass
+            finally:
+                await upstream.aclose()
+                self.driver.ended(req, ok)
+
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP
+                       and not k.lower().startswith("access-control-")}
+        return StreamingResponse(relay(), status_code=upstream.status_code, headers=out_headers)
+
+
+def _parse(body: bytes) -> dict[str, Any] | Response:
+    if not body:
+        return {}
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return error(400, "the request body is not valid JSON")
+    if not isinstance(value, dict):
+        return error(400, "the request body must be a JSON object")
+    return value
+
+
+async def _json_body(request: Request) -> dict[str, Any] | Response:
+    return _parse(await request.body())
+
+
+def _autoload(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    return value.lower() not in ("0", "false", "no", "off")
+
+
+class _ApiKey:
+    """With ``--api-key``, every endpoint but /health needs ``Authorization: Bearer KEY``."""
+
+    def __init__(self, app: Any, key: str | None) -> None:
+        self.app = app
+        self.key = key.encode() if key else None
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.key is None or scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        given = b""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization" and value.startswith(b"Bearer "):
+                given = value[len(b"Bearer "):]
+        if hmac.compare_digest(given, self.key):  # constant time
+            await self.app(scope, receive, send)
+            return
+        response = error(401, "Invalid API Key", "authentication_error")
+        await response(scope, receive, send)
+

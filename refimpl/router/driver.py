@@ -1,0 +1,235 @@
+"""The thin async driver around the core: it feeds events in and carries commands out.
+
+It owns what the core may not touch: child processes, the clock, timers, the SSE subscribers and
+the HTTP requests waiting for a decision. Everything it knows about scheduling it asks the core.
+Written against anyio only, so it runs on asyncio (the HTTP server) and on trio (the tests that
+check stop timeouts and force kills in virtual time with trio's MockClock).
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from refimpl.core.commands import Command, Forward, Kill, Log, Publish, Reply, SendExit, Spawn
+from refimpl.core.events import (ChildExited, ChildOutput, ClientGone, Event, LoadAsked,
+                                 RequestArrived, ResponseEnded, RouterStarted, TimerFired,
+                                 UnloadAsked)
+from refimpl.core.protocol import EXIT_COMMAND
+from refimpl.core.router import RouterCore
+from refimpl.core.trace import At
+
+
+class Child(Protocol):
+    """A running child process, as the driver sees it (real or, in tests, in memory)."""
+
+    port: int
+    pid: int
+
+    async def read(self) -> bytes:
+        """The next chunk of stdout; b"" at EOF."""
+
+    async def write_stdin(self, data: bytes) -> None: ...
+
+    def kill(self) -> None: ...
+
+    async def wait(self) -> int: ...
+
+
+Spawner = Callable[[int, str], Awaitable[Child]]  # (instance, model) -> a started child
+
+
+@dataclass
+class Outcome:
+    """What the core decided for one request: go to a child, or an answer."""
+
+    forward: Forward | None = None
+    reply: Reply | None = None
+
+
+@dataclass
+class _Pending:
+    done: anyio.Event = field(default_factory=anyio.Event)
+    outcome: Outcome = field(default_factory=Outcome)
+
+
+class Driver:
+    def __init__(self, core: RouterCore, spawner: Spawner, *, record: bool = False,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.core = core
+        self.spawner = spawner
+        self.children: dict[int, Child] = {}
+        self.ids = itertools.count(1)
+        self.trace: list[At] | None = [] if record else None
+        self._pending: dict[int, _Pending] = {}
+        self._subscribers: set[MemoryObjectSendStream[dict[str, Any]]] = set()
+        self._wake = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.spawn_failures: list[str] = []
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(self, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled: the timer loop and every child's reader live in this task group."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._timer_loop)
+            self.feed(RouterStarted())
+            task_status.started()
+
+    def feed(self, event: Event) -> list[Command]:
+        """Hand one event to the core now and carry out what it asks. Never awaits."""
+        now = anyio.current_time()
+        commands = self.core.handle(event, now)
+        if self.trace is not None:
+            self.trace.append(At(now, event))
+            self.trace.extend(At(now, c) for c in commands)
+        for command in commands:
+            self._execute(command)
+        self._wake.set()
+        return commands
+
+    def _execute(self, command: Command) -> None:
+        assert self._tg is not None, "Driver.run() is not running"
+        if isinstance(command, (Forward, Reply)):
+            pending = self._pending.get(command.req)
+            if pending is not None:
+                if isinstance(command, Forward):
+                    pending.outcome.forward = command
+                else:
+                    pending.outcome.reply = command
+                pending.done.set()
+        elif isinstance(command, Spawn):
+            self._tg.start_soon(self._run_child, command.instance, command.model)
+        elif isinstance(command, SendExit):
+            child = self.children.get(command.instance)
+            if child is not None:
+                self._tg.start_soon(self._send_exit, child)
+        elif isinstance(command, Kill):
+            child = self.children.get(command.instance)
+            if child is not None:
+                child.kill()
+        elif isinstance(command, Publish):
+            message = {"model": command.model, "event": command.event, "data": command.data}
+            for subscriber in list(self._subscribers):
+                try:
+                    subscriber.send_nowait(message)
+                except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self._subscribers.discard(subscriber)  # too slow or gone: drop it
+        elif isinstance(command, Log):
+            child = self.children.get(command.instance)
+            self._log(f"[{child.port if child else command.instance}] {command.text}")
+
+    async def _send_exit(self, child: Child) -> None:
+        try:
+            await child.write_stdin(EXIT_COMMAND)
+        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # it is already gone: its exit is on the way
+
+    async def _run_child(self, instance: int, model: str) -> None:
+        try:
+            child = await self.spawner(instance, model)
+        except Exception as exc:  # noqa: BLE001 - any failure to start is the child's exit
+            self._log(f"[router] could not start a child for {model}: {exc}")
+            self.spawn_failures.append(f"{model}: {exc}")
+            self.feed(ChildExited(instance, 127))
+            return
+        self.children[instance] = child
+        try:
+            while True:
+                data = await child.read()
+                if not data:
+                    break
+                self.feed(ChildOutput(instance, data))
+            code = await child.wait()
+        finally:
+            self.children.pop(instance, None)
+        self.feed(ChildExited(instance, code))
+
+    async def _timer_loop(self) -> None:
+        while True:
+            self._wake = anyio.Event()
+            deadline = self.core.next_timer()
+            if deadline is None:
+                await self._wake.wait()
+                continue
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                await self._wake.wait()
+            if anyio.current_time() >= deadline:
+                self.feed(TimerFired())
+
+    # -- what the HTTP layer asks ----------------------------------------------------------------
+
+    async def route(self, model: str | None, autoload: bool | None,
+                    client_gone: Callable[[], Awaitable[bool]] | None = None) -> tuple[int, Outcome]:
+        """Ask the core where a request goes; wait (queued) until it decides. If the client goes
+        away meanwhile, the core is told and a ``Reply`` of 499 is returned."""
+        req = next(self.ids)
+        pending = self._pending[req] = _Pending()
+        try:
+            self.feed(RequestArrived(req, model, autoload))
+            if not pending.done.is_set():
+                await self._wait(pending, req, client_gone)
+            return req, pending.outcome
+        finally:
+            del self._pending[req]
+
+    async def _wait(self, pending: _Pending, req: int,
+                    client_gone: Callable[[], Awaitable[bool]] | None) -> None:
+        if client_gone is None:
+            await pending.done.wait()
+            return
+        async with anyio.create_task_group() as tg:
+            async def watch() -> None:
+                while not await client_gone():
+                    await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+            tg.start_soon(watch)
+            await pending.done.wait()
+            tg.cancel_scope.cancel()
+        if not pending.done.is_set():
+            self.feed(ClientGone(req))
+            pending.outcome.reply = Reply(req, 499, "client_gone", "client closed the request")
+
+    def ended(self, req: int, ok: bool) -> None:
+        self.feed(ResponseEnded(req, ok))
+
+    def api(self, kind: type[LoadAsked] | type[UnloadAsked], model: str | None) -> Reply:
+        req = next(self.ids)
+        pending = self._pending[req] = _Pending()
+        try:
+            self.feed(kind(req, model))
+            assert pending.outcome.reply is not None, "the core answers API calls at once"
+            return pending.outcome.reply
+        finally:
+            del self._pending[req]
+
+    def subscribe(self) -> tuple[MemoryObjectSendStream[dict[str, Any]], Any]:
+        """A new ``/models/sse`` subscriber: it sees events from now on, no replay."""
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](256)
+        self._subscribers.add(send)
+        return send, receive
+
+    def unsubscribe(self, send: MemoryObjectSendStream[dict[str, Any]]) -> None:
+        self._subscribers.discard(send)
+        send.close()
+
+    async def shutdown(self, grace: float) -> None:
+        """Ask every child to exit; kill those still alive after ``grace`` seconds."""
+        for child in list(self.children.values()):
+            await self._send_exit(child)
+        with anyio.move_on_after(grace):
+            while self.children:
+                await anyio.sleep(0.02)
+        for child in list(self.children.values()):
+            child.kill()
+        with anyio.move_on_after(5.0):
+            while self.children:
+                await anyio.sleep(0.02)

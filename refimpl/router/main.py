@@ -1,0 +1,79 @@
+"""``refimpl-router`` / ``python -m refimpl``: build the router from its flags and serve it."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from typing import Any, AsyncIterator
+
+import anyio
+
+from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.core.router import RouterCore
+
+from . import options as router_options
+from .app import RouterApp
+from .driver import Driver
+from .memory import device_budget, estimate_need
+from .processes import make_spawner
+from .sources import SourceError, load_sources
+
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
+    entries = {e.name: e for e in load_sources(opts.models_dir, opts.models_preset,
+                                               opts.child_args)}
+    devices = device_budget(opts.models_memory_margin, opts.device_memory)
+    specs = tuple(ModelSpec(e.name, aliases=e.aliases, memory=estimate_need(e, devices),
+                            stop_timeout=e.stop_timeout if e.stop_timeout is not None
+                            else opts.stop_timeout, load_on_startup=e.load_on_startup)
+                  for e in entries.values())
+    core = RouterCore(RouterConfig(models=specs, models_max=opts.models_max, devices=devices,
+                                   autoload=opts.models_autoload, policy=opts.policy))
+    driver = Driver(core, make_spawner(opts.child_cmd, entries.__getitem__, opts.port, log),
+                    log=log)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tg:
+            await tg.start(driver.run)
+            log(f"router listening on http://{opts.host}:{opts.port} with {len(entries)} "
+                f"model(s): {', '.join(entries) or 'none'}")
+            if entries:
+                first = next(iter(entries))
+                log(f"try: curl http://{opts.host}:{opts.port}/v1/chat/completions -H "
+                    f"'Content-Type: application/json' -d '{{\"model\": \"{first}\", "
+                    f"\"messages\": [{{\"role\": \"user\", \"content\": \"hello\"}}], "
+                    f"\"max_tokens\": 8}}'")
+            try:
+                yield
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await driver.shutdown(grace=opts.stop_timeout)
+                tg.cancel_scope.cancel()
+
+    return RouterApp(driver, entries, opts, lifespan=lifespan), driver
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = router_options.parse(sys.argv[1:] if argv is None else argv)
+    if opts.models_dir is None and opts.models_preset is None:
+        from fixtures.tiny_models import build_models_dir, default_cache_dir
+        log(f"no --models-dir or --models-preset: using generated tiny models in "
+            f"{default_cache_dir()}")
+        opts.models_dir = str(build_models_dir(default_cache_dir()).root)
+    try:
+        app, _ = build(opts)
+    except SourceError as exc:
+        log(f"refimpl-router: error: {exc}")
+        return 2
+    import uvicorn
+    config = uvicorn.Config(app.app, host=opts.host, port=opts.port, log_level="warning",
+                            server_header=False, date_header=False, lifespan="on")
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+

@@ -1,0 +1,137 @@
+"""The router's command line: llama-server's router flags, and every other flag for the children.
+
+The router consumes its own flags (``--models-*``, ``--host``, ``--port``, ``--api-key``, ...);
+every flag it does not know is handed to each child unchanged (``-c 1024``, ``--temp 0.5``), as
+llama-server does, so llama.cpp's own router tests can start this router in its place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+
+from refimpl.core.config import DEFAULT_POLICY, POLICIES
+
+DEFAULT_CHILD = "{python} -m refimpl.child"
+_SIZES = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1024, "m": 1024**2, "mib": 1024**2,
+          "mb": 1024**2, "g": 1024**3, "gib": 1024**3, "gb": 1024**3}
+
+# Flags that take a value, which the router hands to children; needed so that a value such as
+# "-1" is not mistaken for a flag. Anything else unknown is passed through as it comes.
+CHILD_VALUE_FLAGS = {
+    "-c", "--ctx-size", "--temp", "--seed", "-s", "-n", "--n-predict", "-b", "--batch-size",
+    "-ub", "--ubatch-size", "-np", "--parallel", "-t", "--threads", "-ngl", "--n-gpu-layers",
+    "--top-k", "--top-p", "--min-p", "--repeat-penalty", "--chat-template", "-a", "--alias",
+}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if m is None or m.group(2).lower() not in _SIZES:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512MiB or 8G")
+    return int(float(m.group(1)) * _SIZES[m.group(2).lower()])
+
+
+def parse_device(text: str) -> tuple[str, int]:
+    name, sep, size = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not DEVICE=SIZE, like host=64MiB")
+    return name.strip(), parse_size(size)
+
+
+@dataclass
+class RouterOptions:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    models_dir: str | None = None
+    models_preset: str | None = None
+    models_max: int = 4
+    models_memory_margin: int = 1024  # MiB, 0 = off
+    device_memory: dict[str, int] = field(default_factory=dict)  # declared capacities
+    models_autoload: bool = True
+    api_key: str | None = None
+    sleep_idle_seconds: float | None = None
+    offline: bool = False
+    policy: str = DEFAULT_POLICY
+    child_cmd: str = DEFAULT_CHILD
+    stop_timeout: float = 10.0
+    child_args: list[str] = field(default_factory=list)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="refimpl-router",
+        description="Reference router for llama-server router mode: one child process per "
+                    "model, requests routed by their \"model\", models loaded on demand and "
+                    "evicted under --models-max and a per-device memory budget. Flags it does "
+                    "not know (-c, --temp, --seed, ...) are handed to every child.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (%(default)s)")
+    p.add_argument("--models-dir", help="folder of *.gguf models (sub-folders: multimodal or "
+                                        "sharded models)")
+    p.add_argument("--models-preset", help="INI file: [*] for all models, one section per model")
+    p.add_argument("--models-max", type=int, default=4,
+                   help="children running at once, 0 = unlimited (%(default)s)")
+    p.add_argument("--models-memory-margin", type=int, default=1024, metavar="MiB",
+                   help="MiB to leave free on each device, 0 = no memory budget (%(default)s)")
+    p.add_argument("--device-memory", type=parse_device, action="append", default=[],
+                   metavar="DEVICE=SIZE",
+                   help="declare the bytes models may use on a device instead of measuring free "
+                        "memory (repeatable), e.g. host=48MiB; lets tests drive memory eviction "
+                        "with tiny models")
+    auto = p.add_mutually_exclusive_group()
+    auto.add_argument("--models-autoload", dest="models_autoload", action="store_true",
+                      default=True, help="load a model on its first request (default)")
+    auto.add_argument("--no-models-autoload", dest="models_autoload", action="store_false",
+                      help="answer 400 for a model that is not loaded")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (all but /health)")
+    p.add_argument("--sleep-idle-seconds", type=float, default=None,
+                   help="children free their weights after this many idle seconds")
+    p.add_argument("--offline", action="store_true", help="never download")
+    p.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
+                   help="scheduling policy (%(default)s)")
+    p.add_argument("--stop-timeout", type=float, default=10.0,
+                   help="seconds a child gets to exit before it is killed (%(default)s)")
+    p.add_argument("--child-cmd", default=DEFAULT_CHILD,
+                   help="command that starts a child; $model, $port, $host, $alias are filled "
+                        "in, other flags appended; e.g. 'llama-server -m $model --port $port "
+                        "--host $host' (default: our llama-cpp-python child)")
+    return p
+
+
+def parse(argv: list[str]) -> RouterOptions:
+    parser = build_parser()
+    known, rest = parser.parse_known_args(argv)
+    child_args = _child_args(rest, parser)
+    if known.models_max < 0:
+        parser.error("--models-max must be 0 (unlimited) or more")
+    if not 0 < known.port < 65536:
+        parser.error(f"--port {known.port} is not a port number")
+    return RouterOptions(
+        host=known.host, port=known.port, models_dir=known.models_dir,
+        models_preset=known.models_preset, models_max=known.models_max,
+        models_memory_margin=known.models_memory_margin,
+        device_memory=dict(known.device_memory), models_autoload=known.models_autoload,
+        api_key=known.api_key, sleep_idle_seconds=known.sleep_idle_seconds,
+        offline=known.offline, policy=known.policy, child_cmd=known.child_cmd,
+        stop_timeout=known.stop_timeout, child_args=child_args)
+
+
+def _child_args(rest: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Check the flags meant for children: each must look like a flag or follow one."""
+    out: list[str] = []
+    expecting_value = False
+    for arg in rest:
+        if expecting_value:
+            out.append(arg)
+            expecting_value = False
+        elif arg.startswith("-"):
+            flag = arg.split("=", 1)[0]
+            out.append(arg)
+            expecting_value = flag in CHILD_VALUE_FLAGS and "=" not in arg
+        elif out:
+            out.append(arg)  # the value of a child flag we do not know
+        else:
+            parser.error(f"unexpected argument {arg!r}")
+    return out

@@ -1,0 +1,104 @@
+"""Real child processes: the command line, the environment, a free port, and the pipes."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+import anyio
+from anyio.abc import Process
+
+from .sources import ModelEntry
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def child_command(template: str, entry: ModelEntry, port: int) -> list[str]:
+    """Fill the child command template (seed 003 style: $model, $port, $host, $alias).
+
+    Without ``$model`` in it, the model, port and host flags are appended as llama-server takes
+    them; the model's own flags always follow.
+    """
+    assert entry.path is not None
+    values = {"$model": str(entry.path), "$port": str(port), "$host": "127.0.0.1",
+              "$alias": entry.name}
+    words = [w.replace("{python}", sys.executable) for w in shlex.split(template)]
+    filled = []
+    for word in words:
+        for key, value in values.items():
+            word = word.replace(key, value)
+        filled.append(word)
+    if "$model" not in template:
+        filled += ["-m", str(entry.path), "--port", str(port), "--host", "127.0.0.1",
+                   "--alias", entry.name]
+    if entry.mmproj is not None and "--mmproj" not in entry.flags:
+        filled += ["--mmproj", str(entry.mmproj)]
+    return filled + entry.args()
+
+
+@dataclass
+class ChildProcess:
+    """One real child: the driver reads its output and writes the exit command to its stdin."""
+
+    process: Process
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    async def read(self) -> bytes:
+        assert self.process.stdout is not None
+        try:
+            return await self.process.stdout.receive(65536)
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return b""
+
+    async def write_stdin(self, data: bytes) -> None:
+        assert self.process.stdin is not None
+        await self.process.stdin.send(data)
+
+    def kill(self) -> None:
+        # Never signal a process that has been reaped (its pid may be reused, or be <= 0: Z16).
+        if self.process.returncode is None and self.process.pid > 0:
+            try:
+                self.process.kill()
+            except ProcessLookupError:
+                pass
+
+    async def wait(self) -> int:
+        return await self.process.wait()
+
+
+def make_spawner(template: str, entries: Callable[[str], ModelEntry], router_port: int,
+                 log: Callable[[str], None]) -> Callable[[int, str], Awaitable[ChildProcess]]:
+    """A spawner for the driver: starts the child for a model on a free port.
+
+    The child's stderr goes into the same pipe as its stdout, so the core's reader sees every
+    line: protocol lines become messages and the rest are logged with the child's port. A child
+    writes each protocol line in one write, which a pipe keeps whole.
+    """
+
+    async def spawn(instance: int, model: str) -> ChildProcess:
+        entry = entries(model)
+        port = free_port()
+        cmd = child_command(template, entry, port)
+        env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port))
+        env.pop("LLAMA_API_KEY", None)  # children never receive the key
+        process = await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, env=env,
+                                           start_new_session=True)
+        log(f"[router] started {model} (pid {process.pid}) on port {port}: {shlex.join(cmd)}")
+        return ChildProcess(process, port)
+
+    return spawn

@@ -1,0 +1,211 @@
+"""Where models come from: a ``--models-dir`` folder and a ``--models-preset`` INI file.
+
+Each source yields :class:`ModelEntry` values: a name, the file to load, and the child flags for it.
+Flags merge with the precedence of ROUTER.md section 5: router command line > the model's preset
+section > the preset's ``[*]`` section.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SHARD = re.compile(r"^(?P<base>.+)-(?P<n>\d{5})-of-(?P<total>\d{5})\.gguf$")
+PRESET_ONLY = {"load-on-startup", "stop-timeout", "dedup-cache-models"}
+# Keys that name the model rather than a child flag.
+MODEL_KEYS = {"model", "m"}
+ROUTER_ONLY = {"--api-key", "--ssl-key-file", "--ssl-cert-file", "--models-dir",
+               "--models-preset", "--models-max", "--models-memory-margin", "--models-autoload",
+               "--no-models-autoload", "--host", "--port", "--alias", "-a"}
+
+
+class SourceError(ValueError):
+    """A models folder or preset file that cannot be read; the message says what and where."""
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    path: Path | None
+    source: str  # "models_dir" | "preset" | "cache"
+    mmproj: Path | None = None
+    flags: dict[str, str | None] = field(default_factory=dict)  # flag -> value (None: a switch)
+    aliases: tuple[str, ...] = ()
+    stop_timeout: float | None = None
+    load_on_startup: bool = False
+
+    def args(self) -> list[str]:
+        out: list[str] = []
+        for flag, value in self.flags.items():
+            out.append(flag)
+            if value is not None:
+                out.append(value)
+        return out
+
+
+def flags_from_args(args: list[str]) -> dict[str, str | None]:
+    """['-c', '1024', '--jinja', '--temp=0.5'] -> {'-c': '1024', '--jinja': None, '--temp': '0.5'}"""
+    out: dict[str, str | None] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if "=" in arg and arg.startswith("--"):
+            flag, value = arg.split("=", 1)
+            out[_canonical(flag)] = value
+        elif i + 1 < len(args) and not _is_flag(args[i + 1]):
+            out[_canonical(arg)] = args[i + 1]
+            i += 1
+        else:
+            out[_canonical(arg)] = None
+        i += 1
+    return out
+
+
+def _is_flag(text: str) -> bool:
+    return text.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?", text)
+
+
+_SHORT = {"-c": "--ctx-size", "-n": "--n-predict", "-b": "--batch-size", "-s": "--seed",
+          "-np": "--parallel", "-t": "--threads", "-ngl": "--n-gpu-layers", "-a": "--alias",
+          "-m": "--model", "-ub": "--ubatch-size"}
+
+
+def _canonical(flag: str) -> str:
+    return _SHORT.get(flag, flag)
+
+
+def _key_to_flag(key: str) -> str:
+    """A preset key (CLI flag without dashes, a short form, or an env name) -> the long flag."""
+    if key.upper().startswith("LLAMA_ARG_"):
+        return "--" + key[len("LLAMA_ARG_"):].lower().replace("_", "-")
+    if key.startswith("-"):
+        return _canonical(key)
+    short = "-" + key
+    if short in _SHORT:
+        return _SHORT[short]
+    return "--" + key
+
+
+def scan_models_dir(folder: Path) -> list[ModelEntry]:
+    if not folder.is_dir():
+        raise SourceError(f"--models-dir {folder}: not a folder")
+    out: list[ModelEntry] = []
+    for item in sorted(folder.iterdir()):
+        if item.is_file() and item.suffix == ".gguf" and not item.name.startswith("mmproj"):
+            shard = SHARD.match(item.name)
+            if shard is None:
+                out.append(ModelEntry(item.stem, item, "models_dir"))
+            elif int(shard["n"]) == 1:
+                out.append(ModelEntry(shard["base"], item, "models_dir"))
+        elif item.is_dir():
+            entry = _folder_model(item)
+            if entry is not None:
+                out.append(entry)
+    return out
+
+
+def _folder_model(folder: Path) -> ModelEntry | None:
+    """A sub-folder holds one model: its shards, or a model with ``mmproj*.gguf`` beside it."""
+    ggufs = sorted(p for p in folder.iterdir() if p.suffix == ".gguf")
+    mmproj = next((p for p in ggufs if p.name.startswith("mmproj")), None)
+    rest = [p for p in ggufs if not p.name.startswith("mmproj")]
+    firsts = [p for p in rest if (m := SHARD.match(p.name)) and int(m["n"]) == 1]
+    if firsts:
+        return ModelEntry(folder.name, firsts[0], "models_dir", mmproj=mmproj)
+    if len(rest) == 1:
+        return ModelEntry(folder.name, rest[0], "models_dir", mmproj=mmproj)
+    return None
+
+
+def read_preset(path: Path) -> tuple[dict[str, str | None], list[ModelEntry]]:
+    """The ``[*]`` flags and one entry per model section of an INI preset file."""
+    parser = configparser.ConfigParser(interpolation=None, default_section="\x00none")
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    try:
+        with path.open(encoding="utf-8") as f:
+            parser.read_file(f)
+    except FileNotFoundError:
+        raise SourceError(f"--models-preset {path}: no such file") from None
+    except (configparser.Error, UnicodeDecodeError) as exc:
+        raise SourceError(f"--models-preset {path}: {exc}") from None
+    common: dict[str, str | None] = {}
+    entries: list[ModelEntry] = []
+    for section in parser.sections():
+        items = dict(parser.items(section))
+        if section == "*":
+            common = {_key_to_flag(k): _flag_value(v) for k, v in items.items()
+                      if k not in PRESET_ONLY}
+            continue
+        entry = ModelEntry(section, None, "preset")
+        for key, value in items.items():
+            if key in MODEL_KEYS:
+                entry.path = (path.parent / value).resolve() if not Path(value).is_absolute() \
+                    else Path(value)
+            elif key == "load-on-startup":
+                entry.load_on_startup = _truthy(value, section, key)
+            elif key == "stop-timeout":
+                try:
+                    entry.stop_timeout = float(value)
+                except ValueError:
+                    raise SourceError(f"--models-preset {path}: [{section}] stop-timeout "
+                                      f"{value!r} is not a number of seconds") from None
+            elif key in ("alias", "aliases"):
+                entry.aliases = tuple(a.strip() for a in value.split(",") if a.strip())
+            elif key == "mmproj":
+                entry.mmproj = Path(value)
+            elif key not in PRESET_ONLY:
+                flag_value = _flag_value(value)
+                if flag_value != "\x00off":
+                    entry.flags[_key_to_flag(key)] = flag_value
+        entries.append(entry)
+    return common, entries
+
+
+def _flag_value(value: str) -> str | None:
+    lowered = value.strip().lower()
+    if lowered in ("true", "on", "yes", ""):
+        return None  # a switch
+    if lowered in ("false", "off", "no"):
+        return "\x00off"
+    return value.strip()
+
+
+def _truthy(value: str, section: str, key: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise SourceError(f"[{section}] {key} = {value!r} is not true or false")
+
+
+def load_sources(models_dir: str | None, models_preset: str | None,
+                 router_args: list[str]) -> list[ModelEntry]:
+    """Every model, with its child flags merged: router command line > section > ``[*]``."""
+    entries: dict[str, ModelEntry] = {}
+    if models_dir:
+        for entry in scan_models_dir(Path(models_dir)):
+            entries[entry.name] = entry
+    common: dict[str, str | None] = {}
+    if models_preset:
+        common, preset_entries = read_preset(Path(models_preset))
+        for entry in preset_entries:
+            base = entries.get(entry.name)
+            if base is not None:  # a section may configure a models-dir model
+                entry.path = entry.path or base.path
+                entry.mmproj = entry.mmproj or base.mmproj
+                entry.source = base.source if entry.path == base.path else "preset"
+            if entry.path is None:
+                raise SourceError(f"--models-preset: [{entry.name}] names no model file "
+                                  "(add 'model = path/to/file.gguf')")
+            entries[entry.name] = entry
+    router_flags = flags_from_args(router_args)
+    for entry in entries.values():
+        merged = {k: v for k, v in common.items() if v != "\x00off"}
+        merged.update(entry.flags)
+        merged.update(router_flags)
+        entry.flags = {k: v for k, v in merged.items()
+                       if k not in ROUTER_ONLY and k != "--model" and v != "\x00off"}
+    return list(entries.values())

@@ -1,0 +1,404 @@
+"""The child's HTTP API: llama-cpp-python's OpenAI routes plus llama-server's own endpoints.
+
+Reused from ``llama_cpp.server`` (so the OpenAI handling is not rewritten here):
+
+* the route objects for ``POST /v1/chat/completions`` and ``POST /v1/completions`` from
+  ``llama_cpp.server.app.router``: request models, chat templating, streaming through
+  ``sse_starlette`` (``data: {...}`` events, then ``data: [DONE]``), its OpenAI error mapping
+  (e.g. context length exceeded) and its pair of locks that serialise inference (this child takes
+  ``--parallel`` but serves one request at a time);
+* its request models (``CreateChatCompletionRequest``, ``CreateCompletionRequest``) to validate
+  bodies up front.
+
+Not reused, and why:
+
+* ``LlamaProxy``/``create_app``: they load the model when constructed and keep it forever; this
+  child loads after it is listening, reports progress, and frees and reloads the weights when it
+  sleeps. ``_ServedModel`` stands in for the proxy and hands out whatever is loaded now.
+* its ``/v1/models`` (``owned_by: "me"``, no ``created``/``meta``), its ``/extras/*`` tokenizer
+  routes (llama-server's are ``/tokenize`` and ``/detokenize`` with other field names), and the
+  whole ``Settings`` machinery (``BaseSettings`` would read ``API_KEY``/``PORT`` from the
+  environment; its settings are built with ``model_construct`` to avoid that).
+* its error handling for malformed bodies: invalid JSON makes its handler fail a second time and
+  answer 500, and a validation error becomes a 500. ``ChildGate`` checks bodies first and answers
+  400 with llama-server's error shape ``{"error": {"code", "message", "type"}}``.
+
+``ChildGate`` (pure ASGI, so streamed responses pass through untouched) also keeps the sleep
+bookkeeping: a request that needs the model counts as in flight from its first byte and wakes a
+sleeping model; ``/health``, ``/props`` and ``/v1/models`` never wake it (as in llama-server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import llama_cpp
+import llama_cpp.server.app as llama_server
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from llama_cpp.server.settings import ServerSettings
+from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from refimpl.child import completion
+from refimpl.child.model import token_bytes
+from refimpl.child.runtime import ChildRuntime, ChildState, NotServing
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+BUILD_INFO = f"refimpl.child on llama-cpp-python {llama_cpp.__version__}"
+
+# llama-server's error types by status code.
+_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+                405: "invalid_request_error", 413: "invalid_request_error",
+                500: "server_error", 501: "not_supported_error", 503: "unavailable_error"}
+
+_REUSED_PATHS = ("/v1/chat/completions", "/v1/completions")
+# Other spellings llama-server accepts for the same endpoints.
+_PATH_ALIASES = {"/chat/completions": "/v1/chat/completions", "/completions": "/completion",
+                 "/v1/health": "/health", "/models": "/v1/models"}
+# Requests to these need the weights: they wake a sleeping model and keep it awake.
+_MODEL_PATHS = frozenset({*_REUSED_PATHS, "/completion", "/tokenize", "/detokenize"})
+# The reused OpenAI routes: their request model and the field a request cannot do without.
+_OPENAI_BODIES: dict[str, tuple[type[BaseModel], str]] = {
+    "/v1/chat/completions": (CreateChatCompletionRequest, "messages"),
+    "/v1/completions": (CreateCompletionRequest, "prompt"),
+}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": status, "message": message,
+                                   "type": _ERROR_TYPES.get(status, "server_error")}},
+                        status_code=status)
+
+
+def _describe(errors: list[Any]) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body') or 'body'}: "
+                     f"{e.get('msg', 'invalid')}" for e in errors) or "invalid request"
+
+
+# -- request bodies --------------------------------------------------------------------------------
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _parse_object(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        raise _BadRequest("the request body is empty; expected a JSON object")
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise _BadRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _BadRequest("the request body must be a JSON object")
+    return obj
+
+
+def _prepare_openai(path: str, obj: dict[str, Any], runtime: ChildRuntime) -> dict[str, Any]:
+    """Check an OpenAI request before the reused route sees it, and fill in this child's defaults.
+
+    The reused request models default ``temperature`` to 0.8 and ``seed`` to "whatever the last
+    request set"; llama-server takes both from its command line (``--temp``, ``--seed``,
+    ``-n``), which the router passes down to every child.
+    """
+    model, required = _OPENAI_BODIES[path]
+    value = obj.get(required)
+    if value is None or (isinstance(value, list) and not value):
+        raise _BadRequest(f"'{required}' is required")
+    options = runtime.options
+    obj = dict(obj)
+    if "max_tokens" not in obj and "max_completion_tokens" in obj:
+        obj["max_tokens"] = obj.pop("max_completion_tokens")
+    obj.setdefault("model", options.alias)
+    obj.setdefault("temperature", options.temp)
+    obj.setdefault("seed", llama_cpp.LLAMA_DEFAULT_SEED if options.seed < 0 else options.seed)
+    if options.n_predict >= 0:
+        obj.setdefault("max_tokens", options.n_predict)
+    try:
+        model.model_validate(obj)
+    except ValidationError as exc:
+        raise _BadRequest(_describe(exc.errors())) from None  # type: ignore[arg-type]
+    return obj
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replaying(body: bytes, receive: Receive) -> Receive:
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: disconnect notices
+
+    return replay
+
+
+def _with_body(scope: Scope, body: bytes) -> Scope:
+    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(body)).encode()))
+    return dict(scope, headers=headers)
+
+
+class ChildGate:
+    """ASGI middleware: path aliases, body checks, the loading gate and wake-on-request."""
+
+    def __init__(self, app: ASGIApp, runtime: ChildRuntime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = _PATH_ALIASES.get(scope["path"], scope["path"])
+        if path != scope["path"]:
+            scope = dict(scope, path=path, raw_path=path.encode())
+        runtime = self.runtime
+        if runtime.state is ChildState.LOADING:
+            return await error_response(503, "Loading model")(scope, receive, send)
+        if path not in _MODEL_PATHS:
+            return await self.app(scope, receive, send)
+        runtime.request_started()  # before any await: the idle timer must see this request
+        try:
+            if scope["method"] == "POST":
+                try:
+                    body = await _read_body(receive)
+                except ConnectionAbortedError:
+                    return
+                try:
+                    obj = _parse_object(body)
+                    if path in _OPENAI_BODIES:
+                        body = json.dumps(_prepare_openai(path, obj, runtime)).encode()
+                        scope = _with_body(scope, body)
+                except _BadRequest as exc:
+                    return await error_response(400, str(exc))(scope, receive, send)
+                receive = _replaying(body, receive)
+            try:
+                await runtime.ensure_awake()
+            except NotServing as exc:
+                return await error_response(exc.status, exc.message)(scope, receive, send)
+            await self.app(scope, receive, send)
+        finally:
+            runtime.request_ended()
+
+
+# -- the model, as llama_cpp.server's handlers expect it ----------------------------------------
+
+
+class _ServedModel:
+    """Stands in for ``llama_cpp.server.model.LlamaProxy``: one model, whatever is loaded now.
+
+    The model name in a request is ignored, as llama-server does: a child serves one model.
+    """
+
+    def __init__(self, runtime: ChildRuntime) -> None:
+        self._runtime = runtime
+
+    def __call__(self, model: str | None = None) -> llama_cpp.Llama:
+        llama = self._runtime.llama
+        if llama is None:
+            raise HTTPException(status_code=503, detail="the model is not loaded")
+        return llama
+
+    def __iter__(self) -> Iterator[str]:
+        yield self._runtime.options.alias
+
+
+def exclusive_model() -> contextlib.AbstractAsyncContextManager[Any]:
+    """Hold the model alone, behind the same locks the reused OpenAI routes take."""
+    return contextlib.asynccontextmanager(llama_server.get_llama_proxy)()
+
+
+def _install_llama_server_state(runtime: ChildRuntime) -> None:
+    # llama_cpp.server keeps its state in module globals; this process serves one app.
+    llama_server.set_server_settings(ServerSettings.model_construct(
+        interrupt_requests=False,  # its default cuts a stream short when another request waits
+        disable_ping_events=True,  # llama-server sends no SSE pings
+        api_key=None,
+    ))
+    llama_server.set_ping_message_factory(lambda: b"")
+    llama_server._llama_proxy = _ServedModel(runtime)  # type: ignore[assignment]
+    runtime.exclusive = exclusive_model
+
+
+# -- llama-server's own endpoints ------------------------------------------------------------------
+
+
+class NativeCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | list[int]
+    n_predict: int | None = None
+    stream: bool = False
+    n_probs: int = Field(default=0, ge=0)
+    temperature: float | None = None
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    seed: int | None = None
+    stop: list[str] | str | None = None
+
+
+class TokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    content: str
+    add_special: bool = False
+    with_pieces: bool = False
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    tokens: list[int]
+
+
+def _loaded(runtime: ChildRuntime) -> llama_cpp.Llama:
+    llama = runtime.llama
+    if llama is None:  # ChildGate woke it; only a failed reload gets here
+        raise HTTPException(status_code=503, detail="the model is not loaded")
+    return llama
+
+
+def _add_native_routes(app: FastAPI, runtime: ChildRuntime) -> None:
+    options = runtime.options
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [runtime.models_entry()]}
+
+    @app.get("/props")
+    async def props() -> dict[str, Any]:
+        facts = runtime.facts
+        assert facts is not None  # ChildGate answers 503 until the first load is done
+        return {
+            "default_generation_settings": {
+                "id": 0, "n_ctx": facts.n_ctx,
+                "params": {"n_predict": options.n_predict, "temperature": options.temp,
+                           "seed": options.seed, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
+                           "repeat_penalty": 1.0, "n_probs": 0},
+            },
+            "total_slots": options.parallel,
+            "model_alias": options.alias,
+            "model_path": str(options.model),
+            "n_ctx": facts.n_ctx,
+            "modalities": {"vision": options.mmproj is not None, "audio": False},
+            "mmproj_path": None if options.mmproj is None else str(options.mmproj),
+            "chat_template": facts.chat_template,
+            "bos_token": facts.bos_token,
+            "eos_token": facts.eos_token,
+            "build_info": BUILD_INFO,
+            "is_sleeping": runtime.state is ChildState.SLEEPING,
+        }
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
+        llama = _loaded(runtime)
+        tokens = llama.tokenize(body.content.encode("utf-8"), add_bos=body.add_special,
+                                special=True)
+        if not body.with_pieces:
+            return {"tokens": tokens}
+        pieces = []
+        for t in tokens:
+            raw = token_bytes(llama, t)
+            try:
+                piece: str | list[int] = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                piece = list(raw)
+            pieces.append({"id": t, "piece": piece})
+        return {"tokens": pieces}
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> Any:
+        llama = _loaded(runtime)
+        n_vocab = llama.n_vocab()
+        bad = [t for t in body.tokens if not 0 <= t < n_vocab]
+        if bad:  # llama.cpp aborts the process on an out-of-range id
+            return error_response(400, f"token id {bad[0]} is out of range 0..{n_vocab - 1}")
+        text = llama.detokenize(body.tokens, special=True).decode("utf-8", errors="replace")
+        return {"content": text}
+
+    @app.post("/completion")
+    async def complete(body: NativeCompletionRequest) -> Any:
+        llama = _loaded(runtime)
+        try:
+            prompt = completion.tokenize_prompt(llama, body.prompt)
+        except completion.PromptError as exc:
+            return error_response(400, str(exc))
+        stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+        seed = options.seed if body.seed is None else body.seed
+        params = completion.CompletionParams(
+            prompt=prompt,
+            n_predict=options.n_predict if body.n_predict is None else body.n_predict,
+            temperature=options.temp if body.temperature is None else body.temperature,
+            top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
+            repeat_penalty=body.repeat_penalty,
+            seed=llama_cpp.LLAMA_DEFAULT_SEED if seed < 0 else seed,
+            stop=tuple(s for s in stop if s), n_probs=body.n_probs,
+        )
+        if not body.stream:
+            async with exclusive_model():
+                result = await run_in_threadpool(
+                    lambda: completion.collect(completion.generate(llama, params)))
+            result["model"] = options.alias
+            return result
+
+        async def events() -> AsyncIterator[bytes]:
+            async with exclusive_model():
+                async for chunk in iterate_in_threadpool(completion.generate(llama, params)):
+                    if chunk["stop"]:
+                        chunk["model"] = options.alias
+                    yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+# -- the app ---------------------------------------------------------------------------------------
+
+
+def build_app(runtime: ChildRuntime) -> ASGIApp:
+    app = FastAPI(title="refimpl.child", version=llama_cpp.__version__,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(400, _describe(list(exc.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail))
+
+    _install_llama_server_state(runtime)
+    _add_native_routes(app, runtime)
+    app.router.routes.extend(
+        route for route in llama_server.router.routes
+        if getattr(route, "path", None) in _REUSED_PATHS)
+    return ChildGate(app, runtime)

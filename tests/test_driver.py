@@ -106,6 +106,14 @@ class Harness:
         self.tg.start_soon(child.life)
         return child
 
+    async def settle(self) -> None:
+        """Let the driver see every exit that has happened (bounded)."""
+        with anyio.move_on_after(5.0):
+            while any(c.code is not None for c in self.children.values()) and \
+                    any(i in self.driver.children for i, c in self.children.items()
+                        if c.code is not None):
+                await anyio.sleep(0.01)
+
     def check(self) -> None:
         assert self.driver.trace is not None
         violations = check_all(self.driver.trace, self.driver.core.config)
@@ -142,6 +150,7 @@ async def test_hanging_child_is_killed_after_the_stop_timeout(s: float) -> None:
         assert h.driver.api(UnloadAsked, "a").status == 200
         await h.children[1].exited.wait()
         waited = anyio.current_time() - asked
+        await h.settle()
         tg.cancel_scope.cancel()
     assert h.children[1].stdin == [EXIT_COMMAND] and h.children[1].code == -9
     assert h.driver.trace is not None
@@ -164,6 +173,7 @@ async def test_unloading_a_loading_child_kills_it_at_once(s: float) -> None:
         h.driver.api(UnloadAsked, "a")
         await h.children[1].exited.wait()
         assert anyio.current_time() - asked < 0.5 * s
+        await h.settle()
         tg.cancel_scope.cancel()
     assert h.children[1].code == -9 and h.children[1].stdin == []
     h.check()

@@ -1,7 +1,9 @@
-"""``python -m refimpl.child``: parse, announce ``loading``, bind, then import the heavy parts.
+"""``python -m refimpl.child``: parse, announce ``loading``, bind, start loading, then the rest.
 
-Everything before the import of :mod:`refimpl.child.server` is cheap, so a bad flag or a busy port
-is reported in milliseconds, and the router hears ``loading`` before llama.cpp is even imported.
+Everything before the first heavy import is cheap, so a bad flag or a busy port is reported in
+milliseconds, and the router hears ``loading`` before llama.cpp is even imported. The model then
+starts loading on a thread (llama.cpp releases the GIL while it reads tensors) while the HTTP
+stack (FastAPI, pydantic models, uvicorn: most of a cold start) is imported on this one.
 The process ends with ``os._exit``: a generation still running on a worker thread after the
 graceful-shutdown timeout must not keep the process alive, and llama-cpp-python's finalizers are
 not safe to run at interpreter teardown.
@@ -46,11 +48,15 @@ def main() -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", options.host, options.port, exc.strerror or exc)
         return 1
+    from refimpl.child.runtime import ChildRuntime
+
+    runtime = ChildRuntime(options, announcer)
+    runtime.start_loading()
     import asyncio
 
     from refimpl.child.server import serve
 
-    return asyncio.run(serve(options, announcer, sock))
+    return asyncio.run(serve(runtime, sock))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import llama_cpp
@@ -45,16 +45,12 @@ from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletion
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from refimpl.child import completion
 from refimpl.child.model import token_bytes
 from refimpl.child.runtime import ChildRuntime, ChildState, NotServing
 
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 BUILD_INFO = f"refimpl.child on llama-cpp-python {llama_cpp.__version__}"
 
@@ -67,7 +63,7 @@ _REUSED_PATHS = ("/v1/chat/completions", "/v1/completions")
 # Other spellings llama-server accepts for the same endpoints.
 _PATH_ALIASES = {"/chat/completions": "/v1/chat/completions", "/completions": "/completion",
                  "/v1/health": "/health", "/models": "/v1/models"}
-# Requests to these need the weights: they wake a sleeping model and keep it awake.
+# POSTs to these need the weights: they wake a sleeping model and keep it awake.
 _MODEL_PATHS = frozenset({*_REUSED_PATHS, "/completion", "/tokenize", "/detokenize"})
 # The reused OpenAI routes: their request model and the field a request cannot do without.
 _OPENAI_BODIES: dict[str, tuple[type[BaseModel], str]] = {
@@ -129,7 +125,7 @@ def _prepare_openai(path: str, obj: dict[str, Any], runtime: ChildRuntime) -> di
     try:
         model.model_validate(obj)
     except ValidationError as exc:
-        raise _BadRequest(_describe(exc.errors())) from None  # type: ignore[arg-type]
+        raise _BadRequest(_describe(list(exc.errors()))) from None
     return obj
 
 
@@ -157,9 +153,13 @@ def _replaying(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-def _with_body(scope: Scope, body: bytes) -> Scope:
-    headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"]
-    headers.append((b"content-length", str(len(body)).encode()))
+def _as_json(scope: Scope, body: bytes) -> Scope:
+    """The scope for ``body``, declared as JSON: llama-server reads the body as JSON whatever the
+    client's content type says (``curl -d`` sends a form type), and FastAPI would not."""
+    headers = [(k, v) for k, v in scope["headers"]
+               if k.lower() not in (b"content-length", b"content-type")]
+    headers += [(b"content-length", str(len(body)).encode()),
+                (b"content-type", b"application/json")]
     return dict(scope, headers=headers)
 
 
@@ -173,29 +173,31 @@ class ChildGate:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = _PATH_ALIASES.get(scope["path"], scope["path"])
+        path: str = scope["path"]
+        path = _PATH_ALIASES.get(path, path)
         if path != scope["path"]:
             scope = dict(scope, path=path, raw_path=path.encode())
         runtime = self.runtime
         if runtime.state is ChildState.LOADING:
             return await error_response(503, "Loading model")(scope, receive, send)
-        if path not in _MODEL_PATHS:
+        if runtime.state is ChildState.FAILED:  # on its way out
+            return await error_response(503, "the model is not available")(scope, receive, send)
+        if path not in _MODEL_PATHS or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         runtime.request_started()  # before any await: the idle timer must see this request
         try:
-            if scope["method"] == "POST":
-                try:
-                    body = await _read_body(receive)
-                except ConnectionAbortedError:
-                    return
-                try:
-                    obj = _parse_object(body)
-                    if path in _OPENAI_BODIES:
-                        body = json.dumps(_prepare_openai(path, obj, runtime)).encode()
-                        scope = _with_body(scope, body)
-                except _BadRequest as exc:
-                    return await error_response(400, str(exc))(scope, receive, send)
-                receive = _replaying(body, receive)
+            try:
+                body = await _read_body(receive)
+            except ConnectionAbortedError:
+                return
+            try:
+                obj = _parse_object(body)
+                if path in _OPENAI_BODIES:
+                    body = json.dumps(_prepare_openai(path, obj, runtime)).encode()
+            except _BadRequest as exc:  # answered without waking the model
+                return await error_response(400, str(exc))(scope, receive, send)
+            scope = _as_json(scope, body)
+            receive = _replaying(body, receive)
             try:
                 await runtime.ensure_awake()
             except NotServing as exc:

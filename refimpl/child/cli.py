@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
             "'cmd_child_to_router:state:{...}' lines on stdout (loading, ready, sleeping), "
             "and it exits on 'cmd_router_to_child:exit' or EOF on stdin."
         ),
+        epilog=(
+            "HTTP: GET /health, /props, /v1/models (/models); POST /v1/chat/completions "
+            "(/chat/completions), /v1/completions, /completion (/completions), /tokenize, "
+            "/detokenize. Errors are {\"error\": {\"code\", \"message\", \"type\"}}. "
+            "--api-key is refused: a router child is reached only through its router."
+        ),
         allow_abbrev=False,  # '--mod' must not silently mean '--model'
     )
     p.add_argument("-m", "--model", required=True, type=Path, metavar="PATH",

@@ -7,6 +7,13 @@ callback in. So for the duration of our own load (one at a time, under a lock) t
 wrapped to add the callback. The callback's return value is llama.cpp's abort switch: returning
 False stops a load, which is how an exit request interrupts a model still loading.
 
+llama.cpp's own log goes through ``_LlamaCppLog``: llama-cpp-python's handler maps ggml's log
+levels with an outdated table (its "debug" is today's "error") and so hides exactly the line that
+says why a model failed to load; and with ``verbose=False`` it points fds 1 and 2 at /dev/null,
+process-wide, while it loads. Warnings and errors are written here to a private duplicate of
+stderr, so they survive that, and the last errors are kept for the ``LoadFailed`` message. (Other
+log lines written while a load runs are still lost; protocol lines use their own descriptor.)
+
 ``ModelFacts`` keeps what ``/v1/models`` and ``/props`` report, read once after the first load, so
 those endpoints still answer while the model sleeps (llama-server does the same: ``/health`` and
 ``/props`` must not wake it).
@@ -14,8 +21,10 @@ those endpoints still answer while the model sleeps (llama-server does the same:
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,6 +71,34 @@ class ModelFacts:
                 "n_params": self.n_params, "size": self.size}
 
 
+class _LlamaCppLog:
+    """Receives llama.cpp's log lines (from any thread): echoes them, remembers recent errors."""
+
+    # enum ggml_log_level in ggml.h
+    WARN, ERROR, CONT = 3, 4, 5
+
+    def __init__(self) -> None:
+        self.verbose = False
+        self.errors: collections.deque[str] = collections.deque(maxlen=8)
+        self._last_level = 0
+        self._stderr = os.dup(2)
+        self._c_callback = llama_low.llama_log_callback(self._receive)
+        llama_low.llama_log_set(self._c_callback, ctypes.c_void_p(0))
+
+    def _receive(self, level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
+        if level == self.CONT:
+            level = self._last_level
+        self._last_level = level
+        if level >= self.ERROR and text.strip():
+            self.errors.append(text.decode("utf-8", errors="replace").strip())
+        if self.verbose or level >= self.WARN:
+            try:
+                os.write(self._stderr, text)
+            except OSError:
+                pass
+
+
+_llama_cpp_log = _LlamaCppLog()
 _params_lock = threading.Lock()
 
 
@@ -103,9 +140,11 @@ def check_gguf(options: ChildOptions) -> None:
                          f"expected {GGUF_MAGIC!r})")
 
 
-def load_llama(options: ChildOptions, on_progress: ProgressFn,
-               aborted: Callable[[], bool]) -> llama_cpp.Llama:
-    """Load the model; blocking, meant for a worker thread. Raises LoadFailed or LoadAborted."""
+def load_llama(options: ChildOptions, on_progress: ProgressFn) -> llama_cpp.Llama:
+    """Load the model; blocking, meant for a worker thread. Raises LoadFailed or LoadAborted.
+
+    ``on_progress`` returning False aborts the load (LoadAborted).
+    """
     check_gguf(options)
     seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed < 0 else options.seed
     kwargs: dict[str, Any] = dict(
@@ -119,13 +158,24 @@ def load_llama(options: ChildOptions, on_progress: ProgressFn,
     if options.threads is not None:
         kwargs["n_threads"] = options.threads
         kwargs["n_threads_batch"] = options.threads
+    stopped = False
+
+    def progress(value: float) -> bool:
+        nonlocal stopped
+        keep_going = on_progress(value)
+        stopped = stopped or not keep_going
+        return keep_going
+
+    _llama_cpp_log.verbose = options.verbose
     try:
-        with _progress_reported(on_progress):
+        with _progress_reported(progress):
+            _llama_cpp_log.errors.clear()
             return llama_cpp.Llama(**kwargs)
     except Exception as exc:
-        if aborted():
+        if stopped:
             raise LoadAborted() from None
-        raise LoadFailed(f"llama.cpp could not load {options.model}: {exc}") from None
+        why = "; ".join(_llama_cpp_log.errors) or str(exc)
+        raise LoadFailed(f"llama.cpp could not load {options.model}: {why}") from None
 
 
 def read_facts(llama: llama_cpp.Llama) -> ModelFacts:

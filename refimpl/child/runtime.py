@@ -11,6 +11,7 @@ started (the sleep race llama-server has between its idle check and queueing a t
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import enum
 import logging
 import threading
@@ -67,6 +68,8 @@ class ChildRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transition = asyncio.Lock()
         self._last_progress = -1.0
+        self._first_load: concurrent.futures.Future[llama_cpp.Llama] | None = None
+        self._load_started = 0.0
 
     # -- what the router and clients see ----------------------------------------------------
 
@@ -93,18 +96,35 @@ class ChildRuntime:
     def _load(self, report: bool) -> llama_cpp.Llama:
         on_progress = self._report_progress if report else (
             lambda _value: not self.exit_requested.is_set())
-        return load_llama(self.options, on_progress, self.exit_requested.is_set)
+        return load_llama(self.options, on_progress)
 
     def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop that ``request_exit`` (called from other threads) hands the stop to."""
         self._loop = loop
 
-    async def load_first(self) -> bool:
-        """Load the weights at startup; True when the model is ready to serve."""
+    def start_loading(self) -> None:
+        """Start the first load on a thread now, while the HTTP stack is still being imported."""
+        if self._first_load is not None:
+            return
         self._report_progress(0.0)
-        started = time.perf_counter()
+        self._load_started = time.perf_counter()
+        future: concurrent.futures.Future[llama_cpp.Llama] = concurrent.futures.Future()
+        self._first_load = future
+
+        def run() -> None:
+            try:
+                future.set_result(self._load(True))
+            except BaseException as exc:  # handed to load_first, which reports it
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="model-loader", daemon=True).start()
+
+    async def load_first(self) -> bool:
+        """Finish the first load (starting it if need be); True when the model can serve."""
+        self.start_loading()
+        assert self._first_load is not None
         try:
-            llama = await asyncio.to_thread(self._load, True)
+            llama = await asyncio.wrap_future(self._first_load)
         except LoadAborted:
             log.info("load of %s abandoned: exit requested", self.options.model)
             self.state = ChildState.FAILED
@@ -120,7 +140,7 @@ class ChildRuntime:
         self.state = ChildState.READY
         self.last_activity = time.monotonic()
         log.info("loaded %s as %r in %.3f s (n_ctx %d)", self.options.model, self.options.alias,
-                 time.perf_counter() - started, self.facts.n_ctx)
+                 time.perf_counter() - self._load_started, self.facts.n_ctx)
         return True
 
     def announce_ready(self) -> None:
@@ -202,8 +222,3 @@ class ChildRuntime:
                 loop.call_soon_threadsafe(self.stop_serving)
             except RuntimeError:  # the loop already closed: we are on our way out anyway
                 pass
-
-    def close(self) -> None:
-        llama, self.llama = self.llama, None
-        if llama is not None:
-            llama.close()

@@ -1,7 +1,7 @@
 """The child process around the app: serve on a bound socket, load, announce, watch stdin, exit.
 
-Order matters to the router. The listening socket is bound before anything is loaded (by
-``__main__``), the weights load while uvicorn is already answering ``/health`` with 503, and
+Order matters to the router. The listening socket is bound and the load started (by ``__main__``)
+before this module is even imported, the weights load while uvicorn answers ``/health`` with 503, and
 ``ready`` goes out only once the model is loaded *and* uvicorn is accepting on that socket, so a
 router that proxies the moment it reads ``ready`` never meets a refused connection.
 """
@@ -16,9 +16,7 @@ import threading
 
 import uvicorn
 
-from refimpl.child.announcer import Announcer
 from refimpl.child.app import build_app
-from refimpl.child.cli import ChildOptions
 from refimpl.child.runtime import ChildRuntime
 from refimpl.core.protocol import EXIT_COMMAND, LineReader
 
@@ -45,9 +43,9 @@ def _watch_stdin(runtime: ChildRuntime) -> None:
                 return
 
 
-async def serve(options: ChildOptions, announcer: Announcer, sock: socket.socket) -> int:
-    """Run until asked to exit; the process exit status."""
-    runtime = ChildRuntime(options, announcer)
+async def serve(runtime: ChildRuntime, sock: socket.socket) -> int:
+    """Serve ``runtime``'s model on ``sock`` until asked to exit; the process exit status."""
+    options = runtime.options
     runtime.attach_loop(asyncio.get_running_loop())
     config = uvicorn.Config(build_app(runtime), lifespan="off", log_config=None,
                             access_log=options.verbose,
@@ -58,7 +56,7 @@ async def serve(options: ChildOptions, announcer: Announcer, sock: socket.socket
         server.should_exit = True
 
     runtime.stop_serving = stop_serving
-    if announcer.active:
+    if runtime.announcer.active:
         threading.Thread(target=_watch_stdin, args=(runtime,), name="stdin-watcher",
                          daemon=True).start()
     serving = asyncio.create_task(server.serve(sockets=[sock]))
@@ -66,7 +64,7 @@ async def serve(options: ChildOptions, announcer: Announcer, sock: socket.socket
     if await runtime.load_first() and not runtime.exit_requested.is_set():
         while not server.started and not serving.done():
             await asyncio.sleep(0.001)
-        if server.started:
+        if server.started and not runtime.exit_requested.is_set():
             host, port = sock.getsockname()[:2]
             log.info("serving %r on http://%s:%d", options.alias, host, port)
             runtime.announce_ready()
@@ -77,5 +75,6 @@ async def serve(options: ChildOptions, announcer: Announcer, sock: socket.socket
     await serving
     if idle is not None:
         idle.cancel()
-    runtime.close()
+    # The weights are not freed here: a generation the graceful shutdown gave up on may still be
+    # running on a worker thread. The process exit (os._exit, in __main__) frees them.
     return runtime.exit_code

@@ -73,6 +73,7 @@ class Driver:
         self._tg: TaskGroup | None = None
         self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.spawn_failures: list[str] = []
+        self.closing = anyio.Event()  # set at shutdown: long-lived streams end
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -221,8 +222,15 @@ class Driver:
         self._subscribers.discard(send)
         send.close()
 
+    def close_streams(self) -> None:
+        """End every ``/models/sse`` stream, so that a graceful HTTP shutdown need not wait."""
+        self.closing.set()
+        for send in list(self._subscribers):
+            self.unsubscribe(send)
+
     async def shutdown(self, grace: float) -> None:
         """Ask every child to exit; kill those still alive after ``grace`` seconds."""
+        self.close_streams()
         for child in list(self.children.values()):
             await self._send_exit(child)
         with anyio.move_on_after(grace):

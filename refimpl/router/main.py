@@ -66,14 +66,23 @@ def main(argv: list[str] | None = None) -> int:
             f"{default_cache_dir()}")
         opts.models_dir = str(build_models_dir(default_cache_dir()).root)
     try:
-        app, _ = build(opts)
+        app, driver = build(opts)
     except SourceError as exc:
         log(f"refimpl-router: error: {exc}")
         return 2
     import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            # SSE streams never end by themselves: end them first, or uvicorn's graceful
+            # shutdown waits for them before it lets the children be stopped.
+            driver.close_streams()
+            super().handle_exit(sig, frame)
+
     config = uvicorn.Config(app.app, host=opts.host, port=opts.port, log_level="warning",
-                            server_header=False, date_header=False, lifespan="on")
-    server = uvicorn.Server(config)
+                            server_header=False, date_header=False, lifespan="on",
+                            timeout_graceful_shutdown=5)
+    server = Server(config)
     server.run()
     return 0 if server.started else 1
 

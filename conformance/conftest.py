@@ -1,0 +1,230 @@
+"""Black-box conformance: start a router from a command, talk to it over loopback HTTP.
+
+Default target: the reference router (``python -m refimpl``) with its llama-cpp-python children.
+``--router-bin PATH`` (or ``LLAMA_SERVER_BIN_PATH``) targets a llama-server binary in router mode.
+Every router and child process a test starts is stopped, and checked gone, by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import httpx
+import pytest
+
+from fixtures.pytest_fixtures import tiny_models  # noqa: F401 - a fixture
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance")
+    group.addoption("--router-bin", default=os.environ.get("LLAMA_SERVER_BIN_PATH"),
+                    help="a llama-server binary to check instead of the reference router")
+    group.addoption("--child-cmd", default=None,
+                    help="reference router only: the child command template it should use")
+
+
+@dataclass
+class Target:
+    binary: str | None  # None: the reference router
+    child_cmd: str | None
+
+    @property
+    def name(self) -> str:
+        return "llama-server" if self.binary else "refimpl"
+
+    def command(self, port: int, args: list[str]) -> list[str]:
+        if self.binary:
+            return [self.binary, "--host", "127.0.0.1", "--port", str(port), *args]
+        extra = ["--child-cmd", self.child_cmd] if self.child_cmd else []
+        return [sys.executable, "-m", "refimpl", "--host", "127.0.0.1", "--port", str(port),
+                *extra, *args]
+
+
+@pytest.fixture(scope="session")
+def target(request: pytest.FixtureRequest) -> Target:
+    return Target(request.config.getoption("--router-bin"),
+                  request.config.getoption("--child-cmd"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def children_of(pid: int) -> set[int]:
+    """Pids whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            out.add(int(entry.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
+
+
+@dataclass
+class Events:
+    """``/models/sse`` as a client sees it: (seconds since start, message) pairs."""
+
+    items: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def statuses(self, model: str) -> list[str]:
+        with self.lock:
+            return [m["data"].get("status") for _, m in self.items
+                    if m.get("model") == model and "status" in m.get("data", {})]
+
+    def wait_for(self, model: str, status: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if status in self.statuses(model):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{model} never became {status}; saw {self.statuses(model)}")
+
+
+class Router:
+    """One router process for one test."""
+
+    def __init__(self, target: Target, args: list[str], log_path: Path,
+                 headers: dict[str, str] | None = None) -> None:
+        self.headers = headers or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(target.command(self.port, args), stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=ROOT, start_new_session=True)
+        self.seen_children: set[int] = set()
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._watch_children, daemon=True)
+        self._watch.start()
+        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(120.0, connect=5.0))
+        self.events = Events()
+        self._wait_healthy()
+        self.t0 = time.monotonic()
+        self._sse = threading.Thread(target=self._listen, daemon=True)
+        self._sse.start()
+        time.sleep(0.2)  # let the subscription start: there is no replay
+
+    def _watch_children(self) -> None:
+        while not self._stop.is_set():
+            self.seen_children |= children_of(self.proc.pid)
+            time.sleep(0.05)
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"router exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"router not healthy after 60 s:\n{self.log()}")
+
+    def _listen(self) -> None:
+        try:
+            with httpx.Client(timeout=httpx.Timeout(None, connect=5.0)) as c, \
+                    c.stream("GET", self.url + "/models/sse", headers=self.headers) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        with self.events.lock:
+                            self.events.items.append((time.monotonic() - self.t0,
+                                                      json.loads(line[6:])))
+        except (httpx.HTTPError, ValueError):
+            pass
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        data = self.client.get("/models", headers=self.headers).json()["data"]
+        return {m["id"]: m for m in data}
+
+    def status(self, model: str) -> str:
+        value: str = self.models()[model]["status"]["value"]
+        return value
+
+    def chat(self, model: str, content: str = "hi", max_tokens: int = 4, **extra: Any
+             ) -> httpx.Response:
+        return self.client.post("/v1/chat/completions", headers=self.headers, json={
+            "model": model, "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens, **extra})
+
+    def stop(self) -> list[int]:
+        """SIGTERM the router, then make sure no child outlives it; returns leftover pids."""
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._stop.set()
+        self._watch.join(timeout=2)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(p) for p in self.seen_children):
+            time.sleep(0.05)
+        leftovers = [p for p in self.seen_children if alive(p)]
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        return leftovers
+
+
+@pytest.fixture
+def start_router(target: Target, tiny_models: Any, tmp_path: Path  # noqa: F811
+                 ) -> Iterator[Callable[..., Router]]:
+    """Start a router on the tiny models: ``start_router("--models-max", "1")``."""
+    routers: list[Router] = []
+
+    def start(*args: str, models_dir: Path | None = None, api_key: str | None = None) -> Router:
+        flags = ["--models-dir", str(models_dir or tiny_models.root), *args]
+        if api_key:
+            flags += ["--api-key", api_key]
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        router = Router(target, flags, tmp_path / f"router-{len(routers)}.log", headers)
+        routers.append(router)
+        return router
+
+    yield start
+    leftovers = []
+    for router in routers:
+        leftovers += router.stop()
+    assert not leftovers, f"child processes outlived their router: {leftovers}"

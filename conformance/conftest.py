@@ -7,6 +7,7 @@ Every router and child process a test starts is stopped, and checked gone, by pi
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -23,6 +24,8 @@ import httpx
 import pytest
 
 from fixtures.pytest_fixtures import tiny_models  # noqa: F401 - a fixture
+from properties.observed import Observed, check_observed
+from refimpl.core.config import ModelSpec, RouterConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -129,6 +132,8 @@ class Router:
         self._watch.start()
         self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(120.0, connect=5.0))
         self.events = Events()
+        self.observed = Observed()
+        self._req = itertools.count(1)
         self._wait_healthy()
         self.t0 = time.monotonic()
         self._sse = threading.Thread(target=self._listen, daemon=True)
@@ -159,9 +164,13 @@ class Router:
                     c.stream("GET", self.url + "/models/sse", headers=self.headers) as r:
                 for line in r.iter_lines():
                     if line.startswith("data: "):
+                        message = json.loads(line[6:])
+                        t = time.monotonic() - self.t0
                         with self.events.lock:
-                            self.events.items.append((time.monotonic() - self.t0,
-                                                      json.loads(line[6:])))
+                            self.events.items.append((t, message))
+                            if "status" in message.get("data", {}):
+                                self.observed.add(t, "sse", model=message["model"],
+                                                  data=message["data"])
         except (httpx.HTTPError, ValueError):
             pass
 
@@ -182,6 +191,44 @@ class Router:
         return self.client.post("/v1/chat/completions", headers=self.headers, json={
             "model": model, "messages": [{"role": "user", "content": content}],
             "max_tokens": max_tokens, **extra})
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def note(self, kind: str, **data: Any) -> None:
+        """Record a test's own action (``unload``, ``crash``) in the observed trace."""
+        with self.events.lock:
+            self.observed.add(self.now(), kind, **data)
+
+    def tracked(self, model: str, max_tokens: int = 4, stream: bool = False,
+                timeout: float = 120.0) -> tuple[int, str]:
+        """A chat request recorded in the observed trace: (status, body or error text)."""
+        req = next(self._req)
+        self.note("send", req=req, model=model)
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": max_tokens, "stream": stream}
+        try:
+            with httpx.Client(base_url=self.url, headers=self.headers,
+                              timeout=httpx.Timeout(timeout, connect=5.0)) as client, \
+                    client.stream("POST", "/v1/chat/completions", json=body) as r:
+                self.note("answer", req=req, model=model, status=r.status_code)
+                text = r.read().decode(errors="replace")
+                ok = r.status_code < 400 and (not stream or "[DONE]" in text)
+                if r.status_code < 400:
+                    self.note("end", req=req, ok=ok)
+                return r.status_code, text
+        except httpx.HTTPError as exc:
+            self.note("answer", req=req, model=model, status=599, message=str(exc))
+            return 599, str(exc)
+
+    def check(self, models_max: int) -> None:
+        """The invariants on what this test saw (after letting late SSE events arrive)."""
+        time.sleep(0.3)
+        names = tuple(self.models())
+        config = RouterConfig(models=tuple(ModelSpec(n) for n in names), models_max=models_max)
+        with self.events.lock:
+            violations = check_observed(self.observed, config)
+        assert not violations, "\n".join(map(str, violations)) + "\n" + self.log()
 
     def stop(self) -> list[int]:
         """SIGTERM the router, then make sure no child outlives it; returns leftover pids."""

@@ -1,0 +1,88 @@
+"""A trace rebuilt from what a client of a live router sees, for the invariant functions.
+
+A black-box test sees its own requests (sent, answered, ended) and the router's ``/models/sse``
+events. This module turns those into the trace shape the invariants read: a status ``loading``
+after ``unloaded`` stands for a spawn, ``unloaded`` for a stop and an exit (a stop the test did not
+ask for, and not a crash the test caused, counts as an eviction), a 2xx answer for a forward.
+Only the guarantees that such a view can judge are checked (:data:`OBSERVABLE`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from refimpl.core.commands import Forward, Publish, Reply, SendExit, Spawn
+from refimpl.core.config import RouterConfig
+from refimpl.core.events import ChildExited, RequestArrived, ResponseEnded, UnloadAsked
+from refimpl.core.trace import At, Item
+
+from .invariants import CHECKS, Violation
+
+OBSERVABLE = ("limits_held", "legal_transitions", "answered_once", "every_request_answered",
+              "busy_never_evicted", "no_thrash", "coalesced")
+
+
+@dataclass
+class Observed:
+    """Append-only log of what a client saw, with times in seconds from a common start."""
+
+    entries: list[tuple[float, int, str, dict[str, Any]]] = field(default_factory=list)
+    _seq: int = 0
+
+    def add(self, t: float, kind: str, **data: Any) -> None:
+        self._seq += 1
+        self.entries.append((t, self._seq, kind, data))
+
+    def trace(self) -> list[At]:
+        out: list[At] = []
+        instance: dict[str, int] = {}  # model -> its current synthetic child
+        running: set[str] = set()
+        next_instance = 1
+        unloading: set[str] = set()
+        crashed: set[str] = set()
+        for t, _, kind, d in sorted(self.entries):
+            items: list[Item] = []
+            if kind == "send":
+                items.append(RequestArrived(d["req"], d["model"]))
+            elif kind == "answer":
+                if d["status"] < 400:
+                    items.append(Forward(d["req"], d["model"], instance.get(d["model"], 0)))
+                else:
+                    items.append(Reply(d["req"], d["status"], "http", d.get("message", "error")))
+            elif kind == "end":
+                items.append(ResponseEnded(d["req"], d["ok"]))
+            elif kind == "unload":
+                unloading.add(d["model"])
+            elif kind == "crash":
+                crashed.add(d["model"])
+            elif kind == "sse":
+                model, data = d["model"], d["data"]
+                status = data.get("status")
+                if status == "loading" and model not in running:
+                    running.add(model)
+                    instance[model] = next_instance
+                    items.append(Spawn(next_instance, model))
+                    next_instance += 1
+                elif status == "unloaded" and model in running:
+                    running.discard(model)
+                    inst = instance[model]
+                    if model not in crashed:
+                        if model in unloading:
+                            items.append(UnloadAsked(0, model))
+                        items.append(SendExit(inst))
+                    items.append(ChildExited(inst, data.get("exit_code", 0)))
+                    unloading.discard(model)
+                    crashed.discard(model)
+                if status is not None:
+                    items.append(Publish(model, "status_change", dict(data)))
+            out.extend(At(t, item) for item in items)
+        return out
+
+
+def check_observed(observed: Observed, config: RouterConfig) -> list[Violation]:
+    trace = observed.trace()
+    out: list[Violation] = []
+    for name in OBSERVABLE:
+        out.extend(CHECKS[name](trace, config))
+    return out

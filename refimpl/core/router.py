@@ -283,12 +283,11 @@ class RouterCore:
             out.append(Log(inst.id, f"ignored child message: {parsed.reason}"))
         elif isinstance(parsed, LoadingState):
             if model.status is Status.LOADING:
-                data: dict[str, Any] = {"status": Status.LOADING.value}
-                if parsed.progress is not None:
-                    p = parsed.progress
-                    data["progress"] = {"stages": list(p.stages), "current": p.current,
-                                        "value": p.value}
-                out.append(Publish(model.spec.name, "status_change", data))
+                p = parsed.progress
+                if p is not None:  # a bare "loading" says nothing the spawn did not
+                    out.append(Publish(model.spec.name, "status_change", {
+                        "status": Status.LOADING.value, "progress": {
+                            "stages": list(p.stages), "current": p.current, "value": p.value}}))
             else:
                 out.append(Log(inst.id, f"ignored 'loading' while {model.status.value}"))
         elif isinstance(parsed, ReadyState):

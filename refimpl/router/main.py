@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from typing import Any, AsyncIterator
 
 import anyio
 
+from refimpl.core import mutants
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.router import RouterCore
 
@@ -60,6 +62,10 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
 
 def main(argv: list[str] | None = None) -> int:
     opts = router_options.parse(sys.argv[1:] if argv is None else argv)
+    mutant = os.environ.get("ROUTER_MUTANT", "").strip()
+    if mutant:  # the mutation run checks that the live suite catches the bug zoo too
+        mutants.force(frozenset(mutant.split(",")))
+        log(f"[router] MUTANT {mutant} is on: this router has a known bug")
     if opts.models_dir is None and opts.models_preset is None:
         from fixtures.tiny_models import build_models_dir, default_cache_dir
         log(f"no --models-dir or --models-preset: using generated tiny models in "

@@ -21,12 +21,20 @@ from .conftest import Router, children_of
 
 pytestmark = [pytest.mark.live]
 A, B, C = "tiny-xs", "tiny-s", "tiny-vision"
-BUSY = "tiny-l"  # the biggest tiny model: a long generation keeps it busy for a second or two
+BUSY = "tiny-l"  # the biggest tiny model: 250 streamed tokens keep it busy for a few seconds
+
+
+def busy(router: Router, result: list[Any] | None = None) -> threading.Thread:
+    """Start a long stream on BUSY and return once its first chunk arrived (it is in flight)."""
+    started = threading.Event()
+    thread = in_thread(slow_stream, router, BUSY, 1000, result=result, started=started)
+    assert started.wait(60), "the busy stream never started"
+    return thread
 NO_STOP = {"2": -100, "260": -100}  # no </s>, no <|im_end|>: talk until max_tokens
 
 
-def slow_stream(router: Router, model: str, req: int, chunks: int = 450, pause: float = 0.0,
-                result: list[Any] | None = None) -> None:
+def slow_stream(router: Router, model: str, req: int, chunks: int = 250, pause: float = 0.0,
+                result: list[Any] | None = None, started: threading.Event | None = None) -> None:
     """A long streamed completion, so the model stays busy; recorded in the trace. The client
     reads as the chunks come: the router's view of the end and the client's must agree."""
     router.note("send", req=req, model=model)
@@ -42,6 +50,8 @@ def slow_stream(router: Router, model: str, req: int, chunks: int = 450, pause: 
                 if line.startswith("data: "):
                     seen += 1
                     ok = line == "data: [DONE]"
+                    if started is not None:
+                        started.set()
                     time.sleep(pause)
     except httpx.HTTPError:
         ok = False
@@ -84,14 +94,13 @@ def test_busy_model_is_kept_while_a_queued_request_waits(
     router = start_router("--models-max", "1")
     assert router.tracked(BUSY)[0] == 200
     result: list[Any] = []
-    streaming = in_thread(slow_stream, router, BUSY, 1000, result=result)
-    time.sleep(0.3)
+    streaming = busy(router, result)
     started = time.monotonic()
     status, _ = router.tracked(B)
     waited = time.monotonic() - started
     streaming.join(60)
     assert status == 200 and result and result[0][0], (status, result)
-    assert result[0][1] > 300, result  # the whole stream came through
+    assert result[0][1] > 200, result  # the whole stream came through
     assert waited > 0.5, f"B was served after {waited:.2f} s: was the busy model evicted?"
     router.check(models_max=1)
 
@@ -111,8 +120,7 @@ def test_requests_for_one_model_share_one_load(start_router: Callable[..., Route
 def test_arrival_order_is_kept_between_models(start_router: Callable[..., Router]) -> None:
     router = start_router("--models-max", "1")
     assert router.tracked(BUSY)[0] == 200
-    streaming = in_thread(slow_stream, router, BUSY, 1000)
-    time.sleep(0.2)
+    streaming = busy(router)
     waiting = [in_thread(router.tracked, B)]
     time.sleep(0.3)
     waiting.append(in_thread(router.tracked, C))
@@ -129,8 +137,7 @@ def test_arrival_order_is_kept_between_models(start_router: Callable[..., Router
 def test_client_gone_while_queued_leaves_the_queue(start_router: Callable[..., Router]) -> None:
     router = start_router("--models-max", "1")
     assert router.tracked(BUSY)[0] == 200
-    streaming = in_thread(slow_stream, router, BUSY, 1000)
-    time.sleep(0.2)
+    streaming = busy(router)
     with pytest.raises(httpx.TimeoutException):
         httpx.post(router.url + "/v1/chat/completions", timeout=0.5, json={
             "model": B, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
@@ -156,8 +163,7 @@ def test_child_killed_mid_request(start_router: Callable[..., Router], tiny_mode
     router = start_router()
     assert router.tracked(BUSY)[0] == 200
     result: list[Any] = []
-    streaming = in_thread(slow_stream, router, BUSY, 1000, result=result)
-    time.sleep(0.4)
+    streaming = busy(router, result)
     router.note("crash", model=BUSY)
     os.kill(child_pid(router, str(tiny_models[BUSY].path)), signal.SIGKILL)
     streaming.join(60)
@@ -201,3 +207,34 @@ def test_hanging_child_is_force_killed_after_the_stop_timeout(
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     router.check(models_max=4)
+
+
+@pytest.mark.thrash
+def test_request_for_a_model_being_evicted_waits_for_the_next_child(
+        start_router: Callable[..., Router]) -> None:
+    """Z9: A idle; request B; request A 50 ms later must not go to A's dying child."""
+    router = start_router("--models-max", "1")
+    assert router.tracked(A)[0] == 200
+    b = in_thread(router.tracked, B)
+    time.sleep(0.05)
+    status, text = router.tracked(A)
+    b.join(60)
+    assert status == 200, (status, text)
+    router.check(models_max=1)
+
+
+@pytest.mark.thrash
+def test_cold_requests_beyond_the_limit_queue_instead_of_failing(
+        start_router: Callable[..., Router]) -> None:
+    """Z8 and Z10: cold router, requests for three models 100 ms apart, models_max 1: each is
+    served by a child loaded for it; none gets 'model limit reached'."""
+    router = start_router("--models-max", "1")
+    results: list[tuple[int, str]] = []
+    threads = []
+    for model in (A, B, C):
+        threads.append(in_thread(lambda m: results.append(router.tracked(m)), model))
+        time.sleep(0.1)
+    for t in threads:
+        t.join(120)
+    assert sorted(s for s, _ in results) == [200, 200, 200], results
+    router.check(models_max=1)

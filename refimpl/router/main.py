@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 from typing import Any, AsyncIterator
@@ -16,13 +17,34 @@ from refimpl.core.router import RouterCore
 from . import options as router_options
 from .app import RouterApp
 from .driver import Driver
-from .memory import device_budget, estimate_need
+from .memory import device_budget, estimate_need, gguf_metadata
 from .processes import make_spawner
-from .sources import SourceError, load_sources
+from .sources import ModelEntry, SourceError, load_sources
 
 
 def log(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
+
+
+def example_model(entries: dict[str, ModelEntry]) -> str | None:
+    """The smallest model whose GGUF header reads: the one the printed curl should name."""
+    readable = []
+    for entry in entries.values():
+        if entry.path is None or not entry.path.exists():
+            continue
+        try:
+            gguf_metadata(entry.path)
+        except Exception:  # noqa: BLE001 - an unreadable file makes a bad example, nothing more
+            continue
+        readable.append((entry.path.stat().st_size, entry.name))
+    return min(readable)[1] if readable else None
+
+
+def example_curl(opts: router_options.RouterOptions, model: str) -> str:
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "hello"}],
+                       "max_tokens": 8})
+    return (f"curl -s http://{opts.host}:{opts.port}/v1/chat/completions "
+            f"-H 'Content-Type: application/json' -d '{body}'")
 
 
 def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
@@ -44,12 +66,9 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
             await tg.start(driver.run)
             log(f"router listening on http://{opts.host}:{opts.port} with {len(entries)} "
                 f"model(s): {', '.join(entries) or 'none'}")
-            if entries:
-                first = next(iter(entries))
-                log(f"try: curl http://{opts.host}:{opts.port}/v1/chat/completions -H "
-                    f"'Content-Type: application/json' -d '{{\"model\": \"{first}\", "
-                    f"\"messages\": [{{\"role\": \"user\", \"content\": \"hello\"}}], "
-                    f"\"max_tokens\": 8}}'")
+            example = example_model(entries)
+            if example is not None:
+                log(f"try: {example_curl(opts, example)}")
             try:
                 yield
             finally:

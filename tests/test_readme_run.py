@@ -1,0 +1,68 @@
+"""The README's run command: the router starts on generated tiny models with no other set-up,
+prints its URL and a curl, and that curl gets a completion. Then SIGTERM leaves no child."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.live
+
+
+def test_run_command_prints_a_curl_that_works(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "router.log"
+    with log.open("wb") as out:
+        router = subprocess.Popen([sys.executable, "-m", "refimpl", "--port", str(port)],
+                                  cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 60
+        curl = None
+        while time.monotonic() < deadline and curl is None:
+            for line in log.read_text(errors="replace").splitlines():
+                if line.startswith("try: "):
+                    curl = line[len("try: "):]
+            time.sleep(0.1)
+        assert curl is not None, log.read_text()
+        assert f"http://127.0.0.1:{port}" in log.read_text()
+        answer = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=60)
+        body = json.loads(answer.stdout)
+        assert body["choices"][0]["message"]["role"] == "assistant", body
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat[stat.rfind(")") + 2:].split()[1]) == router.pid:
+                    children.add(int(entry.name))
+        assert children, "the curl should have started a child"
+    finally:
+        router.send_signal(signal.SIGTERM)
+        try:
+            router.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            router.kill()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in children):
+        time.sleep(0.05)
+    left = [p for p in children if Path(f"/proc/{p}").exists()]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"children left after SIGTERM: {left}"
+    assert router.returncode in (0, -signal.SIGTERM), log.read_text()  # uvicorn re-raises it

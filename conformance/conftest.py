@@ -275,3 +275,56 @@ def start_router(target: Target, tiny_models: Any, tmp_path: Path  # noqa: F811
     for router in routers:
         leftovers += router.stop()
     assert not leftovers, f"child processes outlived their router: {leftovers}"
+
+
+# -- the per-clause report: a markdown table and junit XML under reports/ -------------------------
+
+_RESULTS: dict[str, dict[str, Any]] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if "conformance/" not in report.nodeid.replace("\\", "/"):
+        return
+    entry = _RESULTS.setdefault(report.nodeid, {"outcome": "passed", "seconds": 0.0,
+                                                "detail": ""})
+    entry["seconds"] += report.duration
+    if report.failed:
+        entry["outcome"] = "failed"
+        entry["detail"] = str(report.longrepr).splitlines()[-1][:200] if report.longrepr else ""
+    elif report.skipped and entry["outcome"] != "failed":
+        entry["outcome"] = "skipped"
+        entry["detail"] = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if not _RESULTS:
+        return
+    import xml.etree.ElementTree as ET
+
+    target = "llama-server" if session.config.getoption("--router-bin") else "refimpl"
+    docs = {item.nodeid: (item.obj.__doc__ or "").strip().splitlines()[0]  # type: ignore[attr-defined]
+            if getattr(item, "obj", None) is not None and item.obj.__doc__ else ""  # type: ignore[attr-defined]
+            for item in session.items}
+    out = ROOT / "reports"
+    out.mkdir(exist_ok=True)
+    counts = {k: sum(1 for r in _RESULTS.values() if r["outcome"] == k)
+              for k in ("passed", "failed", "skipped")}
+    lines = [f"# Conformance report: {target}", "",
+             f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} "
+             "skipped (not applicable)", "", "| clause | test | result | note |", "|---|---|---|---|"]
+    suite = ET.Element("testsuite", name=f"conformance-{target}", tests=str(len(_RESULTS)),
+                       failures=str(counts["failed"]), skipped=str(counts["skipped"]))
+    for nodeid, r in sorted(_RESULTS.items()):
+        module, _, name = nodeid.partition("::")
+        clause = docs.get(nodeid) or name.replace("test_", "").replace("_", " ")
+        note = r["detail"].replace("|", "/")
+        lines.append(f"| {clause} | `{name}` | {r['outcome']} | {note} |")
+        case = ET.SubElement(suite, "testcase", classname=module, name=name,
+                             time=f"{r['seconds']:.3f}")
+        if r["outcome"] == "failed":
+            ET.SubElement(case, "failure", message=r["detail"])
+        elif r["outcome"] == "skipped":
+            ET.SubElement(case, "skipped", message=r["detail"])
+    (out / f"conformance-{target}.md").write_text("\n".join(lines) + "\n")
+    ET.ElementTree(suite).write(out / f"conformance-{target}.xml", encoding="utf-8",
+                                xml_declaration=True)

@@ -3,7 +3,8 @@
 A black-box test sees its own requests (sent, answered, ended) and the router's ``/models/sse``
 events. This module turns those into the trace shape the invariants read: a status ``loading``
 after ``unloaded`` stands for a spawn, ``unloaded`` for a stop and an exit (a stop the test did not
-ask for, and not a crash the test caused, counts as an eviction), a 2xx answer for a forward.
+ask for, and neither a crash the test caused nor one the router reports as ``failed``, counts as an
+eviction), a 2xx answer for a forward.
 Only the guarantees that such a view can judge are checked (:data:`OBSERVABLE`).
 """
 
@@ -67,7 +68,8 @@ class Observed:
                 elif status == "unloaded" and model in running:
                     running.discard(model)
                     inst = instance[model]
-                    if model not in crashed:
+                    # "failed" means the child died on its own: a crash, not a stop
+                    if model not in crashed and not data.get("failed"):
                         if model in unloading:
                             items.append(UnloadAsked(0, model))
                         items.append(SendExit(inst))

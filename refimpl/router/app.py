@@ -66,7 +66,7 @@ class RouterApp:
             Route("/{path:path}", self.proxy, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ]
         self.app = Starlette(routes=routes, lifespan=lifespan)
-        self.app.add_middleware(_ApiKey, key=options.api_key)  # type: ignore[arg-type]
+        self.app.add_middleware(_ApiKey, key=options.api_key)
 
     # -- the router's own endpoints --------------------------------------------------------------
 

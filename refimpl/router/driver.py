@@ -30,7 +30,9 @@ class Child(Protocol):
     """A running child process, as the driver sees it (real or, in tests, in memory)."""
 
     port: int
-    pid: int
+
+    @property
+    def pid(self) -> int: ...
 
     async def read(self) -> bytes:
         """The next chunk of stdout; b"" at EOF."""

@@ -79,11 +79,16 @@ def kv_cache_bytes(path: Path, n_ctx: int | None) -> int:
     except Exception:  # noqa: BLE001 - any unreadable file just has no estimate
         return 0
     arch = str(meta.get("general.architecture", "llama"))
-    layers = int(meta.get(f"{arch}.block_count", 0))
-    embd = int(meta.get(f"{arch}.embedding_length", 0))
-    heads = int(meta.get(f"{arch}.attention.head_count", 1)) or 1
-    heads_kv = int(meta.get(f"{arch}.attention.head_count_kv", heads)) or heads
-    ctx = n_ctx or int(meta.get(f"{arch}.context_length", 0))
+
+    def number(key: str, default: int) -> int:
+        value = meta.get(f"{arch}.{key}", default)
+        return int(value) if isinstance(value, (int, float)) else default
+
+    layers = number("block_count", 0)
+    embd = number("embedding_length", 0)
+    heads = number("attention.head_count", 1) or 1
+    heads_kv = number("attention.head_count_kv", heads) or heads
+    ctx = n_ctx or number("context_length", 0)
     return 2 * layers * ctx * (embd // heads * heads_kv) * F16
 
 

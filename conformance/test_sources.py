@@ -60,3 +60,21 @@ def test_memory_budget_evicts_to_fit(start_router: Callable[..., Router], target
     statuses = {name: m["status"]["value"] for name, m in router.models().items()}
     assert statuses["tiny-m"] == "loaded" and statuses["tiny-l"] == "unloaded", statuses
     router.check(models_max=0)
+
+
+def test_reload_adds_new_models_and_unloads_vanished_ones(
+        start_router: Callable[..., Router], tiny_models: Any, tmp_path: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "first.gguf").write_bytes(tiny_models["tiny-xs"].path.read_bytes())
+    router = start_router(models_dir=folder)
+    assert set(router.models()) == {"first"}
+    assert router.chat("first").status_code == 200
+    (folder / "first.gguf").unlink()
+    (folder / "second.gguf").write_bytes(tiny_models["tiny-xs"].path.read_bytes())
+    r = router.client.get("/models", params={"reload": "1"})
+    assert r.status_code == 200
+    assert {m["id"] for m in r.json()["data"]} == {"second"}, r.json()
+    router.events.wait_for("first", "unloaded", timeout=30)  # it was running: unloaded
+    assert router.chat("second").status_code == 200
+    assert any(m.get("event") == "models_reload" for _, m in router.events.items)

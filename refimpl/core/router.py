@@ -84,13 +84,34 @@ class RouterCore:
     # -- registry ----------------------------------------------------------------------------
 
     def add_model(self, spec: ModelSpec) -> None:
+        """Add a model, or give a known one a new spec (it takes effect at its next load)."""
         for name in (spec.name, *spec.aliases):
             owner = self.names.get(name)
             if owner is not None and owner != spec.name:
                 raise ValueError(f"name {name!r} already belongs to model {owner!r}")
-        self.models[spec.name] = Model(spec)
+        old = self.models.get(spec.name)
+        if old is None:
+            self.models[spec.name] = Model(spec)
+        else:
+            for alias in old.spec.aliases:
+                self.names.pop(alias, None)
+            old.spec = spec
         for name in (spec.name, *spec.aliases):
             self.names[name] = spec.name
+
+    def remove_model(self, name: str) -> bool:
+        """Forget a model that is not running and that no request waits for; False otherwise."""
+        model = self.models.get(name)
+        if model is None:
+            return True
+        if model.instance is not None or name in self.scheduler.queue \
+                or any(r.model == name for r in self.requests.values()):
+            return False
+        del self.models[name]
+        for alias in (name, *model.spec.aliases):
+            if self.names.get(alias) == name:
+                del self.names[alias]
+        return True
 
     def resolve(self, name: str | None) -> str | None:
         return None if name is None else self.names.get(name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import httpx
 from starlette.applications import Starlette
@@ -19,11 +19,12 @@ from starlette.routing import Route
 
 from refimpl.core import errors
 from refimpl.core.commands import Reply
+from refimpl.core.config import ModelSpec
 from refimpl.core.events import LoadAsked, UnloadAsked
 
 from .driver import Driver
 from .options import RouterOptions
-from .sources import ModelEntry
+from .sources import ModelEntry, SourceError
 
 # Hop-by-hop and per-connection headers the proxy must not copy (upstream #17698): the server in
 # front writes its own, and a copy would duplicate them.
@@ -48,9 +49,14 @@ def reply_response(reply: Reply) -> JSONResponse:
 
 class RouterApp:
     def __init__(self, driver: Driver, entries: dict[str, ModelEntry],
-                 options: RouterOptions, lifespan: Any = None) -> None:
+                 options: RouterOptions, lifespan: Any = None,
+                 load_entries: Callable[[], list[ModelEntry]] | None = None,
+                 spec_for: Callable[[ModelEntry], ModelSpec] | None = None) -> None:
         self.driver = driver
         self.entries = entries
+        self.load_entries = load_entries or (lambda: list(entries.values()))
+        self.spec_for = spec_for or (lambda e: ModelSpec(e.name, aliases=e.aliases))
+        self.gone: set[str] = set()  # vanished at a reload, forgotten once not running
         self.options = options
         self.created = int(time.time())
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
@@ -96,8 +102,35 @@ class RouterApp:
                 "source": entry.source, "can_remove": entry.source == "cache", **info}
 
     async def list_models(self, request: Request) -> Response:
-        data = [self.model_info(name) for name in self.driver.core.models]
+        if request.query_params.get("reload", "").lower() in ("1", "true"):
+            try:
+                self.reload()
+            except SourceError as exc:
+                return error(400, f"reload failed: {exc}")
+        data = [self.model_info(name) for name in self.driver.core.models
+                if name in self.entries]
         return JSONResponse({"object": "list", "data": data})
+
+    def reload(self) -> None:
+        """Re-read the sources: new models are added, changed ones updated; a running model that
+        changed or vanished is unloaded, and a vanished one is forgotten once it is not running."""
+        fresh = {e.name: e for e in self.load_entries()}
+        core = self.driver.core
+        for name, old in list(self.entries.items()):
+            new = fresh.get(name)
+            changed = new is None or (new.path, new.mmproj, new.flags) != (
+                old.path, old.mmproj, old.flags)
+            if changed and core.models[name].usable:
+                self.driver.api(UnloadAsked, name)
+            if new is None:
+                self.gone.add(name)
+                del self.entries[name]
+        for name, entry in fresh.items():
+            self.gone.discard(name)
+            self.entries[name] = entry
+            core.add_model(self.spec_for(entry))
+        self.gone = {name for name in self.gone if not core.remove_model(name)}
+        self.driver.publish("*", "models_reload", {})
 
     async def _api(self, request: Request, kind: type[LoadAsked] | type[UnloadAsked]) -> Response:
         body = await _json_body(request)

@@ -224,6 +224,10 @@ class Driver:
         self._subscribers.discard(send)
         send.close()
 
+    def publish(self, model: str, event: str, data: dict[str, Any]) -> None:
+        """An event of the driver's own (``models_reload``) for ``/models/sse``."""
+        self._execute(Publish(model, event, data))
+
     def close_streams(self) -> None:
         """End every ``/models/sse`` stream, so that a graceful HTTP shutdown need not wait."""
         self.closing.set()

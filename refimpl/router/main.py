@@ -48,13 +48,17 @@ def example_curl(opts: router_options.RouterOptions, model: str) -> str:
 
 
 def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
-    entries = {e.name: e for e in load_sources(opts.models_dir, opts.models_preset,
-                                               opts.child_args)}
+    def load_entries() -> list[ModelEntry]:
+        return load_sources(opts.models_dir, opts.models_preset, opts.child_args)
+
+    def spec_for(e: ModelEntry) -> ModelSpec:
+        return ModelSpec(e.name, aliases=e.aliases, memory=estimate_need(e, devices),
+                         stop_timeout=e.stop_timeout if e.stop_timeout is not None
+                         else opts.stop_timeout, load_on_startup=e.load_on_startup)
+
+    entries = {e.name: e for e in load_entries()}
     devices = device_budget(opts.models_memory_margin, opts.device_memory)
-    specs = tuple(ModelSpec(e.name, aliases=e.aliases, memory=estimate_need(e, devices),
-                            stop_timeout=e.stop_timeout if e.stop_timeout is not None
-                            else opts.stop_timeout, load_on_startup=e.load_on_startup)
-                  for e in entries.values())
+    specs = tuple(spec_for(e) for e in entries.values())
     core = RouterCore(RouterConfig(models=specs, models_max=opts.models_max, devices=devices,
                                    autoload=opts.models_autoload, policy=opts.policy))
     driver = Driver(core, make_spawner(opts.child_cmd, entries.__getitem__, opts.port, log),
@@ -76,7 +80,8 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
                     await driver.shutdown(grace=opts.stop_timeout)
                 tg.cancel_scope.cancel()
 
-    return RouterApp(driver, entries, opts, lifespan=lifespan), driver
+    return RouterApp(driver, entries, opts, lifespan=lifespan, load_entries=load_entries,
+                     spec_for=spec_for), driver
 
 
 def main(argv: list[str] | None = None) -> int:

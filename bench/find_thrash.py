@@ -38,8 +38,9 @@ def main() -> int:
             notes, steps, found, shrunk = find_counterexample(three_models(1, policy=policy),
                                                               max_steps)
             rows.append(f"| {policy} | {max_steps} | {found:.1f} s | {shrunk:.1f} s | {steps} |")
-            if max_steps == 5:
-                programs.append(f"{policy}:\n\n```\n{notes.strip()}\n```")
+            if max_steps == 5:  # hypothesis's "Explanation" names files of this machine
+                program = notes.split("Explanation:")[0].strip()
+                programs.append(f"{policy}:\n\n```\n{program}\n```")
             print(notes)
     print("fifo (default): the same search, which must find nothing ...", flush=True)
     started = time.perf_counter()

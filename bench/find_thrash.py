@@ -16,13 +16,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report import write_section  # noqa: E402
 from hypothesis import settings  # noqa: E402
 from hypothesis.stateful import run_state_machine_as_test  # noqa: E402
 
 from properties.machine import router_machine  # noqa: E402
 from properties.test_stateful import find_counterexample, three_models  # noqa: E402
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 MARK = "<!-- find_thrash -->"
 
 
@@ -53,18 +53,10 @@ def main() -> int:
                        "program, steps |", "|---|---|---|---|---|", *rows])
     print(table)
     if a.write:
-        section = (f"{MARK}\n## Thrash counterexamples found by hypothesis\n\nCommand: "
+        section = (f"## Thrash counterexamples found by hypothesis\n\nCommand: "
                    f"`python bench/find_thrash.py --write` (one slot, three models, derandomized; "
-                   f"times are wall seconds)\n\n{table}\n\n" + "\n\n".join(programs)
-                   + f"\n{MARK}")
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-        if MARK in text:
-            head, _, rest = text.partition(MARK)
-            text = head + section + rest.partition(MARK)[2]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOC.write_text(text)
-        print(f"written to {DOC}")
+                   f"times are wall seconds)\n\n{table}\n\n" + "\n\n".join(programs))
+        print(f"written to {write_section(MARK, section)}")
     return 0
 
 

@@ -27,9 +27,9 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import write_section  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
 
-DOC = ROOT / "docs" / "BENCHMARKS.md"
 MARK = "<!-- proxy -->"
 MODEL = "tiny-xs"
 
@@ -155,18 +155,11 @@ def main() -> int:
     print(table)
     if a.write:
         cmd = "python bench/proxy.py --write" + (" --router-bin PATH" if a.router_bin else "")
-        section = (f"{MARK}\n## Proxy overhead and cold load\n\nCommand: `{cmd}` ({a.pairs} "
+        section = (f"## Proxy overhead and cold load\n\nCommand: `{cmd}` ({a.pairs} "
                    f"interleaved pairs of POST /tokenize on {MODEL}, {a.colds} cold loads; "
                    f"{platform.python_implementation()} {platform.python_version()})\n\n"
-                   f"{table}\n{MARK}")
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-        if MARK in text:
-            head, _, rest = text.partition(MARK)
-            text = head + section + rest.partition(MARK)[2]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOC.write_text(text)
-        print(f"written to {DOC}")
+                   f"{table}")
+        print(f"written to {write_section(MARK, section)}")
     return 0
 
 

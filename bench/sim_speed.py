@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.report import write_section  # noqa: E402
 from refimpl.core.config import ModelSpec, RouterConfig  # noqa: E402
 from simulator.engine import Simulation  # noqa: E402
 from simulator.faults import FAULT_PRESETS  # noqa: E402
 from simulator.workloads import make_workload  # noqa: E402
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 MARK = "<!-- sim_speed -->"
 
 
@@ -55,7 +55,7 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=10.0)
     p.add_argument("--workload", default="zipf")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--write", action="store_true", help=f"record the result in {DOC.name}")
+    p.add_argument("--write", action="store_true", help="record the result in docs/BENCHMARKS.md")
     a = p.parse_args()
     duration = a.hours * 3600
     w = make_workload(a.workload, a.models, a.rate)
@@ -87,17 +87,8 @@ def main() -> int:
     print(table)
     if a.write:
         cmd = "python bench/sim_speed.py --write"
-        section = (f"{MARK}\n## Simulator speed\n\nCommand: `{cmd}`\n\n{table}\n{MARK}")
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-        if MARK in text:
-            head, _, rest = text.partition(MARK)
-            _, _, tail = rest.partition(MARK)
-            text = head + section + tail
-        else:
-            text = text.rstrip("\n") + "\n\n" + section + "\n"
-        DOC.parent.mkdir(exist_ok=True)
-        DOC.write_text(text)
-        print(f"written to {DOC}")
+        section = (f"## Simulator speed\n\nCommand: `{cmd}`\n\n{table}")
+        print(f"written to {write_section(MARK, section)}")
     return 0
 
 

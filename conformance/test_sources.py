@@ -78,3 +78,12 @@ def test_reload_adds_new_models_and_unloads_vanished_ones(
     router.events.wait_for("first", "unloaded", timeout=30)  # it was running: unloaded
     assert router.chat("second").status_code == 200
     assert any(m.get("event") == "models_reload" for _, m in router.events.items)
+
+
+def test_sleep_idle_seconds_reaches_the_children(start_router: Callable[..., Router]) -> None:
+    router = start_router("--sleep-idle-seconds", "1")
+    assert router.tracked("tiny-xs")[0] == 200
+    router.events.wait_for("tiny-xs", "sleeping", timeout=15)
+    assert router.tracked("tiny-xs")[0] == 200  # a request wakes it
+    router.events.wait_for("tiny-xs", "loaded", timeout=15)
+    router.check(models_max=4)

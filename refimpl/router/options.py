@@ -104,6 +104,8 @@ def parse(argv: list[str]) -> RouterOptions:
     parser = build_parser()
     known, rest = parser.parse_known_args(argv)
     child_args = _child_args(rest, parser)
+    if known.sleep_idle_seconds is not None:  # the router takes it, and so does every child
+        child_args += ["--sleep-idle-seconds", f"{known.sleep_idle_seconds:g}"]
     if known.models_max < 0:
         parser.error("--models-max must be 0 (unlimited) or more")
     if not 0 < known.port < 65536:

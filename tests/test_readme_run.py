@@ -1,5 +1,6 @@
 """The README's run command: the router starts on generated tiny models with no other set-up,
-prints its URL and a curl, and that curl gets a completion. Then SIGTERM leaves no child."""
+prints its URL and a curl, and that curl gets a completion. Then SIGTERM or SIGINT (Ctrl-C)
+leaves no child."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.live
 
 
-def test_run_command_prints_a_curl_that_works(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_run_command_prints_a_curl_that_works(tmp_path: Path, stop: signal.Signals) -> None:
     pytest.importorskip("llama_cpp")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -53,7 +55,7 @@ def test_run_command_prints_a_curl_that_works(tmp_path: Path) -> None:
                     children.add(int(entry.name))
         assert children, "the curl should have started a child"
     finally:
-        router.send_signal(signal.SIGTERM)
+        router.send_signal(stop)
         try:
             router.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -64,5 +66,5 @@ def test_run_command_prints_a_curl_that_works(tmp_path: Path) -> None:
     left = [p for p in children if Path(f"/proc/{p}").exists()]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
-    assert not left, f"children left after SIGTERM: {left}"
-    assert router.returncode in (0, -signal.SIGTERM), log.read_text()  # uvicorn re-raises it
+    assert not left, f"children left after {stop.name}: {left}"
+    assert router.returncode in (0, -stop), log.read_text()  # uvicorn re-raises the signal

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,17 +27,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
+from fixtures.procs import children_of  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
+from refimpl.router.processes import free_port  # noqa: E402
 
 MARK = "<!-- proxy -->"
 MODEL = "tiny-xs"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def pct(values: list[float], q: float) -> float:
@@ -47,15 +41,10 @@ def pct(values: list[float], q: float) -> float:
 
 
 def child_port(router_pid: int, model_file: str) -> int:
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in children_of(router_pid):
         try:
-            stat = (entry / "stat").read_text()
-            args = (entry / "cmdline").read_bytes().split(b"\0")
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
-            continue
-        if int(stat[stat.rfind(")") + 2:].split()[1]) != router_pid:
             continue
         if model_file.encode() in b" ".join(args) and b"--port" in args:
             return int(args[args.index(b"--port") + 1])

@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,9 +22,11 @@ from typing import Any, Callable, Iterator
 import httpx
 import pytest
 
+from fixtures.procs import alive, children_of
 from fixtures.pytest_fixtures import tiny_models  # noqa: F401 - a fixture
 from properties.observed import Observed, check_observed
 from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.router.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,37 +60,6 @@ class Target:
 def target(request: pytest.FixtureRequest) -> Target:
     return Target(request.config.getoption("--router-bin"),
                   request.config.getoption("--child-cmd"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def children_of(pid: int) -> set[int]:
-    """Pids whose parent is ``pid`` (Linux /proc)."""
-    out = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            out.add(int(entry.name))
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].split()[0] != "Z"
 
 
 @dataclass

@@ -17,7 +17,9 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from .conftest import Router, children_of
+from fixtures.procs import children_of
+
+from .conftest import Router
 
 pytestmark = [pytest.mark.live]
 A, B, C = "tiny-xs", "tiny-s", "tiny-vision"

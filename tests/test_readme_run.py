@@ -8,13 +8,15 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from fixtures.procs import alive, children_of
+from refimpl.router.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.live
@@ -23,9 +25,7 @@ pytestmark = pytest.mark.live
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_run_command_prints_a_curl_that_works(tmp_path: Path, stop: signal.Signals) -> None:
     pytest.importorskip("llama_cpp")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tmp_path / "router.log"
     with log.open("wb") as out:
         router = subprocess.Popen([sys.executable, "-m", "refimpl", "--port", str(port)],
@@ -45,14 +45,7 @@ def test_run_command_prints_a_curl_that_works(tmp_path: Path, stop: signal.Signa
         answer = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=60)
         body = json.loads(answer.stdout)
         assert body["choices"][0]["message"]["role"] == "assistant", body
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                if int(stat[stat.rfind(")") + 2:].split()[1]) == router.pid:
-                    children.add(int(entry.name))
+        children = children_of(router.pid)
         assert children, "the curl should have started a child"
     finally:
         router.send_signal(stop)
@@ -61,9 +54,9 @@ def test_run_command_prints_a_curl_that_works(tmp_path: Path, stop: signal.Signa
         except subprocess.TimeoutExpired:
             router.kill()
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in children):
+    while time.monotonic() < deadline and any(alive(p) for p in children):
         time.sleep(0.05)
-    left = [p for p in children if Path(f"/proc/{p}").exists()]
+    left = [p for p in children if alive(p)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"children left after {stop.name}: {left}"

@@ -32,6 +32,7 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "trailer", "transfer-encoding", "upgrade", "content-length", "server", "date",
               "host", "authorization"}
 BUILD_INFO = "refimpl-router 0.1.0"
+SMALL_BODY = 1024 * 1024  # sized answers up to this are relayed in one piece
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -200,6 +201,22 @@ class RouterApp:
             self.driver.ended(req, ok=False)
             return error(502, f"could not reach the model's child: {exc}", "server_error")
 
+        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP
+                       and not k.lower().startswith("access-control-")}
+        length = upstream.headers.get("content-length", "")
+        if length.isdigit() and int(length) <= SMALL_BODY:
+            # A small, sized answer (not a stream): one read, one plain response, less machinery.
+            ok = False
+            try:
+                content = await upstream.aread()
+                ok = upstream.status_code < 500
+            except httpx.HTTPError:
+                return error(502, "the model's child broke off its answer", "server_error")
+            finally:
+                await upstream.aclose()
+                self.driver.ended(req, ok)
+            return Response(content, status_code=upstream.status_code, headers=out_headers)
+
         async def relay() -> AsyncIterator[bytes]:
             ok = False
             try:
@@ -212,8 +229,6 @@ class RouterApp:
                 await upstream.aclose()
                 self.driver.ended(req, ok)
 
-        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP
-                       and not k.lower().startswith("access-control-")}
         return StreamingResponse(relay(), status_code=upstream.status_code, headers=out_headers)
 
 

@@ -13,6 +13,9 @@ from hypothesis import HealthCheck, settings
 
 from refimpl.core import mutants
 
+# The tiny GGUF models fixture (``tiny_models``), for every test folder.
+pytest_plugins = ["fixtures.pytest_fixtures"]
+
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow],
                print_blob=False)
 

@@ -23,7 +23,6 @@ import httpx
 import pytest
 
 from fixtures.procs import alive, children_of
-from fixtures.pytest_fixtures import tiny_models  # noqa: F401 - a fixture
 from properties.observed import Observed, check_observed
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.router.processes import free_port
@@ -226,7 +225,7 @@ class Router:
 
 
 @pytest.fixture
-def start_router(target: Target, tiny_models: Any, tmp_path: Path  # noqa: F811
+def start_router(target: Target, tiny_models: Any, tmp_path: Path
                  ) -> Iterator[Callable[..., Router]]:
     """Start a router on the tiny models: ``start_router("--models-max", "1")``."""
     routers: list[Router] = []

@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.protocol import STATE_PREFIX
-from refimpl.core.trace import At
 from simulator.scenario import Action, Crash, Hang, Request, Unload, Write, play
 
 from .invariants import CHECKS, Violation, check_all
@@ -29,10 +28,6 @@ class Scenario:
     script: tuple[tuple[float, Action], ...]
     catches: tuple[str, ...]  # the guarantees that must fail when the mutant is on
     until: float = 300.0
-
-    def run(self, mutants: frozenset[str] = frozenset()) -> list[At]:
-        config = replace(self.config, mutants=mutants)
-        return play(config, list(self.script), until=self.until)
 
     def violations(self, mutants: frozenset[str] = frozenset()) -> list[Violation]:
         """Every guarantee on the scenario's trace (the run raising counts as a violation)."""

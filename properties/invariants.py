@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from refimpl.core import errors
-from refimpl.core.commands import Forward, Kill, Publish, Reply, SendExit, Spawn
+from refimpl.core.commands import Forward, Publish, Reply, SendExit, Spawn
 from refimpl.core.config import RouterConfig
 from refimpl.core.events import (EVENT_TYPES, ChildExited, ClientGone, LoadAsked, RequestArrived,
                                  ResponseEnded, RouterStarted)

@@ -10,7 +10,6 @@ failure prints the program as Python steps, ready to paste as a regression test.
 from __future__ import annotations
 
 import random
-from dataclasses import replace
 from typing import Any
 
 from hypothesis import strategies as st
@@ -124,6 +123,3 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
         + "".join(f"_{m}" for m in sorted(config.mutants)))
     return RouterMachine
 
-
-def with_policy(config: RouterConfig, policy: str, *mutants: str) -> RouterConfig:
-    return replace(config, policy=policy, mutants=frozenset(mutants))

@@ -23,7 +23,6 @@ class Child:
     spawned: float
     ready: bool = False
     stop: str | None = None  # None, "evicted" or "unloaded": why the router stopped it
-    stopped_at: float | None = None
     waiters: set[int] = field(default_factory=set)  # requests it was loaded for
     served: int = 0  # responses that ended ok
 
@@ -121,7 +120,6 @@ class Replay:
             child = self.children.get(what.instance)
             if child is not None and child.stop is None:
                 child.stop = self.stop_reason()
-                child.stopped_at = at.t
         elif isinstance(what, ChildExited):
             child = self.children.pop(what.instance, None)
             self._flight.pop(what.instance, None)

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fixtures.pytest_fixtures import tiny_models  # noqa: F401  (the session fixture)
 from fixtures.tiny_models import ModelsDir
 from refimpl.child.probabilities import LogitRow, TokenProbability, top_n_probabilities
 from refimpl.core.protocol import (
@@ -114,7 +113,7 @@ def test_top_n_sorts_only_the_top_n(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spy.sorted_sizes and max(spy.sorted_sizes) == 10
 
 
-def test_load_reports_progress_and_can_be_aborted(tiny_models: ModelsDir) -> None:  # noqa: F811
+def test_load_reports_progress_and_can_be_aborted(tiny_models: ModelsDir) -> None:
     pytest.importorskip("llama_cpp")
     from refimpl.child.cli import parse_options
     from refimpl.child.model import LoadAborted, LoadFailed, load_llama
@@ -266,7 +265,7 @@ def deps() -> Any:
 
 
 @pytest.fixture(scope="module")
-def tiny_xs(tiny_models: ModelsDir) -> Path:  # noqa: F811
+def tiny_xs(tiny_models: ModelsDir) -> Path:
     return tiny_models["tiny-xs"].path
 
 
@@ -504,7 +503,7 @@ def test_sleeps_when_idle_and_wakes_on_a_request(deps: Any, tiny_xs: Path) -> No
 
 
 @pytest.mark.live
-def test_corrupt_model_exits_nonzero_without_ready(deps: Any, tiny_models: ModelsDir) -> None:  # noqa: F811
+def test_corrupt_model_exits_nonzero_without_ready(deps: Any, tiny_models: ModelsDir) -> None:
     with running_child(tiny_models["corrupt"].path) as c:
         code = c.wait(START_TIMEOUT)
         c.join_readers()

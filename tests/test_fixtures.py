@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 from fixtures.images import png_data_uri, tiny_png
-from fixtures.pytest_fixtures import tiny_models  # noqa: F401  (the fixture under test)
 from fixtures.tiny_models import (
     CHATML_TEMPLATE,
     SIZES,

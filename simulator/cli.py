@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 from refimpl.core.config import DEFAULT_POLICY, POLICIES, ModelSpec, RouterConfig
 from refimpl.core.mutants import MUTANTS
+from refimpl.router.options import parse_device
 from refimpl.core.trace import format_trace
 
 from .engine import Simulation, SimResult
@@ -20,8 +21,6 @@ from .faults import FAULT_PRESETS
 from .workloads import WORKLOADS, make_workload
 
 _UNITS = {"s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
-_SIZES = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2,
-          "g": 1024**3, "gib": 1024**3}
 # Checking the guarantees needs the whole trace in memory: above this many simulated seconds the
 # run only counts, unless --check is given.
 CHECK_LIMIT = 3600.0
@@ -37,15 +36,6 @@ def parse_duration(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("the duration must be more than 0")
     return value
-
-
-def parse_device(text: str) -> tuple[str, int]:
-    """'gpu0=24GiB' -> ('gpu0', 25769803776)."""
-    m = re.fullmatch(r"\s*([\w.-]+)\s*=\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
-    if m is None or m.group(3).lower() not in _SIZES:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not DEVICE=SIZE; write it like gpu0=24GiB or host=64G")
-    return m.group(1), int(float(m.group(2)) * _SIZES[m.group(3).lower()])
 
 
 def positive_int(text: str) -> int:

@@ -34,10 +34,15 @@ def parse_size(text: str) -> int:
 
 
 def parse_device(text: str) -> tuple[str, int]:
+    """'gpu0=24GiB' -> ('gpu0', 25769803776); the router and the simulator share it."""
     name, sep, size = text.partition("=")
-    if not sep or not name.strip():
-        raise argparse.ArgumentTypeError(f"{text!r} is not DEVICE=SIZE, like host=64MiB")
-    return name.strip(), parse_size(size)
+    try:
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError("no DEVICE=")
+        return name.strip(), parse_size(size)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not DEVICE=SIZE; write it like gpu0=24GiB or host=64MiB") from None
 
 
 @dataclass

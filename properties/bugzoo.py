@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.protocol import STATE_PREFIX
-from simulator.scenario import Action, Crash, Hang, Request, Unload, Write, play
+from simulator.scenario import Action, Crash, Download, Hang, Request, Unload, Write, play
 
 from .invariants import CHECKS, Violation, check_all
 
@@ -95,6 +95,11 @@ SCENARIOS: dict[str, Scenario] = {s.zid: s for s in [
               (2.0, Write(A, STATE_PREFIX + b'{"state": "exploding", "payload": {}}\n')),
               (3.0, Request(A))),
              ("router_survives",)),
+    Scenario("Z15", "a download finishes while a request waits for it; then it is asked again",
+             RouterConfig(models(A), **ONE),
+             ((0.0, Request(A, 0.5)), (0.0, Download("user/D:F16")),
+              (0.5, Request("user/D:F16")), (20.0, Request("user/D:F16"))),
+             ("download_ends_clean", "every_request_answered")),
     Scenario("Z17", "models_max 0 with a load-on-startup model",
              RouterConfig(models(A, B, load_on_startup=True), models_max=0),
              ((1.0, Request(A)), (1.0, Request(B))),

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from refimpl.core import errors
-from refimpl.core.commands import Forward, Publish, Reply, SendExit, Spawn
+from refimpl.core.commands import Forward, Kill, Publish, RemoveFiles, Reply, SendExit, Spawn
 from refimpl.core.config import RouterConfig
-from refimpl.core.events import (EVENT_TYPES, ChildExited, ClientGone, LoadAsked, RequestArrived,
-                                 ResponseEnded, RouterStarted)
+from refimpl.core.events import (EVENT_TYPES, ChildExited, ClientGone, DownloadAsked, LoadAsked,
+                                 RequestArrived, ResponseEnded, RouterStarted)
 from refimpl.core.lifecycle import Status, is_legal
 from refimpl.core.trace import At
 
@@ -40,13 +40,14 @@ def _aliases(config: RouterConfig) -> dict[str, str]:
 
 def limits_held(trace: Trace, config: RouterConfig) -> list[Violation]:
     """At no instant do more children run than models_max, or need more memory than a device has;
-    a child asked to stop counts until it has exited (Z3, Z4, Z17)."""
+    a child asked to stop counts until it has exited (Z3, Z4, Z17). Download children take no
+    slot."""
     out: list[Violation] = []
     needs = {spec.name: spec.memory for spec in config.models}
     alive: dict[int, str] = {}
     for at in trace:
         what = at.what
-        if isinstance(what, Spawn):
+        if isinstance(what, Spawn) and not what.download:
             alive[what.instance] = what.model
             if config.models_max and len(alive) > config.models_max:
                 out.append(Violation("limits_held", at.t, f"{len(alive)} children alive, "
@@ -79,19 +80,23 @@ def busy_never_evicted(trace: Trace) -> list[Violation]:
 
 
 def legal_transitions(trace: Trace) -> list[Violation]:
-    """Every published status change is in the lifecycle table."""
+    """Every published status change is in the lifecycle table. A model the trace has not seen
+    (or saw removed) starts UNLOADED, or DOWNLOADING when it is a fresh download's entry."""
     out: list[Violation] = []
     status: dict[str, Status] = {}
     for at in trace:
         what = at.what
-        if isinstance(what, Publish) and what.event == "status_change":
+        if isinstance(what, Publish) and what.event == "model_remove":
+            status.pop(what.model, None)
+        elif isinstance(what, Publish) and what.event == "status_change":
             try:
                 new = Status(what.data.get("status"))
             except ValueError:
                 out.append(Violation("legal_transitions", at.t,
                                      f"{what.model}: unknown status {what.data.get('status')!r}"))
                 continue
-            old = status.get(what.model, Status.UNLOADED)
+            fresh = Status.DOWNLOADING if new is Status.DOWNLOADING else Status.UNLOADED
+            old = status.get(what.model, fresh)
             if new is not old and not is_legal(old, new):
                 out.append(Violation("legal_transitions", at.t,
                                      f"{what.model}: {old.value} -> {new.value}"))
@@ -162,11 +167,73 @@ def exit_reaches_unloaded(trace: Trace) -> list[Violation]:
                 due = None
         if isinstance(what, ChildExited):
             child = replay.children.get(what.instance)
-            if child is not None:
+            if child is not None and not child.download:
                 due = (at.t, what, child.model)
         replay.step(at)
     if due is not None:
         out.append(missed(*due))
+    return out
+
+
+def download_takes_no_slot(trace: Trace) -> list[Violation]:
+    """Starting a download never stops a model: a download child takes no slot and evicts nothing
+    (upstream ``test_router_download_model``)."""
+    out: list[Violation] = []
+    cause: object = None
+    for at in trace:
+        what = at.what
+        if isinstance(what, EVENT_TYPES):
+            cause = what
+        elif isinstance(what, (SendExit, Kill)) and isinstance(cause, DownloadAsked):
+            out.append(Violation("download_takes_no_slot", at.t, f"the download of "
+                                 f"{cause.model} stopped child {what.instance}"))
+    return out
+
+
+def download_ends_clean(trace: Trace) -> list[Violation]:
+    """When a download child exits, its model is at once an ordinary UNLOADED model (the download
+    finished) or gone, files included (it failed, was cancelled or crashed) (Z15)."""
+    out: list[Violation] = []
+    replay = Replay()
+    finished: set[str] = set()
+    due: tuple[float, str, bool] | None = None  # (exit time, model, finished)
+
+    def check(t: float, model: str, ok: bool, seen: list[object]) -> None:
+        if ok:
+            good = any(isinstance(w, Publish) and w.model == model
+                       and w.data.get("status") == "unloaded" for w in seen) or any(
+                isinstance(w, Publish) and w.model == model and w.event == "model_remove"
+                for w in seen)
+            want = "reported unloaded"
+        else:
+            good = any(isinstance(w, RemoveFiles) and w.model == model for w in seen) and any(
+                isinstance(w, Publish) and w.model == model and w.event == "model_remove"
+                for w in seen)
+            want = "removed with its files"
+        if not good:
+            out.append(Violation("download_ends_clean", t, f"{model}: download child exited "
+                                 f"({'finished' if ok else 'not finished'}) but the model was "
+                                 f"not {want}"))
+
+    seen: list[object] = []
+    for at in trace:
+        what = at.what
+        if isinstance(what, EVENT_TYPES) and due is not None:
+            check(due[0], due[1], due[2], seen)
+            due = None
+        if isinstance(what, Publish) and what.event == "download_finished":
+            finished.add(what.model)
+        if isinstance(what, ChildExited):
+            child = replay.children.get(what.instance)
+            if child is not None and child.download:
+                due = (at.t, child.model, child.model in finished)
+                finished.discard(child.model)
+                seen = []
+        elif due is not None:
+            seen.append(what)
+        replay.step(at)
+    if due is not None:
+        check(due[0], due[1], due[2], seen)
     return out
 
 
@@ -182,7 +249,7 @@ def coalesced(trace: Trace, config: RouterConfig) -> list[Violation]:
             asked.update(s.name for s in config.models if s.load_on_startup)
         elif isinstance(what, LoadAsked):
             asked.add(replay.model_of(what.model))
-        elif isinstance(what, Spawn):
+        elif isinstance(what, Spawn) and not what.download:
             other = replay.by_model.get(what.model)
             if other is not None:
                 out.append(Violation("coalesced", at.t, f"{what.model}: second child "
@@ -243,7 +310,7 @@ def fifo_between_models(trace: Trace, config: RouterConfig) -> list[Violation]:
             settle()
             arrived = what if isinstance(what, RequestArrived) else None
             load = None
-        if isinstance(what, Spawn):
+        if isinstance(what, Spawn) and not what.download:
             head = next(iter(entries), None)
             if head is not None and head != what.model and what.model in entries:
                 out.append(Violation("fifo_between_models", at.t, f"loaded {what.model} (queued "
@@ -361,6 +428,8 @@ CHECKS: dict[str, Check] = {
     "loading_stops": lambda t, c: loading_stops(t),
     "stop_not_failed": lambda t, c: stop_not_failed(t),
     "errors_are_clear": lambda t, c: errors_are_clear(t),
+    "download_takes_no_slot": lambda t, c: download_takes_no_slot(t),
+    "download_ends_clean": lambda t, c: download_ends_clean(t),
 }
 
 

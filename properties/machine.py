@@ -16,14 +16,16 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from refimpl.core.config import RouterConfig
-from refimpl.core.events import LoadAsked, UnloadAsked
+from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
 from refimpl.core.protocol import STATE_PREFIX
 from simulator.engine import Simulation
 from simulator.faults import Faults
 
 from .invariants import check_all
 
-MACHINE_FAULTS = Faults(load_time=(0.2, 1.5), exit_time=(0.01, 0.2), wake_time=(0.05, 0.3))
+MACHINE_FAULTS = Faults(load_time=(0.2, 1.5), exit_time=(0.01, 0.2), wake_time=(0.05, 0.3),
+                        download_time=(0.5, 5.0), download_fail=0.2)
+DOWNLOADS = ("user/D:F16", "user/E:Q8_0")  # names the program may download from the hub
 SETTLE = 2000.0  # virtual seconds the teardown lets the router finish its work
 
 GARBAGE = st.one_of(
@@ -42,6 +44,8 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
     """A state machine class checking ``config`` (policy, limits, mutants) against every guarantee."""
     names = [spec.name for spec in config.models]
     model = st.sampled_from(names)
+    model_or_download = st.sampled_from(names + list(DOWNLOADS))
+    download_name = st.sampled_from(DOWNLOADS)
 
     class RouterMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -63,7 +67,7 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
             assert self.sim is not None
             return self.sim
 
-        @rule(model=model, seconds=st.sampled_from([0.2, 2.0, 30.0]))
+        @rule(model=model_or_download, seconds=st.sampled_from([0.2, 2.0, 30.0]))
         def request(self, model: str, seconds: float) -> None:
             self.s.request(model, seconds)
 
@@ -81,9 +85,17 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
         def load(self, model: str) -> None:
             self.s.api(LoadAsked, model)
 
-        @rule(model=model)
-        def unload(self, model: str) -> None:
+        @rule(model=model_or_download)
+        def unload(self, model: str) -> None:  # of a download: cancels it
             self.s.api(UnloadAsked, model)
+
+        @rule(model=download_name)
+        def download(self, model: str) -> None:
+            self.s.api(DownloadAsked, model)
+
+        @rule(model=download_name)
+        def remove(self, model: str) -> None:
+            self.s.api(RemoveAsked, model)
 
         def live_model(self, data: Any) -> str:
             """A model with a live child, drawn so that chaos steps are never no-ops."""
@@ -117,6 +129,8 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
             assert self.s.trace is not None
             violations = check_all(self.s.trace, config, first_only=True)
             assert not violations, "\n".join(map(str, violations))
+            partial = sorted(m for m, files in self.s.cache.items() if files != "complete")
+            assert not partial, f"partial downloads left in the cache: {partial}"
 
     RouterMachine.__name__ = RouterMachine.__qualname__ = (
         f"RouterMachine_{config.policy.replace('-', '_')}"

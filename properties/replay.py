@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from refimpl.core.commands import Forward, Kill, Publish, Reply, SendExit, Spawn
-from refimpl.core.events import (EVENT_TYPES, ChildExited, ClientGone, RequestArrived,
-                                 ResponseEnded, UnloadAsked)
+from refimpl.core.events import (EVENT_TYPES, ChildExited, ClientGone, RemoveAsked,
+                                 RequestArrived, ResponseEnded, UnloadAsked)
 from refimpl.core.trace import At, Item
 
 
@@ -25,6 +25,7 @@ class Child:
     stop: str | None = None  # None, "evicted" or "unloaded": why the router stopped it
     waiters: set[int] = field(default_factory=set)  # requests it was loaded for
     served: int = 0  # responses that ended ok
+    download: bool = False  # a download child: no slot, no requests, never evicted
 
 
 @dataclass
@@ -69,14 +70,15 @@ class Replay:
             self._flight.get(r.instance, set()).discard(r.req)
 
     def first_stop(self, what: Item) -> Child | None:
-        """The child that ``what`` stops, if it is a stop command and the child's first one."""
+        """The model child that ``what`` stops, if it is a stop command and the child's first one
+        (download children end by the router's word once their work is done: not a stop)."""
         if not isinstance(what, (SendExit, Kill)):
             return None
         child = self.children.get(what.instance)
-        return child if child is not None and child.stop is None else None
+        return child if child is not None and child.stop is None and not child.download else None
 
     def stop_reason(self) -> str:
-        return "unloaded" if isinstance(self.cause, UnloadAsked) else "evicted"
+        return "unloaded" if isinstance(self.cause, (UnloadAsked, RemoveAsked)) else "evicted"
 
     def step(self, at: At) -> None:
         self.now = at.t
@@ -108,8 +110,9 @@ class Replay:
                 if child is not None and what.ok:
                     child.served += 1
         elif isinstance(what, Spawn):
-            child = Child(what.instance, what.model, at.t)
-            child.waiters = {r.req for r in self.open_for(what.model)}
+            child = Child(what.instance, what.model, at.t, download=what.download)
+            if not what.download:
+                child.waiters = {r.req for r in self.open_for(what.model)}
             self.children[what.instance] = child
             self.by_model[what.model] = child
         elif isinstance(what, Publish):

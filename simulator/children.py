@@ -7,8 +7,9 @@ import random
 from typing import TYPE_CHECKING
 
 from refimpl.core.events import ChildExited, ChildOutput, ResponseEnded
-from refimpl.core.protocol import (MAX_LINE, STATE_PREFIX, LoadingState, Progress, ReadyState,
-                                   SleepingState, format_message)
+from refimpl.core.protocol import (MAX_LINE, STATE_PREFIX, DownloadProgress, DownloadResult,
+                                   LoadingState, Progress, ReadyState, SleepingState,
+                                   format_message)
 
 from .faults import Faults
 
@@ -147,3 +148,50 @@ class SimChild:
             self.sim.deliver(ResponseEnded(req, ok=False))
         self.inflight.clear()
         self.sim.deliver(ChildExited(self.instance, code))
+
+
+class SimDownloadChild(SimChild):
+    """A simulated download child: progress every 100 ms of virtual time, then the result, then
+    it waits for the exit command (as upstream's does). The exit command before the result
+    cancels the download: it reports failure and exits. Its files are in ``sim.cache``."""
+
+    TOTAL = 1_000_000
+
+    def start(self) -> None:
+        now, rng, f = self.sim.now, self.rng, self.faults
+        duration = rng.uniform(*f.download_time)
+        fails = self._fault(f.download_fail)
+        end = now + (rng.uniform(0.0, duration) if fails else duration)
+        url = f"http://127.0.0.1/{self.model}/resolve/main/model.gguf"
+        steps = max(1, int(duration / 0.1))
+        for i in range(steps + 1):
+            t = now + duration * i / steps
+            if t > end:
+                break
+            done = self.TOTAL * i // steps
+            self.sim.at(t, self._progress, DownloadProgress(url, done, self.TOTAL))
+        self.sim.cache[self.model] = "partial"
+        self.sim.at(end, self._result, not fails)
+
+    def _progress(self, msg: DownloadProgress) -> None:
+        if self.alive and not self.exiting and not self.ready:
+            self.write(self.sim.now, format_message(msg))
+
+    def _result(self, ok: bool) -> None:
+        if not self.alive or self.exiting or self.ready:
+            return
+        self.ready = True  # its work is over, whatever the result
+        if ok:
+            self.sim.cache[self.model] = "complete"
+        self.write(self.sim.now, format_message(DownloadResult(ok)))
+
+    def exit_command(self) -> None:
+        if self.exiting or not self.alive:
+            return
+        if not self.ready:  # cancelled: it says so, then exits
+            self.ready = True
+            self.write(self.sim.now, format_message(DownloadResult(False)))
+        super().exit_command()
+
+    def serve(self, req: int, service: float) -> None:  # pragma: no cover - never forwarded to
+        self.sim.at(self.sim.now, self.sim.deliver, ResponseEnded(req, ok=False))

@@ -13,14 +13,15 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from refimpl.core.commands import Command, Forward, Kill, Reply, SendExit, Spawn
+from refimpl.core.commands import Command, Forward, Kill, RemoveFiles, Reply, SendExit, Spawn
 from refimpl.core.config import RouterConfig
-from refimpl.core.events import (ClientGone, Event, LoadAsked, RequestArrived, ResponseEnded,
-                                 RouterStarted, TimerFired, UnloadAsked)
+from refimpl.core.events import (ClientGone, DownloadAsked, Event, LoadAsked, RemoveAsked,
+                                 RequestArrived, ResponseEnded, RouterStarted, TimerFired,
+                                 UnloadAsked)
 from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
 
-from .children import SimChild
+from .children import SimChild, SimDownloadChild
 from .faults import Faults
 from .summary import Summary
 from .workloads import Arrival, Workload
@@ -66,6 +67,7 @@ class Simulation:
         self.trace: list[At] | None = [] if record else None
         self.summary = Summary(config)
         self.children: dict[int, SimChild] = {}
+        self.cache: dict[str, str] = {}  # downloaded model -> "partial" | "complete" files
         self.open: dict[int, _Open] = {}
         self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
         self._seq = 0
@@ -152,7 +154,8 @@ class Simulation:
             self.open.pop(command.req, None)
         elif kind is Spawn:
             assert isinstance(command, Spawn)
-            child = SimChild(self, command.instance, command.model)
+            cls = SimDownloadChild if command.download else SimChild
+            child = cls(self, command.instance, command.model)
             self.children[command.instance] = child
             child.start()
         elif kind is SendExit:
@@ -161,6 +164,9 @@ class Simulation:
         elif kind is Kill:
             assert isinstance(command, Kill)
             self.children[command.instance].kill()
+        elif kind is RemoveFiles:
+            assert isinstance(command, RemoveFiles)
+            self.cache.pop(command.model, None)
 
     def _refused(self, req: int) -> None:
         self.deliver(ResponseEnded(req, ok=False))
@@ -202,8 +208,10 @@ class Simulation:
 
     # -- an operator and a chaos monkey, for scripted scenarios and stateful tests ---------------
 
-    def api(self, event_type: type[LoadAsked] | type[UnloadAsked], model: str) -> int:
-        """``POST /models/load`` or ``/models/unload`` now; returns the id of the API call."""
+    def api(self, event_type: type[LoadAsked] | type[UnloadAsked] | type[DownloadAsked]
+            | type[RemoveAsked], model: str) -> int:
+        """``POST /models/load``, ``/models/unload``, ``/models`` (download) or ``DELETE /models``
+        now; returns the id of the API call."""
         req = self._next_req
         self._next_req += 1
         self.deliver(event_type(req, model))

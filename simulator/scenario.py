@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 
 from refimpl.core.config import RouterConfig
-from refimpl.core.events import LoadAsked, UnloadAsked
+from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
 from refimpl.core.trace import At
 
 from .engine import Simulation
@@ -58,7 +58,21 @@ class Hang:
     model: str
 
 
-Action = Request | Load | Unload | Crash | Write | Hang
+@dataclass(frozen=True, slots=True)
+class Download:
+    """``POST /models``: download ``model`` into the cache."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """``DELETE /models?model=``."""
+
+    model: str
+
+
+Action = Request | Load | Unload | Download | Remove | Crash | Write | Hang
 
 
 def play(config: RouterConfig, script: list[tuple[float, Action]], *, faults: Faults = STEADY,
@@ -81,6 +95,10 @@ def do(sim: Simulation, action: Action) -> None:
         sim.api(LoadAsked, action.model)
     elif isinstance(action, Unload):
         sim.api(UnloadAsked, action.model)
+    elif isinstance(action, Download):
+        sim.api(DownloadAsked, action.model)
+    elif isinstance(action, Remove):
+        sim.api(RemoveAsked, action.model)
     elif isinstance(action, Crash):
         sim.crash(action.model, action.code)
     else:

@@ -29,6 +29,7 @@ class Summary:
     gone: int = 0
     loads: int = 0
     evictions: int = 0
+    downloads: int = 0
     running_high: int = 0
     memory_high: dict[str, int] = field(default_factory=dict)
     waits: list[float] = field(default_factory=list)
@@ -36,6 +37,7 @@ class Summary:
     _running: dict[int, str] = field(default_factory=dict)
     _memory: dict[str, int] = field(default_factory=dict)
     _stopped: set[int] = field(default_factory=set)
+    _downloads: set[int] = field(default_factory=set)
     _cause: object = None
 
     def __post_init__(self) -> None:
@@ -71,16 +73,20 @@ class Summary:
                 self.gone += 1
         elif kind is Spawn:
             assert isinstance(item, Spawn)
+            if item.download:  # takes no slot and no memory
+                self.downloads += 1
+                self._downloads.add(item.instance)
+                return
             self.loads += 1
             self._running[item.instance] = item.model
             self.running_high = max(self.running_high, len(self._running))
-            spec = self._specs[item.model]
-            for device, need in spec.memory.items():
+            spec = self._specs.get(item.model)
+            for device, need in (spec.memory if spec else {}).items():
                 used = self._memory[device] = self._memory.get(device, 0) + need
                 self.memory_high[device] = max(self.memory_high.get(device, 0), used)
         elif kind is SendExit or kind is Kill:
             assert isinstance(item, (SendExit, Kill))
-            if item.instance not in self._stopped:
+            if item.instance not in self._stopped and item.instance not in self._downloads:
                 self._stopped.add(item.instance)
                 if not isinstance(self._cause, UnloadAsked):
                     self.evictions += 1
@@ -88,8 +94,9 @@ class Summary:
             assert isinstance(item, ChildExited)
             model = self._running.pop(item.instance, None)
             self._stopped.discard(item.instance)
-            if model is not None:
-                spec = self._specs[model]
+            self._downloads.discard(item.instance)
+            spec = self._specs.get(model) if model is not None else None
+            if spec is not None:
                 for device, need in spec.memory.items():
                     self._memory[device] -= need
 

@@ -1,17 +1,18 @@
 """The router's pure core: protocol, model lifecycle, scheduling. No I/O, no clock, no randomness."""
 
-from .commands import Command, Forward, Kill, Log, Publish, Reply, SendExit, Spawn
+from .commands import Command, Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
 from .config import DEFAULT_POLICY, POLICIES, ModelSpec, RouterConfig
-from .events import (ChildExited, ChildOutput, ClientGone, Event, LoadAsked, RequestArrived,
-                     ResponseEnded, RouterStarted, TimerFired, UnloadAsked)
+from .events import (ChildExited, ChildOutput, ClientGone, DownloadAsked, Event, LoadAsked,
+                     RemoveAsked, RequestArrived, ResponseEnded, RouterStarted, TimerFired,
+                     UnloadAsked)
 from .lifecycle import IllegalTransition, Status
 from .mutants import MUTANTS
 from .router import RouterCore
 
 __all__ = [
-    "Command", "Forward", "Kill", "Log", "Publish", "Reply", "SendExit", "Spawn",
+    "Command", "Forward", "Kill", "Log", "Publish", "RemoveFiles", "Reply", "SendExit", "Spawn",
     "DEFAULT_POLICY", "POLICIES", "ModelSpec", "RouterConfig",
     "ChildExited", "ChildOutput", "ClientGone", "Event", "LoadAsked", "RequestArrived",
-    "ResponseEnded", "RouterStarted", "TimerFired", "UnloadAsked",
+    "ResponseEnded", "RouterStarted", "TimerFired", "UnloadAsked", "DownloadAsked", "RemoveAsked",
     "IllegalTransition", "Status", "MUTANTS", "RouterCore",
 ]

@@ -8,10 +8,14 @@ from typing import Any, Union
 
 @dataclass(frozen=True, slots=True)
 class Spawn:
-    """Start a child process for ``model``; later events name it by ``instance``."""
+    """Start a child process for ``model``; later events name it by ``instance``.
+
+    ``download``: a download child (``LLAMA_SERVER_CHILD_MODE=download``), which fetches the
+    model into the cache and exits; it never counts against the limits."""
 
     instance: int
     model: str
+    download: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,14 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class RemoveFiles:
+    """Delete the cache files of ``model`` (after ``DELETE /models``, or what a failed or
+    cancelled download left behind). Nothing of the model runs any more when this is sent."""
+
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
 class Log:
     """A line for the router's log: child output (prefixed by the driver) or a rejection."""
 
@@ -67,4 +79,4 @@ class Log:
     text: str
 
 
-Command = Union[Spawn, SendExit, Kill, Forward, Reply, Publish, Log]
+Command = Union[Spawn, SendExit, Kill, Forward, Reply, Publish, RemoveFiles, Log]

@@ -9,3 +9,6 @@ NOT_RUNNING = "model_not_running"
 LOAD_FAILED = "model_load_failed"
 INSUFFICIENT_MEMORY = "insufficient_memory"
 LIMIT_REACHED = "model_limit_reached"  # only the Z10 mutant gives it: capacity must queue
+ALREADY_EXISTS = "model_already_exists"
+DOWNLOAD_FAILED = "model_download_failed"
+REMOVED = "model_removed"

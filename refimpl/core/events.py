@@ -55,6 +55,24 @@ class UnloadAsked:
 
 
 @dataclass(frozen=True, slots=True)
+class DownloadAsked:
+    """``POST /models``: download ``model`` (``user/repo:tag``, checked against the hub by the
+    driver) in a download child. Answered with a ``Reply`` to ``req`` at once."""
+
+    req: int
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveAsked:
+    """``DELETE /models?model=``: stop the model's child or download if any, then remove its files
+    (the driver checked that it is a cache model). Answered once nothing runs for it any more."""
+
+    req: int
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChildOutput:
     """Bytes read from a child's stdout, in whatever chunks the pipe gave them."""
 
@@ -76,7 +94,8 @@ class TimerFired:
 
 
 Event = Union[RouterStarted, RequestArrived, ClientGone, ResponseEnded, LoadAsked, UnloadAsked,
-              ChildOutput, ChildExited, TimerFired]
+              DownloadAsked, RemoveAsked, ChildOutput, ChildExited, TimerFired]
 
 EVENT_TYPES: tuple[type, ...] = (RouterStarted, RequestArrived, ClientGone, ResponseEnded,
-                                 LoadAsked, UnloadAsked, ChildOutput, ChildExited, TimerFired)
+                                 LoadAsked, UnloadAsked, DownloadAsked, RemoveAsked, ChildOutput,
+                                 ChildExited, TimerFired)

@@ -20,6 +20,8 @@ MUTANTS: dict[str, str] = {
     "Z9": "requests are forwarded to a child that is stopping",
     "Z10": "running out of capacity answers 500 'model limit reached' instead of queueing",
     "Z14": "an unknown child state aborts the router",
+    "Z15": "a finished download's entry is left for the next reload to erase, and the reload "
+           "waits for it: GET /models?reload=1 never answers",
     "Z17": "models_max 0 is taken literally: nothing can ever load",
     "Z18": "an unload the router asked for is reported as failed",
     "Z19": "drain fallback: a busy model is force-evicted after the drain timeout",

@@ -7,6 +7,13 @@ State kept here, per model: its status, its current child (an *instance*; at mos
 a new one only after the old one has exited), and the requests that hold a reference to it
 (waiting for its load or forwarded to it). Requests for a model with no usable child wait in the
 scheduler's FIFO queue, one entry per model.
+
+Downloads (``POST /models``) run in a *download child*: its model is DOWNLOADING, then
+DOWNLOADED, and when the child has exited it becomes an ordinary UNLOADED cache model. A download
+child never counts against the limits and is never evicted. Requests for a model still
+downloading wait outside the queue (a download must not block other models) and join it when the
+download is done; a failed or cancelled download leaves nothing behind: its files are removed and
+the model is forgotten.
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import errors
-from .commands import Command, Forward, Kill, Log, Publish, Reply, SendExit, Spawn
+from .commands import Command, Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
 from .config import ModelSpec, RouterConfig
-from .events import (ChildExited, ChildOutput, ClientGone, Event, LoadAsked, RequestArrived,
-                     ResponseEnded, RouterStarted, TimerFired, UnloadAsked)
+from .events import (ChildExited, ChildOutput, ClientGone, DownloadAsked, Event, LoadAsked,
+                     RemoveAsked, RequestArrived, ResponseEnded, RouterStarted, TimerFired,
+                     UnloadAsked)
 from .lifecycle import Status, check_transition
 from .mutants import forced
-from .protocol import (LineReader, LoadingState, LogLine, Overlong, ReadyState, Rejection,
-                       SleepingState, parse_line)
+from .protocol import (DownloadProgress, DownloadResult, LineReader, LoadingState, LogLine,
+                       Overlong, ReadyState, Rejection, SleepingState, parse_line)
 from .scheduler import Scheduler
 
 
@@ -35,6 +43,8 @@ class Instance:
     reader: LineReader = field(default_factory=LineReader)
     stopping: bool = False  # the router sent it exit or kill
     kill_at: float | None = None
+    download: bool = False  # a download child: no slot, never evicted
+    exit_replies: list[int] = field(default_factory=list)  # API calls answered at its exit
 
 
 @dataclass(slots=True)
@@ -48,6 +58,10 @@ class Model:
     exit_code: int | None = None
     failed: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    after_download: list[int] = field(default_factory=list)  # requests waiting for the download
+    load_after_download: bool = False  # POST /models/load came while it was downloading
+    download_result: bool | None = None  # what the download child reported, if it did
+    removing: list[int] = field(default_factory=list)  # DELETE /models calls for it
 
     @property
     def busy(self) -> bool:
@@ -55,15 +69,20 @@ class Model:
 
     @property
     def usable(self) -> bool:
-        """Has a child that new requests may be sent or coalesced to."""
-        return self.instance is not None and not self.instance.stopping
+        """Has a model child that new requests may be sent or coalesced to."""
+        inst = self.instance
+        return inst is not None and not inst.stopping and not inst.download
+
+    @property
+    def downloading(self) -> bool:
+        return self.status in (Status.DOWNLOADING, Status.DOWNLOADED)
 
 
 @dataclass(slots=True)
 class Request:
     req: int
     model: str
-    phase: str  # "queued" | "waiting" | "forwarded"
+    phase: str  # "download" | "queued" | "waiting" | "forwarded"
 
 
 class RouterCore:
@@ -107,11 +126,17 @@ class RouterCore:
         if model.instance is not None or name in self.scheduler.queue \
                 or any(r.model == name for r in self.requests.values()):
             return False
+        self._forget(model)
+        return True
+
+    def _forget(self, model: Model) -> None:
+        name = model.spec.name
         del self.models[name]
         for alias in (name, *model.spec.aliases):
             if self.names.get(alias) == name:
                 del self.names[alias]
-        return True
+        self.scheduler.queue.pop(name, None)
+        self.scheduler.draining.discard(name)
 
     def resolve(self, name: str | None) -> str | None:
         return None if name is None else self.names.get(name)
@@ -143,6 +168,10 @@ class RouterCore:
             self._on_load_asked(event, now, out)
         elif isinstance(event, UnloadAsked):
             self._on_unload_asked(event, now, out)
+        elif isinstance(event, DownloadAsked):
+            self._on_download_asked(event, now, out)
+        elif isinstance(event, RemoveAsked):
+            self._on_remove_asked(event, now, out)
         elif isinstance(event, RouterStarted):
             for model in self.models.values():
                 if model.spec.load_on_startup and model.status is Status.UNLOADED:
@@ -167,6 +196,14 @@ class RouterCore:
         model = self.models[name]
         inst = model.instance
         autoload = self.config.autoload if event.autoload is None else event.autoload
+        if model.downloading:
+            if not autoload:
+                out.append(Reply(req, 400, errors.MODEL_NOT_LOADED,
+                                 f"model {name!r} is not loaded (still downloading)"))
+                return
+            self.requests[req] = Request(req, name, "download")
+            model.after_download.append(req)
+            return
         if inst is not None and (not inst.stopping or "Z9" in self.mutants) and (
                 name not in self.scheduler.draining or not autoload):
             if model.status is Status.LOADING:
@@ -195,14 +232,19 @@ class RouterCore:
         request = self.requests.pop(req, None)
         if request is None:
             return
-        model = self.models[request.model]
-        model.forwarded.discard(req)
-        model.last_used = now
+        model = self.models.get(request.model)
+        if model is not None:  # None: removed while this response was still on its way
+            model.forwarded.discard(req)
+            model.last_used = now
         self.scheduler.run(now, out)
 
     def _on_client_gone(self, req: int, now: float, out: list[Command]) -> None:
         request = self.requests.get(req)
         if request is None:
+            return
+        if request.phase == "download":
+            del self.requests[req]
+            self.models[request.model].after_download.remove(req)
             return
         if request.phase == "queued":
             del self.requests[req]
@@ -239,6 +281,10 @@ class RouterCore:
                              f"model {event.model!r} not found"))
             return
         model = self.models[name]
+        if model.downloading:  # it loads as soon as its download is done
+            model.load_after_download = True
+            out.append(Reply(event.req, 200, errors.OK))
+            return
         if model.usable:
             out.append(Reply(event.req, 400, errors.ALREADY_RUNNING,
                              f"model {name!r} is already running"))
@@ -258,8 +304,62 @@ class RouterCore:
             out.append(Reply(event.req, 400, errors.NOT_RUNNING,
                              f"model {event.model!r} is not running"))
             return
+        if model.instance.download:  # cancel the download; answered once its child is gone
+            model.instance.exit_replies.append(event.req)
+            self.stop(model, now, out)
+            return
         self.stop(model, now, out)
         out.append(Reply(event.req, 200, errors.OK))
+
+    def _on_download_asked(self, event: DownloadAsked, now: float, out: list[Command]) -> None:
+        name = event.model
+        if name in self.models or self.resolve(name) is not None:
+            out.append(Reply(event.req, 400, errors.ALREADY_EXISTS,
+                             f"model {name!r} already exists"))
+            return
+        self.add_model(ModelSpec(name))
+        model = self.models[name]
+        model.status = Status.DOWNLOADING  # a fresh entry starts here
+        out.append(Publish(name, "status_change", {"status": Status.DOWNLOADING.value}))
+        inst = Instance(self._next_instance, name, download=True)
+        self._next_instance += 1
+        self.instances[inst.id] = inst
+        model.instance = inst
+        out.append(Spawn(inst.id, name, download=True))
+        out.append(Reply(event.req, 200, errors.OK))
+
+    def _on_remove_asked(self, event: RemoveAsked, now: float, out: list[Command]) -> None:
+        name = self.resolve(event.model)
+        model = self.models.get(name) if name is not None else None
+        if model is None:
+            out.append(Reply(event.req, 404, errors.MODEL_NOT_FOUND,
+                             f"model {event.model!r} not found"))
+            return
+        # From now on the name resolves to nothing: no new request can reach the model.
+        for alias in (model.spec.name, *model.spec.aliases):
+            if self.names.get(alias) == model.spec.name:
+                del self.names[alias]
+        why = f"model {model.spec.name!r} was removed"
+        entry = self.scheduler.queue.pop(model.spec.name, None)
+        if entry is not None:
+            self.fail_waiters(entry.waiters, 404, errors.REMOVED, why, out)
+        waiting, model.after_download = model.after_download, []
+        self.fail_waiters(waiting, 404, errors.REMOVED, why, out)
+        model.removing.append(event.req)
+        if model.instance is None:
+            self._finish_remove(model, out)
+        else:
+            self.stop(model, now, out)
+        self.scheduler.run(now, out)
+
+    def _finish_remove(self, model: Model, out: list[Command]) -> None:
+        """Nothing runs for ``model`` any more: delete its files and forget it."""
+        name = model.spec.name
+        out.append(RemoveFiles(name))
+        self._forget(model)
+        out.append(Publish(name, "model_remove", {}))
+        for req in model.removing:
+            out.append(Reply(req, 200, errors.OK))
 
     # -- children ----------------------------------------------------------------------------
 
@@ -296,7 +396,11 @@ class RouterCore:
                  out: list[Command]) -> None:
         parsed = parse_line(line)
         model = self.models[inst.model]
-        if isinstance(parsed, LogLine):
+        if inst.download and isinstance(parsed, (DownloadProgress, DownloadResult)):
+            self._on_download_line(inst, model, parsed, now, out)
+        elif inst.download and not isinstance(parsed, (LogLine, Rejection)):
+            out.append(Log(inst.id, f"ignored model message from a download child: {parsed!r}"))
+        elif isinstance(parsed, LogLine):
             out.append(Log(inst.id, parsed.text))
         elif isinstance(parsed, Rejection):
             if "Z14" in self.mutants and parsed.reason.startswith("unknown state"):
@@ -320,6 +424,58 @@ class RouterCore:
                 out.append(Log(inst.id, f"ignored 'sleeping' while {model.status.value}"))
         else:
             out.append(Log(inst.id, f"ignored download message from a model child: {parsed!r}"))
+
+    def _on_download_line(self, inst: Instance, model: Model,
+                          msg: DownloadProgress | DownloadResult, now: float,
+                          out: list[Command]) -> None:
+        name = model.spec.name
+        if model.status is not Status.DOWNLOADING or inst.stopping:
+            out.append(Log(inst.id, f"ignored download message while {model.status.value}"))
+            return
+        if isinstance(msg, DownloadProgress):
+            progress = model.info.setdefault("progress", {})
+            progress[msg.url] = {"done": msg.downloaded, "total": msg.total}
+            out.append(Publish(name, "download_progress",
+                               {"progress": {u: dict(p) for u, p in progress.items()}}))
+            return
+        model.download_result = msg.ok
+        if msg.ok:
+            self._set_status(model, Status.DOWNLOADED, out)
+            out.append(Publish(name, "download_finished", {}))
+        else:
+            out.append(Publish(name, "download_failed", {}))
+        self.stop(model, now, out)  # its work is done: ask it to exit
+
+    def _on_download_exit(self, inst: Instance, model: Model, code: int, now: float,
+                          out: list[Command]) -> None:
+        model.instance = None
+        model.info.pop("progress", None)
+        for req in inst.exit_replies:
+            out.append(Reply(req, 200, errors.OK))
+        if model.status is Status.DOWNLOADED and not model.removing:
+            if "Z15" in self.mutants:
+                return  # the bug: the entry stays DOWNLOADED until a reload erases it
+            # Replaced by a fresh entry: an ordinary cache model, loaded for whoever waited.
+            self._set_status(model, Status.UNLOADED, out)
+            waiting, model.after_download = model.after_download, []
+            for req in waiting:
+                self.requests[req] = Request(req, model.spec.name, "queued")
+                self.scheduler.enqueue(model.spec.name, req)
+            if model.load_after_download:
+                model.load_after_download = False
+                self.scheduler.enqueue(model.spec.name, None)
+            self.scheduler.run(now, out, arrival=True)
+            return
+        # Failed, cancelled or crashed: nothing of it stays, files included.
+        if model.download_result is None and model.status is Status.DOWNLOADING:
+            out.append(Publish(model.spec.name, "download_failed", {"exit_code": code}))
+        if model.status is Status.DOWNLOADING:
+            self._set_status(model, Status.UNLOADED, out, exit_code=code)
+        waiting, model.after_download = model.after_download, []
+        self.fail_waiters(waiting, 503, errors.DOWNLOAD_FAILED,
+                          f"the download of model {model.spec.name!r} did not finish", out)
+        self._finish_remove(model, out)
+        self.scheduler.run(now, out)
 
     def _on_ready(self, inst: Instance, model: Model, msg: ReadyState, now: float,
                   out: list[Command]) -> None:
@@ -367,6 +523,9 @@ class RouterCore:
         model = self.models[inst.model]
         if model.instance is not inst:  # pragma: no cover - one child per model at a time
             return
+        if inst.download:
+            self._on_download_exit(inst, model, code, now, out)
+            return
         if "Z5" in self.mutants and model.status is Status.LOADING and not inst.stopping:
             return  # the bug: the model stays LOADING and its waiters wait forever
         model.instance = None
@@ -380,6 +539,8 @@ class RouterCore:
         else:
             why = f"model {model.spec.name!r} failed to load (exit code {code})"
         self.fail_waiters(waiters, 503, errors.LOAD_FAILED, why, out)
+        if model.removing:
+            self._finish_remove(model, out)
         # Forwarded requests end through ResponseEnded from the proxy; their refs go with them.
         self.scheduler.run(now, out)
 

@@ -78,6 +78,8 @@ class Scheduler:
         core, mutants = self.core, self.core.mutants
         out = []
         for inst in core.instances.values():
+            if inst.download:  # a download child never takes a slot
+                continue
             model = core.models[inst.model]
             if inst.stopping and (projected or "Z4" in mutants):
                 continue
@@ -108,7 +110,7 @@ class Scheduler:
         models = self.core.models
         for inst in self.core.instances.values():
             model = models[inst.model]
-            if inst.stopping or model.instance is not inst:
+            if inst.stopping or inst.download or model.instance is not inst:
                 continue
             if model.status is Status.LOADING and not self.evict_loading:
                 continue

@@ -74,6 +74,7 @@ def test_a_download_takes_no_slot_and_evicts_nothing() -> None:
     a_child = of(s, Spawn, model="A")[0].what.instance
     assert not of(s, SendExit, instance=a_child) and busy in s.open  # A was not touched
     assert s.core.models[D].status.value == "unloaded" and s.cache == {D: "complete"}
+    s.run_until(100.0)
     clean(s)
 
 

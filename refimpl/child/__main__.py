@@ -1,5 +1,7 @@
 """``python -m refimpl.child``: parse, announce ``loading``, bind, start loading, then the rest.
 
+With ``LLAMA_SERVER_CHILD_MODE=download`` it is a download child instead (``download.py``).
+
 Everything before the first heavy import is cheap, so a bad flag or a busy port is reported in
 milliseconds, and the router hears ``loading`` before llama.cpp is even imported. The model then
 starts loading on a thread (llama.cpp releases the GIL while it reads tensors) while the HTTP
@@ -38,6 +40,9 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def main() -> int:
+    if os.environ.get("LLAMA_SERVER_CHILD_MODE") == "download":
+        from refimpl.child.download import main as download_main
+        return download_main()
     options = parse_options()
     announcer = Announcer.for_router() if is_router_child() else Announcer.silent()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,

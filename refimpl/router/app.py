@@ -9,18 +9,23 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+import anyio
 import httpx
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from refimpl.cache import BadName, list_cached, remove_cached, select_files, split_name
 from refimpl.core import errors
-from refimpl.core.commands import Reply
+from refimpl.core.commands import Command, Publish, RemoveFiles, Reply
 from refimpl.core.config import ModelSpec
-from refimpl.core.events import LoadAsked, UnloadAsked
+from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
+from refimpl.core.lifecycle import Status
 
 from .driver import Driver
 from .options import RouterOptions
@@ -33,6 +38,12 @@ HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriza
               "host", "authorization"}
 BUILD_INFO = "refimpl-router 0.1.0"
 SMALL_BODY = 1024 * 1024  # sized answers up to this are relayed in one piece
+# A request body larger than this is refused with 413: llama-server's limit (cpp-httplib's
+# payload maximum), so what one router takes the other takes too (images travel in bodies).
+MAX_BODY = 100 * 1024 * 1024
+# A request body that stalls this long between two pieces is refused with 408, so a client that
+# never finishes its body does not hold its connection and its memory for ever.
+BODY_IDLE_TIMEOUT = 60.0
 
 
 def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
@@ -52,8 +63,11 @@ class RouterApp:
     def __init__(self, driver: Driver, entries: dict[str, ModelEntry],
                  options: RouterOptions, lifespan: Any = None,
                  load_entries: Callable[[], list[ModelEntry]] | None = None,
-                 spec_for: Callable[[ModelEntry], ModelSpec] | None = None) -> None:
+                 spec_for: Callable[[ModelEntry], ModelSpec] | None = None,
+                 cache: Path | None = None) -> None:
         self.driver = driver
+        self.cache = cache  # the hub-layout cache that downloads fill; None: no downloads
+        driver.on_command = self.on_command
         self.entries = entries
         self.load_entries = load_entries or (lambda: list(entries.values()))
         self.spec_for = spec_for or (lambda e: ModelSpec(e.name, aliases=e.aliases))
@@ -65,6 +79,8 @@ class RouterApp:
         routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/models", self.list_models, methods=["GET"]),
+            Route("/models", self.download, methods=["POST"]),
+            Route("/models", self.remove, methods=["DELETE"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/models/load", self.load, methods=["POST"]),
             Route("/models/unload", self.unload, methods=["POST"]),
@@ -72,7 +88,8 @@ class RouterApp:
             Route("/props", self.props, methods=["GET"]),
             Route("/{path:path}", self.proxy, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ]
-        self.app = Starlette(routes=routes, lifespan=lifespan)
+        self.app = Starlette(routes=routes, lifespan=lifespan,
+                             exception_handlers={HTTPException: _http_error})
         self.app.add_middleware(_ApiKey, key=options.api_key)
 
     # -- the router's own endpoints --------------------------------------------------------------
@@ -104,6 +121,11 @@ class RouterApp:
 
     async def list_models(self, request: Request) -> Response:
         if request.query_params.get("reload", "").lower() in ("1", "true"):
+            if "Z15" in self.driver.core.mutants:
+                # The bug: the reload waits for finished downloads' entries to go, and only a
+                # reload makes them go.
+                while any(m.status is Status.DOWNLOADED for m in self.driver.core.models.values()):
+                    await anyio.sleep(0.05)
             try:
                 self.reload()
             except SourceError as exc:
@@ -118,6 +140,8 @@ class RouterApp:
         fresh = {e.name: e for e in self.load_entries()}
         core = self.driver.core
         for name, old in list(self.entries.items()):
+            if name in core.models and core.models[name].downloading:
+                continue  # not in the cache yet: its download child says how it ends
             new = fresh.get(name)
             changed = new is None or (new.path, new.mmproj, new.flags) != (
                 old.path, old.mmproj, old.flags)
@@ -146,7 +170,86 @@ class RouterApp:
         return await self._api(request, LoadAsked)
 
     async def unload(self, request: Request) -> Response:
-        return await self._api(request, UnloadAsked)
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return error(400, "\"model\" must be a non-empty string")
+        # Answered at once for a model child; a download is cancelled first (its child is gone
+        # when the answer comes).
+        return reply_response(await self.driver.call(UnloadAsked, model))
+
+    # -- downloads and the cache -----------------------------------------------------------------
+
+    async def download(self, request: Request) -> Response:
+        """``POST /models {"model": "user/repo[:TAG]"}``: check the name against the hub, then
+        start a download child and answer at once; progress goes to ``/models/sse``."""
+        if self.cache is None or self.options.offline:
+            return error(400, "downloads are off (--offline)")
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            repo, tag = split_name(body.get("model"))
+        except BadName as exc:
+            return error(400, str(exc))
+        try:
+            files = await anyio.to_thread.run_sync(_hub_files, repo)
+        except LookupError as exc:
+            return error(400, str(exc))
+        except Exception as exc:  # noqa: BLE001 - the hub is down, slow or says something odd
+            return error(502, f"could not ask the hub about {repo}: {type(exc).__name__}: "
+                              f"{str(exc)[:300]}", "server_error")
+        chosen = select_files(files, tag)
+        if chosen is None:
+            return error(400, f"{repo} has no GGUF model file with tag {tag}" if tag
+                         else f"{repo} has no GGUF model file")
+        name = f"{repo}:{chosen.tag}"
+        if name in self.entries or self.driver.core.resolve(name) is not None:
+            return error(400, f"model {name!r} already exists")
+        self.entries[name] = ModelEntry(name, None, "cache")
+        reply = self.driver.api(DownloadAsked, name)
+        if reply.status != 200:
+            self.entries.pop(name, None)
+            return reply_response(reply)
+        return JSONResponse({"success": True, "model": name})
+
+    async def remove(self, request: Request) -> Response:
+        """``DELETE /models?model=``: stop it if it runs (or cancel its download), then delete
+        its files. Only cache models can be removed."""
+        name = request.query_params.get("model", "")
+        if not name:
+            return error(400, "\"model\" must be a non-empty string (?model=user/repo:TAG)")
+        entry = self.entries.get(self.driver.core.resolve(name) or name)
+        if entry is None:
+            try:
+                split_name(name)
+            except BadName as exc:
+                return error(400, str(exc))
+            return error(404, f"model {name!r} not found", "not_found_error")
+        if entry.source != "cache":
+            return error(400, f"model {entry.name!r} is not removable (its source is "
+                              f"{entry.source}, not the cache)")
+        return reply_response(await self.driver.call(RemoveAsked, entry.name))
+
+    def on_command(self, command: Command) -> None:
+        """Keep the model table and the cache in step with what the core decided."""
+        if isinstance(command, RemoveFiles) and self.cache is not None:
+            try:
+                remove_cached(self.cache, command.model)
+            except (BadName, OSError) as exc:
+                self.driver._log(f"[router] could not remove {command.model}: {exc}")
+        elif isinstance(command, Publish) and command.event == "model_remove":
+            self.entries.pop(command.model, None)
+        elif isinstance(command, Publish) and command.event == "download_finished" \
+                and self.cache is not None:
+            # Known before the download child exits, so the load that follows has its file.
+            for cached in list_cached(self.cache):
+                if cached.name == command.model:
+                    entry = ModelEntry(cached.name, cached.path, "cache", mmproj=cached.mmproj)
+                    self.entries[cached.name] = entry
+                    self.driver.core.add_model(self.spec_for(entry))
 
     async def sse(self, request: Request) -> Response:
         send, receive = self.driver.subscribe()
@@ -166,7 +269,9 @@ class RouterApp:
     # -- the proxy -------------------------------------------------------------------------------
 
     async def proxy(self, request: Request) -> Response:
-        body = await request.body()
+        body = await read_body(request)
+        if isinstance(body, Response):
+            return body
         if request.method == "GET":
             model: str | None = request.query_params.get("model")
         else:
@@ -217,19 +322,45 @@ class RouterApp:
                 self.driver.ended(req, ok)
             return Response(content, status_code=upstream.status_code, headers=out_headers)
 
+        events = upstream.headers.get("content-type", "").startswith("text/event-stream")
+
         async def relay() -> AsyncIterator[bytes]:
             ok = False
+            tail = b"\n\n"
             try:
                 async for chunk in upstream.aiter_raw():
                     yield chunk
+                    tail = (tail + chunk)[-2:]
                 ok = upstream.status_code < 500
             except httpx.HTTPError:
-                pass
+                if events:  # the status is sent: say in the stream why it ends here
+                    yield (b"" if tail == b"\n\n" else b"\n\n") + b"data: " + json.dumps(
+                        {"error": {"code": 502, "message": "the model's child broke off its "
+                                   "answer", "type": "server_error"}}).encode() + b"\n\n"
             finally:
                 await upstream.aclose()
                 self.driver.ended(req, ok)
 
         return StreamingResponse(relay(), status_code=upstream.status_code, headers=out_headers)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own answers (405 for a method no route takes) in the OpenAI error shape."""
+    assert isinstance(exc, HTTPException)
+    response = error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
+    response.headers.update(exc.headers or {})
+    return response
+
+
+def _hub_files(repo: str) -> list[str]:
+    """The file names of ``repo`` on the hub ``HF_ENDPOINT`` names; LookupError if none."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+    try:
+        info = HfApi().model_info(repo)
+    except RepositoryNotFoundError:
+        raise LookupError(f"model repo {repo!r} not found on the hub") from None
+    return [s.rfilename for s in info.siblings or []]
 
 
 def _parse(body: bytes) -> dict[str, Any] | Response:
@@ -245,7 +376,40 @@ def _parse(body: bytes) -> dict[str, Any] | Response:
 
 
 async def _json_body(request: Request) -> dict[str, Any] | Response:
-    return _parse(await request.body())
+    body = await read_body(request)
+    return body if isinstance(body, Response) else _parse(body)
+
+
+async def read_body(request: Request, limit: int | None = None,
+                    idle_timeout: float | None = None) -> bytes | Response:
+    """The whole request body, or the error to answer instead: 413 past ``limit`` bytes (told by
+    Content-Length before reading, or counted while reading), 408 when it stalls for
+    ``idle_timeout`` seconds, 499 when the client went away."""
+    limit = MAX_BODY if limit is None else limit
+    idle_timeout = BODY_IDLE_TIMEOUT if idle_timeout is None else idle_timeout
+    too_big = f"the request body is larger than the limit of {limit} bytes"
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        return error(413, too_big)
+    pieces: list[bytes] = []
+    size = 0
+    stream = request.stream().__aiter__()
+    while True:
+        with anyio.move_on_after(idle_timeout) as waited:
+            try:
+                piece = await stream.__anext__()
+            except StopAsyncIteration:
+                break
+            except ClientDisconnect:
+                return error(499, "the client closed the request")
+        if waited.cancelled_caught:
+            return error(408, f"the request body stalled: nothing arrived for "
+                              f"{idle_timeout:g} seconds")
+        size += len(piece)
+        if size > limit:
+            return error(413, too_big)
+        pieces.append(piece)
+    return b"".join(pieces)
 
 
 def _autoload(value: str | None) -> bool | None:

@@ -18,9 +18,9 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from refimpl.core.commands import Command, Forward, Kill, Log, Publish, Reply, SendExit, Spawn
-from refimpl.core.events import (ChildExited, ChildOutput, ClientGone, Event, LoadAsked,
-                                 RequestArrived, ResponseEnded, RouterStarted, TimerFired,
-                                 UnloadAsked)
+from refimpl.core.events import (ChildExited, ChildOutput, ClientGone, DownloadAsked, Event,
+                                 LoadAsked, RemoveAsked, RequestArrived, ResponseEnded,
+                                 RouterStarted, TimerFired, UnloadAsked)
 from refimpl.core.protocol import EXIT_COMMAND
 from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
@@ -45,6 +45,7 @@ class Child(Protocol):
 
 
 Spawner = Callable[[int, str], Awaitable[Child]]  # (instance, model) -> a started child
+ApiCall = type[LoadAsked] | type[UnloadAsked] | type[DownloadAsked] | type[RemoveAsked]
 
 
 @dataclass
@@ -63,9 +64,15 @@ class _Pending:
 
 class Driver:
     def __init__(self, core: RouterCore, spawner: Spawner, *, record: bool = False,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 download_spawner: Spawner | None = None,
+                 on_command: Callable[[Command], None] | None = None) -> None:
         self.core = core
         self.spawner = spawner
+        self.download_spawner = download_spawner
+        # Told of every command after it is carried out: the app keeps its model table and the
+        # cache in step with downloads and removals (RemoveFiles is done there).
+        self.on_command = on_command
         self.children: dict[int, Child] = {}
         self.ids = itertools.count(1)
         self.trace: list[At] | None = [] if record else None
@@ -96,6 +103,8 @@ class Driver:
             self.trace.extend(At(now, c) for c in commands)
         for command in commands:
             self._execute(command)
+            if self.on_command is not None:
+                self.on_command(command)
         self._wake.set()
         return commands
 
@@ -110,7 +119,8 @@ class Driver:
                     pending.outcome.reply = command
                 pending.done.set()
         elif isinstance(command, Spawn):
-            self._tg.start_soon(self._run_child, command.instance, command.model)
+            self._tg.start_soon(self._run_child, command.instance, command.model,
+                                command.download)
         elif isinstance(command, SendExit):
             child = self.children.get(command.instance)
             if child is not None:
@@ -136,9 +146,12 @@ class Driver:
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # it is already gone: its exit is on the way
 
-    async def _run_child(self, instance: int, model: str) -> None:
+    async def _run_child(self, instance: int, model: str, download: bool = False) -> None:
         try:
-            child = await self.spawner(instance, model)
+            spawner = self.download_spawner if download else self.spawner
+            if spawner is None:
+                raise RuntimeError("this router has no download child command")
+            child = await spawner(instance, model)
         except Exception as exc:  # noqa: BLE001 - any failure to start is the child's exit
             self._log(f"[router] could not start a child for {model}: {exc}")
             self.spawn_failures.append(f"{model}: {exc}")
@@ -146,11 +159,17 @@ class Driver:
             return
         self.children[instance] = child
         try:
+            last = b""
             while True:
                 data = await child.read()
                 if not data:
                     break
+                last = data
                 self.feed(ChildOutput(instance, data))
+            if last and not last.endswith(b"\n"):
+                # EOF ends the last line (ROUTER.md 2) now, not when the child exits: a child
+                # may close its output and keep running (tests/test_faults.py, no-newline).
+                self.feed(ChildOutput(instance, b"\n"))
             code = await child.wait()
         finally:
             self.children.pop(instance, None)
@@ -204,12 +223,27 @@ class Driver:
     def ended(self, req: int, ok: bool) -> None:
         self.feed(ResponseEnded(req, ok))
 
-    def api(self, kind: type[LoadAsked] | type[UnloadAsked], model: str | None) -> Reply:
+    def api(self, kind: type[LoadAsked] | type[UnloadAsked] | type[DownloadAsked],
+            model: str) -> Reply:
+        """An API call the core answers at once (load, download; unload of a model child)."""
         req = next(self.ids)
         pending = self._pending[req] = _Pending()
         try:
             self.feed(kind(req, model))
-            assert pending.outcome.reply is not None, "the core answers API calls at once"
+            assert pending.outcome.reply is not None, "the core answers this call at once"
+            return pending.outcome.reply
+        finally:
+            del self._pending[req]
+
+    async def call(self, kind: ApiCall, model: str) -> Reply:
+        """An API call that may be answered later: an unload that cancels a download, or a
+        removal, is answered once the child is gone."""
+        req = next(self.ids)
+        pending = self._pending[req] = _Pending()
+        try:
+            self.feed(kind(req, model))
+            await pending.done.wait()
+            assert pending.outcome.reply is not None
             return pending.outcome.reply
         finally:
             del self._pending[req]

@@ -10,6 +10,7 @@ from typing import Any, AsyncIterator
 
 import anyio
 
+from refimpl.cache import cache_dir
 from refimpl.core import mutants
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.router import RouterCore
@@ -18,7 +19,7 @@ from . import options as router_options
 from .app import RouterApp
 from .driver import Driver
 from .memory import device_budget, estimate_need, gguf_metadata
-from .processes import make_spawner
+from .processes import make_download_spawner, make_spawner
 from .sources import ModelEntry, SourceError, load_sources
 
 
@@ -48,8 +49,10 @@ def example_curl(opts: router_options.RouterOptions, model: str) -> str:
 
 
 def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
+    cache = cache_dir()
+
     def load_entries() -> list[ModelEntry]:
-        return load_sources(opts.models_dir, opts.models_preset, opts.child_args)
+        return load_sources(opts.models_dir, opts.models_preset, opts.child_args, cache)
 
     def spec_for(e: ModelEntry) -> ModelSpec:
         return ModelSpec(e.name, aliases=e.aliases, memory=estimate_need(e, devices),
@@ -62,7 +65,8 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
     core = RouterCore(RouterConfig(models=specs, models_max=opts.models_max, devices=devices,
                                    autoload=opts.models_autoload, policy=opts.policy))
     driver = Driver(core, make_spawner(opts.child_cmd, entries.__getitem__, opts.port, log),
-                    log=log)
+                    log=log, download_spawner=make_download_spawner(opts.download_cmd, opts.port,
+                                                                    log))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -81,7 +85,7 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
                 tg.cancel_scope.cancel()
 
     return RouterApp(driver, entries, opts, lifespan=lifespan, load_entries=load_entries,
-                     spec_for=spec_for), driver
+                     spec_for=spec_for, cache=cache), driver
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -60,6 +60,7 @@ class RouterOptions:
     offline: bool = False
     policy: str = DEFAULT_POLICY
     child_cmd: str = DEFAULT_CHILD
+    download_cmd: str = DEFAULT_CHILD
     stop_timeout: float = 10.0
     child_args: list[str] = field(default_factory=list)
 
@@ -93,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' (all but /health)")
     p.add_argument("--sleep-idle-seconds", type=float, default=None,
                    help="children free their weights after this many idle seconds")
-    p.add_argument("--offline", action="store_true", help="never download")
+    p.add_argument("--offline", action="store_true",
+                   help="never download: POST /models is refused (cached models still load)")
     p.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
                    help="scheduling policy (%(default)s)")
     p.add_argument("--stop-timeout", type=float, default=10.0,
@@ -102,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="command that starts a child; $model, $port, $host, $alias are filled "
                         "in, other flags appended; e.g. 'llama-server -m $model --port $port "
                         "--host $host' (default: our llama-cpp-python child)")
+    p.add_argument("--download-cmd", default=DEFAULT_CHILD,
+                   help="command that starts a download child (POST /models); it gets "
+                        "LLAMA_SERVER_CHILD_MODE=download and LLAMA_ARG_HF_REPO=user/repo:TAG "
+                        "in its environment and downloads from $HF_ENDPOINT into the cache "
+                        "($LLAMA_CACHE, else the Hugging Face hub cache), e.g. 'llama-server' "
+                        "(default: our child)")
     return p
 
 
@@ -122,6 +130,7 @@ def parse(argv: list[str]) -> RouterOptions:
         device_memory=dict(known.device_memory), models_autoload=known.models_autoload,
         api_key=known.api_key, sleep_idle_seconds=known.sleep_idle_seconds,
         offline=known.offline, policy=known.policy, child_cmd=known.child_cmd,
+        download_cmd=known.download_cmd,
         stop_timeout=known.stop_timeout, child_args=child_args)
 
 

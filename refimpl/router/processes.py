@@ -102,3 +102,27 @@ def make_spawner(template: str, entries: Callable[[str], ModelEntry], router_por
         return ChildProcess(process, port)
 
     return spawn
+
+
+DOWNLOAD_MODE = "download"
+
+
+def make_download_spawner(template: str, router_port: int, log: Callable[[str], None]
+                          ) -> Callable[[int, str], Awaitable[ChildProcess]]:
+    """A spawner of download children: ``template`` run with ``LLAMA_SERVER_CHILD_MODE=download``
+    and ``LLAMA_ARG_HF_REPO=<user/repo:TAG>`` in its environment, as upstream starts them. It
+    listens on no port; ``HF_ENDPOINT`` and the cache variables come from the router's
+    environment."""
+
+    async def spawn(instance: int, model: str) -> ChildProcess:
+        cmd = [w.replace("{python}", sys.executable) for w in shlex.split(template)]
+        env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port),
+                   LLAMA_SERVER_CHILD_MODE=DOWNLOAD_MODE, LLAMA_ARG_HF_REPO=model)
+        env.pop("LLAMA_API_KEY", None)
+        process = await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.STDOUT, env=env,
+                                           start_new_session=True)
+        log(f"[router] started the download of {model} (pid {process.pid}): {shlex.join(cmd)}")
+        return ChildProcess(process, 0)
+
+    return spawn

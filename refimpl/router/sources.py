@@ -1,4 +1,6 @@
-"""Where models come from: a ``--models-dir`` folder and a ``--models-preset`` INI file.
+"""Where models come from: the cache (``user/repo:TAG`` names, see ``refimpl.cache``), a
+``--models-dir`` folder and a ``--models-preset`` INI file; a later source overrides an earlier
+one for the same name.
 
 Each source yields :class:`ModelEntry` values: a name, the file to load, and the child flags for it.
 Flags merge with the precedence of ROUTER.md section 5: router command line > the model's preset
@@ -11,6 +13,8 @@ import configparser
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from refimpl.cache import list_cached
 
 SHARD = re.compile(r"^(?P<base>.+)-(?P<n>\d{5})-of-(?P<total>\d{5})\.gguf$")
 PRESET_ONLY = {"load-on-startup", "stop-timeout", "dedup-cache-models"}
@@ -181,10 +185,17 @@ def _truthy(value: str, section: str, key: str) -> bool:
     raise SourceError(f"[{section}] {key} = {value!r} is not true or false")
 
 
+def scan_cache(root: Path) -> list[ModelEntry]:
+    return [ModelEntry(m.name, m.path, "cache", mmproj=m.mmproj) for m in list_cached(root)]
+
+
 def load_sources(models_dir: str | None, models_preset: str | None,
-                 router_args: list[str]) -> list[ModelEntry]:
+                 router_args: list[str], cache: Path | None = None) -> list[ModelEntry]:
     """Every model, with its child flags merged: router command line > section > ``[*]``."""
     entries: dict[str, ModelEntry] = {}
+    if cache is not None:
+        for entry in scan_cache(cache):
+            entries[entry.name] = entry
     if models_dir:
         for entry in scan_models_dir(Path(models_dir)):
             entries[entry.name] = entry

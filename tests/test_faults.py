@@ -228,6 +228,7 @@ def test_slow_stream_does_not_hold_up_other_models(router: Router) -> None:
     """slow-stream: a stream of 0.2 s chunks is relayed whole; other models are served
     meanwhile."""
     m = "slow-stream"
+    others_still_served(router)  # loaded before the stream starts
     result: list[tuple[int, str]] = []
     streaming = threading.Thread(daemon=True, target=lambda: result.append(
         router.tracked(m, max_tokens=5, stream=True)))

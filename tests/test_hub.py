@@ -1,4 +1,4 @@
-"""The local hub (fixtures/hub.py): huggingface_hub and llama-server download from it as from the hub.
+"""The local hub (fixtures/hub.py): huggingface_hub and llama-server download from it as from HF.
 
 Loopback only. The answers are checked without sockets first (answer(), byte_range()), then through
 huggingface_hub in this process (endpoint=hub.url) and in a child process (hub.env()), then with
@@ -63,6 +63,14 @@ def hub(tiny_models: ModelsDir) -> Iterator[LocalHub]:
 
 def _snapshot(cache: Path, repo_id: str, sha: str) -> Path:
     return cache / f"models--{repo_id.replace('/', '--')}" / "snapshots" / sha
+
+
+def _download(hub: LocalHub, repo_id: str, filename: str, cache: Path) -> Path:
+    return Path(hf_hub_download(repo_id, filename, cache_dir=cache, endpoint=hub.url, token=False))
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
 
 
 # --- the answers, without sockets --------------------------------------------------------------
@@ -158,7 +166,8 @@ def test_range_requests_get_206_and_the_right_bytes(hub: LocalHub) -> None:
 def test_llama_cpp_api_calls(hub: LocalHub) -> None:
     repo = hub.repo(REPO_SHARDED)
     refs = httpx.get(f"{hub.url}/api/models/{REPO_SHARDED}/refs").json()
-    assert refs["branches"] == [{"name": "main", "ref": "refs/heads/main", "targetCommit": repo.sha}]
+    assert refs["branches"] == [
+        {"name": "main", "ref": "refs/heads/main", "targetCommit": repo.sha}]
     tree = httpx.get(f"{hub.url}/api/models/{REPO_SHARDED}/tree/{repo.sha}?recursive=true").json()
     assert [e["path"] for e in tree] == ["tiny-sharded-F16-00001-of-00002.gguf",
                                          "tiny-sharded-F16-00002-of-00002.gguf"]
@@ -175,7 +184,7 @@ def test_hf_hub_download_gives_the_bytes_in_the_standard_cache_layout(hub: Local
     repo = hub.repo(REPO_XS)
     f = repo.file(XS_FILE)
     assert f is not None
-    path = Path(hf_hub_download(REPO_XS, XS_FILE, cache_dir=tmp_path, endpoint=hub.url, token=False))
+    path = _download(hub, REPO_XS, XS_FILE, tmp_path)
     assert path == _snapshot(tmp_path, REPO_XS, repo.sha) / XS_FILE
     assert path.read_bytes() == f.data
     storage = tmp_path / "models--tiny--tiny-xs-GGUF"
@@ -186,8 +195,7 @@ def test_hf_hub_download_gives_the_bytes_in_the_standard_cache_layout(hub: Local
 
 def test_a_plain_git_file_is_cached_under_its_blob_id(hub: LocalHub, tmp_path: Path) -> None:
     repo = hub.add_repo("test/with-config", {"config.json": b'{"a": 1}', "m-F16.gguf": b"gguf"})
-    path = Path(hf_hub_download("test/with-config", "config.json", cache_dir=tmp_path,
-                                endpoint=hub.url, token=False))
+    path = _download(hub, "test/with-config", "config.json", tmp_path)
     config = repo.file("config.json")
     assert config is not None and path.read_bytes() == b'{"a": 1}'
     assert path.resolve().name == config.blob_id
@@ -223,18 +231,19 @@ def test_unknown_repo_file_and_revision_raise_the_hub_errors(hub: LocalHub, tmp_
     with pytest.raises(RepositoryNotFoundError):
         api.model_info("tiny/nope-GGUF")
     with pytest.raises(RepositoryNotFoundError):
-        hf_hub_download("tiny/nope-GGUF", XS_FILE, cache_dir=tmp_path, endpoint=hub.url, token=False)
+        _download(hub, "tiny/nope-GGUF", XS_FILE, tmp_path)
     with pytest.raises(EntryNotFoundError):
-        hf_hub_download(REPO_XS, "nope.gguf", cache_dir=tmp_path, endpoint=hub.url, token=False)
+        _download(hub, REPO_XS, "nope.gguf", tmp_path)
     with pytest.raises(RevisionNotFoundError):
         api.model_info(REPO_XS, revision="v9")
 
 
-def test_throttle_makes_a_download_take_at_least_size_over_rate(hub: LocalHub, tmp_path: Path) -> None:
+def test_throttle_makes_a_download_take_at_least_size_over_rate(hub: LocalHub,
+                                                                tmp_path: Path) -> None:
     rate = 64 * 1024
     hub.set_throttle(rate, repo=SLOW_REPO)
     started = time.monotonic()
-    hf_hub_download(SLOW_REPO, SLOW_FILE, cache_dir=tmp_path, endpoint=hub.url, token=False)
+    _download(hub, SLOW_REPO, SLOW_FILE, tmp_path)
     assert time.monotonic() - started >= len(SLOW_DATA) / rate
 
 
@@ -276,7 +285,7 @@ def test_break_half_fails_hf_hub_download_and_leaves_no_file(hub: LocalHub, tmp_
     hub.set_fault("break-half")
     # The transport's error (httpx's, or httpx2's in huggingface_hub 2) or huggingface_hub's own.
     with pytest.raises(Exception, match="peer closed connection|Consistency check failed"):
-        hf_hub_download(SLOW_REPO, SLOW_FILE, cache_dir=tmp_path, endpoint=hub.url, token=False)
+        _download(hub, SLOW_REPO, SLOW_FILE, tmp_path)
     snapshots = tmp_path / "models--test--slow-GGUF" / "snapshots"
     assert not any(p.is_file() for p in snapshots.rglob("*")) if snapshots.exists() else True
     gets = [r for r in hub.requests if r.method == "GET"]
@@ -379,8 +388,9 @@ def test_command_line_serves_until_signalled(signum: int, tiny_models: ModelsDir
 
 def _llama_server_bin() -> Path | None:
     configured = os.environ.get("LLAMA_SERVER_BIN_PATH")
-    default = (Path.home() / ".cache" / "llama-router-harness" / "llama-server" / "src" / "llama.cpp"
-               / "build" / "bin" / "llama-server")
+    # Where scripts/build-llama-server leaves it.
+    default = (Path.home() / ".cache" / "llama-router-harness" / "llama-server" / "src"
+               / "llama.cpp" / "build" / "bin" / "llama-server")
     path = Path(configured) if configured else default
     return path if path.is_file() and os.access(path, os.X_OK) else None
 
@@ -396,8 +406,9 @@ def _run_llama_server(hub: LocalHub, model: str, cache: Path, log: Path) -> int 
         port = s.getsockname()[1]
     env = os.environ | hub.env() | {"LLAMA_CACHE": str(cache)}
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(binary), "-hf", model, "--host", "127.0.0.1", "--port", str(port)],
-                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [str(binary), "-hf", model, "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -409,7 +420,7 @@ def _run_llama_server(hub: LocalHub, model: str, cache: Path, log: Path) -> int 
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        pytest.fail(f"llama-server not healthy after 120 s:\n{log.read_text(errors='replace')[-3000:]}")
+        pytest.fail(f"llama-server not healthy after 120 s:\n{_tail(log)}")
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
@@ -422,7 +433,7 @@ def test_llama_server_downloads_from_the_hub_and_serves(hub: LocalHub, model: st
                                                         tmp_path: Path) -> None:
     cache, log = tmp_path / "cache", tmp_path / "llama-server.log"
     exit_code = _run_llama_server(hub, model, cache, log)
-    assert exit_code is None, log.read_text(errors="replace")[-3000:]
+    assert exit_code is None, _tail(log)
     repo = hub.repo(model.split(":")[0])
     storage = cache / f"models--{repo.repo_id.replace('/', '--')}"
     assert (storage / "refs" / "main").read_text() == repo.sha

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import anyio
-from anyio.abc import Process
 
 from .sources import ModelEntry
 
@@ -48,10 +47,26 @@ def child_command(template: str, entry: ModelEntry, port: int) -> list[str]:
 
 @dataclass
 class ChildProcess:
-    """One real child: the driver reads its output and writes the exit command to its stdin."""
+    """One real child: the driver reads its output and writes the exit command to its stdin.
 
-    process: Process
+    Started with ``subprocess.Popen`` and driven through non-blocking pipes and a pidfd, not with
+    ``anyio.open_process``: under uvicorn that is uvloop's spawn, which leaves extra copies of the
+    child's stdio pipes (and every inheritable descriptor of the router) open in the child, so a
+    child that closes its stdout is never seen at EOF (tests/test_faults.py, no-newline).
+    """
+
+    process: subprocess.Popen[bytes]
     port: int
+
+    @classmethod
+    def start(cls, cmd: list[str], env: dict[str, str], port: int) -> ChildProcess:
+        process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                   close_fds=True, bufsize=0)
+        assert process.stdin is not None and process.stdout is not None
+        os.set_blocking(process.stdin.fileno(), False)
+        os.set_blocking(process.stdout.fileno(), False)
+        return cls(process, port)
 
     @property
     def pid(self) -> int:
@@ -59,14 +74,26 @@ class ChildProcess:
 
     async def read(self) -> bytes:
         assert self.process.stdout is not None
-        try:
-            return await self.process.stdout.receive(65536)
-        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            return b""
+        fd = self.process.stdout.fileno()
+        while True:
+            try:
+                return os.read(fd, 65536)
+            except BlockingIOError:
+                await anyio.wait_readable(fd)
+            except OSError:
+                return b""
 
     async def write_stdin(self, data: bytes) -> None:
         assert self.process.stdin is not None
-        await self.process.stdin.send(data)
+        if self.process.stdin.closed:  # wait() closes it once the child is reaped
+            raise BrokenPipeError("the child has exited")
+        fd = self.process.stdin.fileno()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                await anyio.wait_writable(fd)
 
     def kill(self) -> None:
         # Never signal a process that has been reaped (its pid may be reused, or be <= 0: Z16).
@@ -77,7 +104,17 @@ class ChildProcess:
                 pass
 
     async def wait(self) -> int:
-        return await self.process.wait()
+        if self.process.poll() is None:
+            pidfd = os.pidfd_open(self.process.pid)
+            try:
+                await anyio.wait_readable(pidfd)  # readable once the process has exited
+            finally:
+                os.close(pidfd)
+        code = self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe is not None:
+                pipe.close()
+        return code
 
 
 def make_spawner(template: str, entries: Callable[[str], ModelEntry], router_port: int,
@@ -95,11 +132,9 @@ def make_spawner(template: str, entries: Callable[[str], ModelEntry], router_por
         cmd = child_command(template, entry, port)
         env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port))
         env.pop("LLAMA_API_KEY", None)  # children never receive the key
-        process = await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True)
-        log(f"[router] started {model} (pid {process.pid}) on port {port}: {shlex.join(cmd)}")
-        return ChildProcess(process, port)
+        child = ChildProcess.start(cmd, env, port)
+        log(f"[router] started {model} (pid {child.pid}) on port {port}: {shlex.join(cmd)}")
+        return child
 
     return spawn
 
@@ -119,10 +154,8 @@ def make_download_spawner(template: str, router_port: int, log: Callable[[str], 
         env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port),
                    LLAMA_SERVER_CHILD_MODE=DOWNLOAD_MODE, LLAMA_ARG_HF_REPO=model)
         env.pop("LLAMA_API_KEY", None)
-        process = await anyio.open_process(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                           stderr=subprocess.STDOUT, env=env,
-                                           start_new_session=True)
-        log(f"[router] started the download of {model} (pid {process.pid}): {shlex.join(cmd)}")
-        return ChildProcess(process, 0)
+        child = ChildProcess.start(cmd, env, 0)
+        log(f"[router] started the download of {model} (pid {child.pid}): {shlex.join(cmd)}")
+        return child
 
     return spawn

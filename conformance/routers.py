@@ -1,0 +1,393 @@
+"""A router under test, as a process: its command line (``Target``), its ``/models/sse`` feed
+(``Events``), the ``Router`` handle a test drives, and ``HeldRequest``, a request kept in flight at
+a stopped child for as long as the test wants.
+
+The conformance tests and the differential tool (``python -m conformance.differential``) both
+start routers through this module. Linux only: children are found and watched through /proc.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import fcntl
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fixtures.procs import alive, children_of
+from properties.observed import Observed, check_observed
+from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.router.processes import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Target:
+    """Which router a run checks: the reference router (with its own children, or with the
+    ``child_cmd`` ones), or a llama-server binary in router mode."""
+
+    binary: str | None  # None: the reference router
+    child_cmd: str | None = None
+    env: tuple[tuple[str, str], ...] = ()  # extra environment, e.g. ROUTER_MUTANT
+
+    @property
+    def name(self) -> str:
+        """The report's column: ``llama-server``, ``interop`` (ours with other children) or
+        ``refimpl``."""
+        if self.binary:
+            return "llama-server"
+        return "interop" if self.child_cmd else "refimpl"
+
+    def command(self, port: int, args: list[str]) -> list[str]:
+        if self.binary:
+            return [self.binary, "--host", "127.0.0.1", "--port", str(port), *args]
+        extra = ["--child-cmd", self.child_cmd] if self.child_cmd else []
+        return [sys.executable, "-m", "refimpl", "--host", "127.0.0.1", "--port", str(port),
+                *extra, *args]
+
+
+@dataclass
+class Events:
+    """``/models/sse`` as a client sees it: (seconds since start, message) pairs."""
+
+    items: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def statuses(self, model: str) -> list[str]:
+        with self.lock:
+            return [m["data"].get("status") for _, m in self.items
+                    if m.get("model") == model and "status" in m.get("data", {})]
+
+    def wait_for(self, model: str, status: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if status in self.statuses(model):
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"{model} never became {status}; saw {self.statuses(model)}")
+
+
+@dataclass(frozen=True)
+class Child:
+    """A model's child process, as found under its router."""
+
+    pid: int
+    port: int
+
+
+class Router:
+    """One router process for one test."""
+
+    def __init__(self, target: Target, args: list[str], log_path: Path,
+                 headers: dict[str, str] | None = None) -> None:
+        self.headers = headers or {}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(target.command(self.port, args), stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     cwd=ROOT, start_new_session=True,
+                                     env=dict(os.environ, **dict(target.env)))
+        self.seen_children: set[int] = set()
+        self.held: list[HeldRequest] = []
+        self._stop = threading.Event()
+        self._watch = threading.Thread(target=self._watch_children, daemon=True)
+        self._watch.start()
+        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(120.0, connect=5.0))
+        self.events = Events()
+        self.observed = Observed()
+        self._req = itertools.count(1)
+        try:
+            self._wait_healthy()
+        except AssertionError:
+            self.stop()
+            raise
+        self.t0 = time.monotonic()
+        self._sse = threading.Thread(target=self._listen, daemon=True)
+        self._sse.start()
+        time.sleep(0.2)  # let the subscription start: there is no replay
+
+    def _watch_children(self) -> None:
+        while not self._stop.is_set():
+            self.seen_children |= children_of(self.proc.pid)
+            time.sleep(0.05)
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"router exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"router not healthy after 60 s:\n{self.log()}")
+
+    def _listen(self) -> None:
+        try:
+            with httpx.Client(timeout=httpx.Timeout(None, connect=5.0)) as c, \
+                    c.stream("GET", self.url + "/models/sse", headers=self.headers) as r:
+                for line in r.iter_lines():
+                    if line.startswith("data: "):
+                        message = json.loads(line[6:])
+                        t = time.monotonic() - self.t0
+                        with self.events.lock:
+                            self.events.items.append((t, message))
+                            if "status" in message.get("data", {}):
+                                self.observed.add(t, "sse", model=message["model"],
+                                                  data=message["data"])
+        except (httpx.HTTPError, ValueError):
+            pass
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def models(self) -> dict[str, dict[str, Any]]:
+        data = self.client.get("/models", headers=self.headers).json()["data"]
+        return {m["id"]: m for m in data}
+
+    def status(self, model: str) -> str:
+        value: str = self.models()[model]["status"]["value"]
+        return value
+
+    def wait_status(self, model: str, status: str, timeout: float = 60.0) -> None:
+        """Poll ``GET /models`` until ``model`` has ``status``: for changes that may come before
+        the SSE subscription (load-on-startup), which ``/models/sse`` does not replay."""
+        deadline = time.monotonic() + timeout
+        seen = None
+        while time.monotonic() < deadline:
+            seen = self.models().get(model, {}).get("status", {}).get("value")
+            if seen == status:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{model} is {seen}, not {status}, after {timeout} s\n{self.log()}")
+
+    def chat(self, model: str, content: str = "hi", max_tokens: int = 4, **extra: Any
+             ) -> httpx.Response:
+        return self.client.post("/v1/chat/completions", headers=self.headers, json={
+            "model": model, "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens, **extra})
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def note(self, kind: str, **data: Any) -> None:
+        """Record a test's own action (``unload``, ``crash``) in the observed trace."""
+        with self.events.lock:
+            self.observed.add(self.now(), kind, **data)
+
+    def tracked(self, model: str, max_tokens: int = 4, stream: bool = False,
+                timeout: float = 120.0) -> tuple[int, str]:
+        """A chat request recorded in the observed trace: (status, body or error text)."""
+        req = next(self._req)
+        self.note("send", req=req, model=model)
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}],
+                "max_tokens": max_tokens, "stream": stream}
+        try:
+            with httpx.Client(base_url=self.url, headers=self.headers,
+                              timeout=httpx.Timeout(timeout, connect=5.0)) as client, \
+                    client.stream("POST", "/v1/chat/completions", json=body) as r:
+                self.note("answer", req=req, model=model, status=r.status_code)
+                text = r.read().decode(errors="replace")
+                ok = r.status_code < 400 and (not stream or "[DONE]" in text)
+                if r.status_code < 400:
+                    self.note("end", req=req, ok=ok)
+                return r.status_code, text
+        except httpx.HTTPError as exc:
+            self.note("answer", req=req, model=model, status=599, message=str(exc))
+            return 599, str(exc)
+
+    def child(self, model_path: Path | str) -> Child:
+        """The running child whose command line loads ``model_path`` (its pid and its port)."""
+        wanted = str(model_path).encode()
+        for pid in children_of(self.proc.pid):
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if wanted in argv and b"--port" in argv:
+                return Child(pid, int(argv[argv.index(b"--port") + 1]))
+        raise AssertionError(f"no child process for {model_path}")
+
+    def hold(self, model: str, model_path: Path | str) -> HeldRequest:
+        """Send a streamed request for ``model`` (running) and keep it in flight at its child
+        until :meth:`HeldRequest.release`; see :class:`HeldRequest`."""
+        held = HeldRequest(self, self.child(model_path), model)
+        self.held.append(held)
+        held.start()
+        return held
+
+    def check(self, models_max: int) -> None:
+        """The invariants on what this test saw (after letting late SSE events arrive)."""
+        time.sleep(0.3)
+        names = tuple(self.models())
+        config = RouterConfig(models=tuple(ModelSpec(n) for n in names), models_max=models_max)
+        with self.events.lock:
+            violations = check_observed(self.observed, config)
+        assert not violations, "\n".join(map(str, violations)) + "\n" + self.log()
+
+    def stop(self) -> list[int]:
+        """SIGTERM the router, then make sure no child outlives it; returns leftover pids."""
+        for held in self.held:
+            held.resume()
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self._stop.set()
+        self._watch.join(timeout=2)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(p) for p in self.seen_children):
+            time.sleep(0.05)
+        leftovers = [p for p in self.seen_children if alive(p)]
+        for pid in leftovers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        return leftovers
+
+
+class HeldRequest:
+    """A streamed chat request kept in flight for as long as a test wants, whatever the speed of
+    the child: a busy model that cannot stop being busy early on a fast machine.
+
+    The model's child is stopped (SIGSTOP) first; the request is then sent through the router and
+    waits, unread, in the child's socket (its receive queue in /proc/net/tcp), so the router has
+    routed it and holds its reference to the model. Nothing is generated until :meth:`release`
+    continues the child (SIGCONT); then the answer streams to the end. Meanwhile
+    :meth:`told_to_stop` says whether the router asked the child to exit, which a stopped child
+    cannot act on: the exit command unread on its stdin, a signal pending, or the child gone.
+    """
+
+    def __init__(self, router: Router, child: Child, model: str) -> None:
+        self.router = router
+        self.child = child
+        self.model = model
+        self.result: tuple[int, str] | None = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._send, daemon=True)
+
+    def _send(self) -> None:
+        self.result = self.router.tracked(self.model, max_tokens=8, stream=True)
+
+    def start(self, timeout: float = 30.0) -> None:
+        os.kill(self.child.pid, signal.SIGSTOP)
+        self._stopped = True
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not _unread_request(self.child.port):
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise AssertionError(f"the request for {self.model} never reached its child "
+                                     f"(pid {self.child.pid}, port {self.child.port}): "
+                                     f"{self.result}\n{self.router.log()}")
+            time.sleep(0.01)
+
+    def told_to_stop(self) -> str | None:
+        """Why the router is ending this child (held, it cannot comply yet), or None."""
+        if not alive(self.child.pid):
+            return "the child exited"
+        pending = _pending_signals(self.child.pid) & {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+        if pending:
+            return f"signal {', '.join(s.name for s in sorted(pending))} pending"
+        unread = _unread_stdin(self.child.pid)
+        if unread:
+            return f"{unread} bytes (the exit command) waiting on its stdin"
+        return None
+
+    def kill(self) -> None:
+        """SIGKILL the held child: it dies with the request in flight (noted as a crash)."""
+        self.router.note("crash", model=self.model)
+        os.kill(self.child.pid, signal.SIGKILL)
+
+    def resume(self) -> None:
+        if self._stopped:
+            self._stopped = False
+            try:
+                os.kill(self.child.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+
+    def release(self, timeout: float = 120.0) -> tuple[int, str]:
+        """Let the child go on; wait for the answer's end: (status, body or error text)."""
+        self.resume()
+        self._thread.join(timeout)
+        assert self.result is not None, f"the held request for {self.model} never ended"
+        return self.result
+
+
+def _unread_request(port: int) -> bool:
+    """True when an established connection to ``port`` holds bytes its owner has not read."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) == port \
+                    and int(queues.split(":")[1], 16) > 0:
+                return True
+    return False
+
+
+def _pending_signals(pid: int) -> set[signal.Signals]:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return set()
+    mask = 0
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            mask |= int(line.split()[1], 16)
+    return {s for s in signal.Signals if mask & (1 << (s.value - 1))}
+
+
+_PIDFD_GETFD = 438  # the same syscall number on every Linux architecture
+
+
+def _unread_stdin(pid: int) -> int:
+    """Bytes waiting unread on a process's stdin (a pipe or a socket pair), via a duplicate of its
+    fd 0 (pidfd_getfd, Linux 5.6+; a parent's right over its descendants). 0 when unknown."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return 0
+    try:
+        fd = ctypes.CDLL(None, use_errno=True).syscall(_PIDFD_GETFD, pidfd, 0, 0)
+        if fd < 0:
+            return 0
+        try:
+            count = array.array("i", [0])
+            fcntl.ioctl(fd, termios.FIONREAD, count)
+            return count[0]
+        except OSError:
+            return 0
+        finally:
+            os.close(fd)
+    finally:
+        os.close(pidfd)

@@ -11,6 +11,7 @@ Each run writes its per-clause report to reports/conformance-<target>.{md,xml};
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -102,6 +103,20 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         entry["detail"] = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
 
 
+def _version(target: Target) -> str:
+    """What ``llama-server --version`` says (the binary checked, or the interop children's)."""
+    words = (target.binary or target.child_cmd or "").split()
+    if not words or "llama-server" not in Path(words[0]).name:
+        return ""
+    try:
+        run = subprocess.run([words[0], "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    found = [line for line in (run.stdout + run.stderr).splitlines()
+             if line.startswith("version:")]
+    return found[0].removeprefix("version:").strip() if found else ""
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if not _RESULTS:
         return
@@ -121,6 +136,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     suite = ET.Element("testsuite", name=f"conformance-{target}", tests=str(len(_RESULTS)),
                        failures=str(counts["failed"]),
                        skipped=str(counts["skipped"] + counts["xfailed"]))
+    version = _version(_target(session.config))
+    if version:
+        ET.SubElement(ET.SubElement(suite, "properties"), "property", name="version",
+                      value=version)
     for nodeid, r in sorted(_RESULTS.items()):
         module, _, name = nodeid.partition("::")
         clause = docs.get(nodeid) or name.replace("test_", "").replace("_", " ")

@@ -30,6 +30,14 @@ DEVIATIONS: dict[str, Deviation] = {d.id: d for d in [
     Deviation("U2", "an unload the router asked for is reported as failed (\"failed\": true, "
                     "exit code 9) when the child had to be killed after its stop-timeout; bug "
                     "zoo Z18 (#23257)"),
+    Deviation("UD1", "download progress is not throttled to >= 100 ms: the first update follows "
+                     "the start report within milliseconds (on_start is not throttled)"),
+    Deviation("UD2", "a request for a model that is still downloading is refused (400 'model "
+                     "is not running') instead of being served once the download finishes"),
+    Deviation("UD3", "POST /models answers 200 for a repo or tag the hub does not have; the "
+                     "download child then fails (download_failed) instead of a 400 up front"),
+    Deviation("UD4", "DELETE /models of a model that is not from the cache answers 500 "
+                     "(server_error), not a 400 client error"),
 ]}
 
 

@@ -22,11 +22,13 @@ def assert_openai_error(response: httpx.Response, *statuses: int) -> dict[str, A
 
 
 def test_health(start_router: Callable[..., Router]) -> None:
+    """Section 4: GET /health answers 200 when the router is up."""
     router = start_router()
     assert router.client.get("/health").status_code == 200
 
 
 def test_post_routes_by_body_model(start_router: Callable[..., Router]) -> None:
+    """Section 4: POST endpoints are routed by the body's "model"; autoload loads it."""
     router = start_router()
     r = router.chat(M)
     assert r.status_code == 200, r.text
@@ -45,17 +47,20 @@ def test_get_routes_by_query_model_and_keeps_path_and_query(
 
 
 def test_missing_model_is_400(start_router: Callable[..., Router]) -> None:
+    """Section 4: a POST without "model" is 400 with an OpenAI error body."""
     router = start_router()
     r = router.client.post("/v1/chat/completions", json={"messages": []})
     assert_openai_error(r, 400)
 
 
 def test_unknown_model_is_400_or_404(start_router: Callable[..., Router]) -> None:
+    """Section 4: an unknown model is 400/404 with an OpenAI error body."""
     router = start_router()
     assert_openai_error(router.chat("no-such-model"), 400, 404)
 
 
 def test_no_autoload_answers_not_loaded(start_router: Callable[..., Router]) -> None:
+    """Section 4: with --no-models-autoload, a model not running is 400 "not loaded"."""
     router = start_router("--no-models-autoload")
     err = assert_openai_error(router.chat(M), 400)
     assert "not loaded" in err["message"]
@@ -63,6 +68,7 @@ def test_no_autoload_answers_not_loaded(start_router: Callable[..., Router]) -> 
 
 
 def test_autoload_query_overrides(start_router: Callable[..., Router]) -> None:
+    """Section 4: ?autoload=false on one request overrides the router's autoload."""
     router = start_router()
     r = router.client.post("/v1/chat/completions?autoload=false", json={
         "model": M, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
@@ -71,6 +77,7 @@ def test_autoload_query_overrides(start_router: Callable[..., Router]) -> None:
 
 
 def test_models_list_shape(start_router: Callable[..., Router]) -> None:
+    """Section 4: GET /models lists every model with id, object, owned_by, created, status."""
     router = start_router()
     body = router.client.get("/models").json()
     assert body["object"] == "list"
@@ -81,6 +88,7 @@ def test_models_list_shape(start_router: Callable[..., Router]) -> None:
 
 
 def test_load_and_unload_api(start_router: Callable[..., Router]) -> None:
+    """Section 4: POST /models/load and /models/unload: 404/400 errors, success, no "failed" (Z18)."""
     router = start_router()
     assert_openai_error(router.client.post("/models/load", json={"model": "nope"}), 404, 400)
     assert_openai_error(router.client.post("/models/unload", json={"model": M}), 400)
@@ -96,6 +104,7 @@ def test_load_and_unload_api(start_router: Callable[..., Router]) -> None:
 
 
 def test_sse_reports_status_changes(start_router: Callable[..., Router]) -> None:
+    """Section 4: /models/sse reports loading then loaded for an autoloaded model."""
     router = start_router()
     assert router.chat(M).status_code == 200
     router.events.wait_for(M, "loaded")
@@ -104,12 +113,14 @@ def test_sse_reports_status_changes(start_router: Callable[..., Router]) -> None
 
 
 def test_props_without_model_describes_the_router(start_router: Callable[..., Router]) -> None:
+    """Section 4: GET /props without a model: role router, max_instances, models_autoload."""
     router = start_router("--models-max", "3")
     body = router.client.get("/props").json()
     assert body["role"] == "router" and body["max_instances"] == 3, body
 
 
 def test_api_key_guards_everything_but_health(start_router: Callable[..., Router]) -> None:
+    """Section 4: --api-key guards every endpoint but /health (401 authentication_error)."""
     router = start_router(api_key="sekrit")
     bare = httpx.Client(base_url=router.url, timeout=10)
     try:
@@ -126,6 +137,7 @@ def test_api_key_guards_everything_but_health(start_router: Callable[..., Router
 
 
 def test_streaming_is_relayed_chunk_by_chunk(start_router: Callable[..., Router]) -> None:
+    """Section 4: a streamed answer is relayed as SSE events, ending in [DONE]."""
     router = start_router()
     events = []
     with router.client.stream("POST", "/v1/chat/completions", json={

@@ -21,7 +21,7 @@ from .deviations import deviation
 
 pytestmark = [pytest.mark.live]
 A, B, C = "tiny-xs", "tiny-s", "tiny-vision"
-BUSY = "tiny-m"  # kept busy by a held request (conftest.HeldRequest), never by a long stream
+BUSY = "tiny-m"  # kept busy by a held request (routers.HeldRequest), never by a long stream
 
 
 def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> threading.Thread:

@@ -9,11 +9,13 @@ from typing import Any, Callable
 import pytest
 
 from .conftest import Router
+from .deviations import deviation
 
 pytestmark = pytest.mark.live
 
 
 def test_models_dir_layouts_are_listed(start_router: Callable[..., Router]) -> None:
+    """Section 5: --models-dir lists *.gguf files, multimodal and sharded sub-folders."""
     router = start_router()
     names = set(router.models())
     assert {"tiny-xs", "tiny-l", "tiny-vision", "tiny-sharded", "corrupt"} <= names, names
@@ -21,6 +23,7 @@ def test_models_dir_layouts_are_listed(start_router: Callable[..., Router]) -> N
 
 
 def test_sharded_and_multimodal_models_load(start_router: Callable[..., Router]) -> None:
+    """Section 5: a sharded model and a model with its mmproj load and answer."""
     router = start_router()
     for model in ("tiny-sharded", "tiny-vision"):
         r = router.chat(model)
@@ -29,6 +32,7 @@ def test_sharded_and_multimodal_models_load(start_router: Callable[..., Router])
 
 def test_preset_alias_load_on_startup_and_precedence(
         start_router: Callable[..., Router], tiny_models: Any, tmp_path: Path) -> None:
+    """Section 5: a preset's alias and load-on-startup; router CLI > model section > [*]."""
     (tmp_path / "empty").mkdir()
     preset = tmp_path / "models.ini"
     preset.write_text(
@@ -37,7 +41,7 @@ def test_preset_alias_load_on_startup_and_precedence(
         "load-on-startup = true\nstop-timeout = 2\nctx-size = 384\n")
     router = start_router("--models-preset", str(preset), "-c", "448",
                           models_dir=tmp_path / "empty")
-    router.events.wait_for("small", "loaded", timeout=60)  # load-on-startup
+    router.wait_status("small", "loaded")  # load-on-startup (maybe before the SSE subscription)
     info = router.models()["small"]
     assert info["aliases"] == ["little"], info
     args = info["status"]["args"]
@@ -46,8 +50,21 @@ def test_preset_alias_load_on_startup_and_precedence(
     assert router.chat("little").status_code == 200  # routed by alias
 
 
+@deviation("U1")
+def test_models_max_0_is_unlimited_with_load_on_startup(
+        start_router: Callable[..., Router], tiny_models: Any, tmp_path: Path) -> None:
+    """Z17, section 6: --models-max 0 means unlimited everywhere, load-on-startup included."""
+    (tmp_path / "empty").mkdir()
+    preset = tmp_path / "models.ini"
+    preset.write_text(f"[small]\nmodel = {tiny_models['tiny-xs'].path}\nload-on-startup = true\n")
+    router = start_router("--models-max", "0", "--models-preset", str(preset),
+                          models_dir=tmp_path / "empty")
+    router.wait_status("small", "loaded")
+
+
 def test_memory_budget_evicts_to_fit(start_router: Callable[..., Router], target: Any,
                                      tiny_models: Any) -> None:
+    """Section 6: a model that does not fit the memory budget evicts an idle one."""
     if target.binary:
         pytest.skip("--device-memory is the reference router's switch")
     big, small = tiny_models["tiny-l"].size_bytes, tiny_models["tiny-m"].size_bytes
@@ -64,6 +81,7 @@ def test_memory_budget_evicts_to_fit(start_router: Callable[..., Router], target
 
 def test_reload_adds_new_models_and_unloads_vanished_ones(
         start_router: Callable[..., Router], tiny_models: Any, tmp_path: Path) -> None:
+    """Section 4: GET /models?reload=1 adds new models, unloads vanished running ones."""
     folder = tmp_path / "models"
     folder.mkdir()
     (folder / "first.gguf").write_bytes(tiny_models["tiny-xs"].path.read_bytes())
@@ -81,6 +99,7 @@ def test_reload_adds_new_models_and_unloads_vanished_ones(
 
 
 def test_sleep_idle_seconds_reaches_the_children(start_router: Callable[..., Router]) -> None:
+    """Section 3: --sleep-idle-seconds reaches the children; a request wakes a sleeping model."""
     router = start_router("--sleep-idle-seconds", "1")
     assert router.tracked("tiny-xs")[0] == 200
     router.events.wait_for("tiny-xs", "sleeping", timeout=15)

@@ -3,8 +3,8 @@
 A black-box test sees its own requests (sent, answered, ended) and the router's ``/models/sse``
 events. This module turns those into the trace shape the invariants read: a status ``loading``
 after ``unloaded`` stands for a spawn, ``unloaded`` for a stop and an exit (a stop the test did not
-ask for, and neither a crash the test caused nor one the router reports as ``failed``, counts as an
-eviction), a 2xx answer for a forward.
+ask for, and neither a crash the test caused nor one the router reports as ``failed`` (or, with
+no such flag, by a non-zero ``exit_code``), counts as an eviction), a 2xx answer for a forward.
 Only the guarantees that such a view can judge are checked (:data:`OBSERVABLE`).
 """
 
@@ -68,8 +68,11 @@ class Observed:
                 elif status == "unloaded" and model in running:
                     running.discard(model)
                     inst = instance[model]
-                    # "failed" means the child died on its own: a crash, not a stop
-                    if model not in crashed and not data.get("failed"):
+                    # "failed" means the child died on its own: a crash, not a stop. llama-server's
+                    # events carry only the exit code; GET /models derives "failed" from it.
+                    failed = data.get("failed", model not in unloading
+                                      and data.get("exit_code", 0) != 0)
+                    if model not in crashed and not failed:
                         if model in unloading:
                             items.append(UnloadAsked(0, model))
                         items.append(SendExit(inst))

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from conformance.conftest import Router, Target
+from conformance.routers import Router, Target
 from fixtures.fake_child import FAULTS
 from fixtures.procs import alive, children_of
 

@@ -41,6 +41,9 @@ TRANSITIONS: dict[tuple[Status, Status], str] = {
     (Status.LOADING, Status.UNLOADED): "child exited (failed)",
     (Status.LOADED, Status.SLEEPING): "sleeping",
     (Status.SLEEPING, Status.LOADED): "ready {} (woken)",
+    # llama-server's child reports load progress while it wakes, and its router publishes it:
+    # sleeping -> loading -> loaded (docs/CONFORMANCE.md, S1). Ours goes straight to loaded.
+    (Status.SLEEPING, Status.LOADING): "loading progress (waking)",
     (Status.LOADED, Status.UNLOADED): "child exited",
     (Status.SLEEPING, Status.UNLOADED): "child exited",
 }

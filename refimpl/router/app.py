@@ -46,7 +46,12 @@ MAX_BODY = 100 * 1024 * 1024
 BODY_IDLE_TIMEOUT = 60.0
 
 
+MAX_MESSAGE = 300  # an error message echoes what the client sent (a name, a path): only so much
+
+
 def error(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + f"... ({len(message)} characters)"
     return JSONResponse({"error": {"code": status, "message": message, "type": kind}},
                         status_code=status)
 
@@ -89,7 +94,8 @@ class RouterApp:
             Route("/{path:path}", self.proxy, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
         ]
         self.app = Starlette(routes=routes, lifespan=lifespan,
-                             exception_handlers={HTTPException: _http_error})
+                             exception_handlers={HTTPException: _http_error,
+                                                 Exception: _server_error})
         self.app.add_middleware(_ApiKey, key=options.api_key)
 
     # -- the router's own endpoints --------------------------------------------------------------
@@ -363,12 +369,17 @@ def _hub_files(repo: str) -> list[str]:
     return [s.rfilename for s in info.siblings or []]
 
 
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """A bug of the router's still answers in the OpenAI error shape (and is logged)."""
+    return error(500, f"internal error of the router: {type(exc).__name__}", "server_error")
+
+
 def _parse(body: bytes) -> dict[str, Any] | Response:
     if not body:
         return {}
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[...]]]]
         return error(400, "the request body is not valid JSON")
     if not isinstance(value, dict):
         return error(400, "the request body must be a JSON object")

@@ -21,11 +21,12 @@ A scenario file is JSON::
                {"do": "unload", "model": "tiny-s"}]}
 
 ``do`` is one of ``request`` (``max_tokens``, ``stream``), ``load``, ``unload``, ``kill`` (SIGKILL
-the model's child), ``hold`` (a request kept in flight at the stopped child, see
-``conformance.routers.HeldRequest``), ``release`` (of the model's held request), ``wait`` (until
-the model's ``status``, by polling ``GET /models``) and ``sleep`` (``seconds``). A step starts at
-``at`` seconds from the start, and never before the previous synchronous step ended; ``request``
-runs in the background unless ``"sync": true`` (every other step is synchronous).
+the model's child), ``freeze`` (SIGSTOP it: a child that hangs and ignores the exit command),
+``hold`` (a request kept in flight at the stopped child, see ``conformance.routers.HeldRequest``),
+``release`` (of the model's held request), ``wait`` (until the model's ``status``, by polling
+``GET /models``) and ``sleep`` (``seconds``). A step starts at ``at`` seconds from the start, and
+never before the previous synchronous step ended; ``request`` runs in the background unless
+``"sync": true`` (every other step is synchronous).
 
 Sides: ``refimpl`` (the reference router and its children), ``llama-server`` (``--router-bin``,
 ``LLAMA_SERVER_BIN_PATH`` or ``scripts/build-llama-server``'s cached build), ``interop`` (the
@@ -56,7 +57,7 @@ from fixtures.tiny_models import ModelsDir, build_models_dir, default_cache_dir
 
 from .routers import ROOT, HeldRequest, Router, Target
 
-ACTIONS = ("request", "load", "unload", "kill", "hold", "release", "wait", "sleep")
+ACTIONS = ("request", "load", "unload", "kill", "freeze", "hold", "release", "wait", "sleep")
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +271,10 @@ def _action(router: Router, step: Step, models: ModelsDir, held: dict[str, HeldR
         os.kill(router.child(models[model].path).pid, signal.SIGKILL)
         record(label, "killed")
 
+    def freeze() -> None:
+        os.kill(router.child(models[model].path).pid, signal.SIGSTOP)
+        record(label, "frozen")
+
     def hold() -> None:
         held[model] = router.hold(model, models[model].path)
         record(label, "held")
@@ -290,7 +295,7 @@ def _action(router: Router, step: Step, models: ModelsDir, held: dict[str, HeldR
         time.sleep(float(step.option("seconds", 1.0)))
 
     return {"request": request, "load": api("/models/load"), "unload": api("/models/unload"),
-            "kill": kill, "hold": hold, "release": release, "wait": wait,
+            "kill": kill, "freeze": freeze, "hold": hold, "release": release, "wait": wait,
             "sleep": sleep}[step.do]
 
 

@@ -88,7 +88,7 @@ def test_models_list_shape(start_router: Callable[..., Router]) -> None:
 
 
 def test_load_and_unload_api(start_router: Callable[..., Router]) -> None:
-    """Section 4: POST /models/load and /models/unload: 404/400 errors, success, no "failed" (Z18)."""
+    """Section 4: POST /models/load and /unload: 404/400 errors, success, no "failed" (Z18)."""
     router = start_router()
     assert_openai_error(router.client.post("/models/load", json={"model": "nope"}), 404, 400)
     assert_openai_error(router.client.post("/models/unload", json={"model": M}), 400)

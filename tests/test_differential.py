@@ -87,10 +87,13 @@ def test_a_router_against_itself_is_the_same(capsys: pytest.CaptureFixture[str])
 @pytest.mark.live
 def test_a_mutant_shows_up_side_by_side(capsys: pytest.CaptureFixture[str],
                                         tmp_path: Path) -> None:
-    """Z18 reports an unload the router asked for as failed: the statuses differ."""
+    """Z18 reports an unload the router asked for as failed when the child had to be killed:
+    the statuses differ."""
     scenario = tmp_path / "unload.json"
-    scenario.write_text(json.dumps({"name": "unload", "steps": [
+    scenario.write_text(json.dumps({"name": "unload", "router_args": ["--stop-timeout", "1"],
+                                    "steps": [
         {"do": "request", "model": "tiny-xs", "sync": True},
+        {"do": "freeze", "model": "tiny-xs"},
         {"do": "unload", "model": "tiny-xs"},
         {"do": "wait", "model": "tiny-xs", "status": "unloaded"}]}))
     assert main(["--file", str(scenario), "--left", "fake", "--right", "fake+Z18"]) == 1

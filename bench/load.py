@@ -1,0 +1,533 @@
+"""Load: K concurrent clients across M models, with models_max < M, for T seconds, on real children.
+
+    python bench/load.py                            # K=64, M=4, models_max=2, T=60 s: refimpl
+    python bench/load.py --router-bin PATH          # ... and llama-server's router, side by side
+    python bench/load.py --write                    # record the table in docs/BENCHMARKS.md
+    python bench/load.py -k 8 -m 3 -t 5 --mutant Z3 # a router with a known bug: the checks fail
+
+Each client loops until T: a chat completion for a model drawn at random, streamed or not, a few
+of the streams dropped by the client after their first chunk. Then no new request starts, the ones
+in flight get ``--drain`` seconds, and the router is stopped with SIGTERM.
+
+Figures per router: requests ok; errors by type; lost (no HTTP answer at all: must be 0);
+children alive after shutdown (orphans: must be 0); the highest number of running children,
+sampled from the router's child processes (/proc) and from ``GET /models`` (never above
+models_max); loads and evictions (from ``/models/sse``); loads per served request; p50 and p99
+latency of the requests served (send to last byte); the router's peak memory (VmHWM). What the
+clients saw (their requests and ``/models/sse``) is checked with the invariant functions
+(``properties/observed.py``).
+
+Exit status 1 when, for any router, a request was lost, a child outlived it, the limit was
+exceeded, or an invariant failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import write_section  # noqa: E402
+from fixtures.procs import alive, children_of  # noqa: E402
+from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
+from properties.observed import Observed, check_observed  # noqa: E402
+from refimpl.core.config import ModelSpec, RouterConfig  # noqa: E402
+from refimpl.router.processes import free_port  # noqa: E402
+
+MARK = "<!-- load -->"
+RUNNING = ("loading", "loaded", "sleeping")
+FILES = ("tiny-xs", "tiny-s", "tiny-m", "tiny-l")  # model i is a link to FILES[i % 4]
+NO_STOP = {"2": -100, "260": -100}  # no </s>, no <|im_end|>: talk until max_tokens
+
+
+@dataclass
+class Settings:
+    clients: int = 64
+    models: int = 4
+    models_max: int = 2
+    seconds: float = 60.0
+    stream_share: float = 0.5
+    drop_share: float = 0.1  # of the streams: the client leaves after the first chunk
+    max_tokens: int = 8
+    drain: float = 120.0
+    seed: int = 0
+    progress_every: float = 5.0
+    child_cmd: str | None = None
+    mutant: str | None = None
+
+
+@dataclass
+class Result:
+    router: str
+    ok: int = 0
+    dropped: int = 0  # streams the client left on purpose
+    errors: Counter[str] = field(default_factory=Counter)
+    lost: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    peak_children: int = 0
+    peak_running: int = 0  # from GET /models
+    child_samples: int = 0
+    models_samples: int = 0
+    loads: int = 0
+    evictions: int = 0
+    crashes: int = 0
+    orphans: list[int] = field(default_factory=list)
+    children_seen: int = 0
+    peak_memory_kib: int = 0
+    violations: list[str] = field(default_factory=list)
+    stop_seconds: float = 0.0
+    wall: float = 0.0
+
+    @property
+    def sent(self) -> int:
+        return self.ok + self.dropped + sum(self.errors.values()) + sum(self.lost.values())
+
+    def failures(self, models_max: int) -> list[str]:
+        out = []
+        if self.lost:
+            out.append(f"{sum(self.lost.values())} request(s) lost")
+        if self.orphans:
+            out.append(f"{len(self.orphans)} child(ren) outlived the router: {self.orphans}")
+        if models_max and max(self.peak_children, self.peak_running) > models_max:
+            out.append(f"limit exceeded: {self.peak_children} children, {self.peak_running} "
+                       f"running in /models, models_max {models_max}")
+        if self.violations:
+            out.append(f"{len(self.violations)} invariant violation(s)")
+        if not self.ok:
+            out.append("no request was served")
+        return out
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def models_dir(n: int) -> tuple[Path, list[str]]:
+    """A temporary models dir of ``n`` links to the tiny models, named ``load-0`` ..."""
+    tiny = build_models_dir(default_cache_dir())
+    root = Path(tempfile.mkdtemp(prefix="load-models-"))
+    names = [f"load-{i}" for i in range(n)]
+    for i, name in enumerate(names):
+        (root / f"{name}.gguf").symlink_to(tiny[FILES[i % len(FILES)]].path)
+    return root, names
+
+
+def peak_memory_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Run:
+    """One router under load: its process, the clients, the samplers and what they saw."""
+
+    def __init__(self, name: str, command: list[str], names: list[str], s: Settings,
+                 env: dict[str, str], log_path: Path) -> None:
+        self.name, self.names, self.s = name, names, s
+        self.port = int(command[command.index("--port") + 1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=ROOT, env=env,
+                                     start_new_session=True)
+        self.result = Result(name)
+        self.observed = Observed()
+        self.seen: set[int] = set()
+        self.t0 = time.monotonic()
+        self.in_flight = 0
+        self._req = 0
+        self._sampling = threading.Event()
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def note(self, kind: str, **data: Any) -> None:
+        self.observed.add(self.now(), kind, **data)
+
+    # -- samplers --------------------------------------------------------------------------------
+
+    def _sample_children(self) -> None:
+        """A thread: the router's live child processes, every 50 ms (a zombie does not run)."""
+        while not self._sampling.is_set():
+            kids = children_of(self.proc.pid)
+            self.seen |= kids
+            running = sum(1 for p in kids if alive(p))
+            self.result.peak_children = max(self.result.peak_children, running)
+            self.result.child_samples += 1
+            time.sleep(0.05)
+
+    async def _sample_models(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                data = (await client.get(self.url + "/models")).json()["data"]
+                running = sum(1 for m in data if m["status"]["value"] in RUNNING)
+                self.result.peak_running = max(self.result.peak_running, running)
+                self.result.models_samples += 1
+            except (httpx.HTTPError, ValueError, KeyError):
+                pass
+            try:
+                await asyncio.wait_for(stop.wait(), 0.25)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _listen(self, client: httpx.AsyncClient) -> None:
+        try:
+            async with client.stream("GET", self.url + "/models/sse") as r:
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: "):
+                        continue
+                    message = json.loads(line[6:])
+                    data = message.get("data") or {}
+                    if "status" not in data:
+                        continue
+                    self.note("sse", model=message["model"], data=data)
+                    if data["status"] == "loading" and "progress" not in data:
+                        self.result.loads += 1
+                    elif data["status"] == "unloaded":
+                        if data.get("failed"):
+                            self.result.crashes += 1
+                        else:
+                            self.result.evictions += 1
+        except (httpx.HTTPError, ValueError, asyncio.CancelledError):
+            pass
+
+    async def _progress(self, stop: asyncio.Event) -> None:
+        r = self.result
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.s.progress_every)
+            except asyncio.TimeoutError:
+                pass
+            print(f"  [{self.name}] {self.now():5.0f} s: {r.sent} answered, {r.ok} ok, "
+                  f"{sum(r.errors.values())} errors, {sum(r.lost.values())} lost, "
+                  f"{self.in_flight} in flight; children now/peak "
+                  f"{sum(1 for p in children_of(self.proc.pid) if alive(p))}/{r.peak_children}"
+                  f", loads {r.loads}, evictions {r.evictions}", flush=True)
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    async def _one(self, client: httpx.AsyncClient, rng: random.Random) -> None:
+        self._req += 1
+        req = self._req
+        model = rng.choice(self.names)
+        stream = rng.random() < self.s.stream_share
+        drop = stream and rng.random() < self.s.drop_share
+        body = {"model": model, "stream": stream, "logit_bias": NO_STOP,
+                "max_tokens": rng.randint(1, self.s.max_tokens),
+                "messages": [{"role": "user", "content": rng.choice(["hi", "count", "go"])}]}
+        r = self.result
+        sent = time.monotonic()
+        self.in_flight += 1
+        self.note("send", req=req, model=model)
+        answered = False
+        try:
+            async with client.stream("POST", self.url + "/v1/chat/completions",
+                                     json=body) as response:
+                answered = True
+                self.note("answer", req=req, model=model, status=response.status_code)
+                if response.status_code >= 400:
+                    text = (await response.aread()).decode(errors="replace")
+                    r.errors[f"HTTP {response.status_code}"] += 1
+                    if r.errors[f"HTTP {response.status_code}"] <= 3:
+                        print(f"  [{self.name}] {model}: {response.status_code} {text[:200]}",
+                              flush=True)
+                    return
+                if drop:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: "):
+                            break
+                    self.note("end", req=req, ok=False)
+                    r.dropped += 1
+                    return
+                text = (await response.aread()).decode(errors="replace")
+                ok = not stream or "[DONE]" in text
+                self.note("end", req=req, ok=ok)
+                if ok:
+                    r.ok += 1
+                    r.latencies.append(time.monotonic() - sent)
+                else:
+                    r.errors["stream broken off"] += 1
+        except httpx.HTTPError as exc:
+            kind = type(exc).__name__
+            if answered:  # the status came, the body did not
+                self.note("end", req=req, ok=False)
+                r.errors[f"body: {kind}"] += 1
+            else:
+                self.note("answer", req=req, model=model, status=599, message=kind)
+                r.lost[f"no answer: {kind}"] += 1
+        except asyncio.CancelledError:
+            if not answered:
+                self.note("answer", req=req, model=model, status=599, message="drain")
+                r.lost["no answer by the end of the drain"] += 1
+            else:
+                self.note("end", req=req, ok=False)
+                r.errors["body unfinished by the end of the drain"] += 1
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def _client(self, client: httpx.AsyncClient, index: int, until: float) -> None:
+        rng = random.Random(self.s.seed * 1_000_003 + index)
+        while time.monotonic() < until:
+            await self._one(client, rng)
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
+                                   + self.log_path.read_text(errors="replace")[-3000:])
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} not healthy after 60 s")
+
+    async def drive(self) -> None:
+        s = self.s
+        limits = httpx.Limits(max_connections=s.clients + 8, max_keepalive_connections=s.clients)
+        timeout = httpx.Timeout(s.seconds + s.drain + 60, connect=10)
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client, \
+                httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10)) as side:
+            stop = asyncio.Event()
+            listener = asyncio.create_task(self._listen(side))
+            await asyncio.sleep(0.3)  # the subscription starts before the first request: no replay
+            samplers = [asyncio.create_task(self._sample_models(side, stop)),
+                        asyncio.create_task(self._progress(stop))]
+            self.t_start = time.monotonic()
+            until = self.t_start + s.seconds
+            clients = [asyncio.create_task(self._client(client, i, until))
+                       for i in range(s.clients)]
+            done, pending = await asyncio.wait(clients, timeout=s.seconds + s.drain)
+            for task in pending:  # still waiting after the drain: lost, unless answered
+                task.cancel()
+            await asyncio.gather(*clients, return_exceptions=True)
+            for task in done:
+                if task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            self.result.wall = time.monotonic() - self.t_start
+            await asyncio.sleep(0.5)  # late SSE events
+            stop.set()
+            await asyncio.gather(*samplers)
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+
+    def execute(self) -> Result:
+        r = self.result
+        sampler = threading.Thread(target=self._sample_children, daemon=True)
+        try:
+            self.wait_healthy()
+            sampler.start()
+            asyncio.run(self.drive())
+        finally:
+            r.peak_memory_kib = peak_memory_kib(self.proc.pid)
+            self.shutdown()
+            self._sampling.set()
+            sampler.join(5)
+            self._log.close()
+        config = RouterConfig(models=tuple(ModelSpec(n) for n in self.names),
+                              models_max=self.s.models_max)
+        r.violations = [str(v) for v in check_observed(self.observed, config)]
+        return r
+
+    def shutdown(self) -> None:
+        """SIGTERM; then every child ever seen must be gone within 15 s (orphans otherwise,
+        killed here by pid)."""
+        r = self.result
+        self.seen |= children_of(self.proc.pid)
+        t0 = time.monotonic()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and any(alive(p) for p in self.seen):
+            time.sleep(0.05)
+        r.stop_seconds = time.monotonic() - t0
+        r.children_seen = len(self.seen)
+        r.orphans = sorted(p for p in self.seen if alive(p))
+        for pid in r.orphans:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def run_router(name: str, binary: str | None, s: Settings, log_dir: Path) -> Result:
+    root, names = models_dir(s.models)
+    port = free_port()
+    common = ["--host", "127.0.0.1", "--port", str(port), "--models-dir", str(root),
+              "--models-max", str(s.models_max)]
+    if binary:
+        command = [binary, *common]
+    else:
+        command = [sys.executable, "-m", "refimpl", *common]
+        if s.child_cmd:
+            command += ["--child-cmd", s.child_cmd]
+    env = dict(os.environ)
+    env.pop("ROUTER_MUTANT", None)
+    if s.mutant and not binary:
+        env["ROUTER_MUTANT"] = s.mutant
+    print(f"{name}: {shlex.join(command)}", flush=True)
+    try:
+        return Run(name, command, names, s, env, log_dir / f"load-{name}.log").execute()
+    finally:
+        for link in root.iterdir():
+            link.unlink()
+        root.rmdir()
+
+
+def table(results: list[Result], s: Settings) -> str:
+    def row(label: str, value: Any) -> str:
+        return f"| {label} | " + " | ".join(value(r) for r in results) + " |"
+
+    def errors(r: Result) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in sorted(r.errors.items())) or "0"
+
+    def lost(r: Result) -> str:
+        n = sum(r.lost.values())
+        return f"**{n}**" + (f" ({', '.join(f'{k}: {v}' for k, v in r.lost.items())})"
+                             if n else "")
+
+    lines = ["| figure | " + " | ".join(r.router for r in results) + " |",
+             "|---|" + "---|" * len(results),
+             row("requests answered (sent)", lambda r: str(r.sent)),
+             row("ok", lambda r: str(r.ok)),
+             row("streams left early by their client", lambda r: str(r.dropped)),
+             row("errors by type", errors),
+             row("lost (no answer at all)", lost),
+             row("children alive after shutdown", lambda r: f"**{len(r.orphans)}** of "
+                 f"{r.children_seen} (all gone {r.stop_seconds:.1f} s after SIGTERM)"),
+             row(f"most running children, sampled (models_max {s.models_max})",
+                 lambda r: f"**{r.peak_children}** in /proc ({r.child_samples} samples), "
+                 f"{r.peak_running} in /models ({r.models_samples} samples)"),
+             row("loads / evictions / crashes", lambda r: f"{r.loads} / {r.evictions} / "
+                 f"{r.crashes}"),
+             row("loads per served request", lambda r: f"{r.loads / max(r.ok, 1):.3f}"),
+             row("latency p50 / p99 (served)", lambda r: f"{pct(r.latencies, 0.5) * 1e3:.0f} / "
+                 f"{pct(r.latencies, 0.99) * 1e3:.0f} ms"),
+             row("throughput", lambda r: f"{r.ok / max(r.wall, 1e-9):.1f} served/s over "
+                 f"{r.wall:.0f} s"),
+             row("router peak memory (VmHWM)", lambda r: f"{r.peak_memory_kib / 1024:.0f} MiB"),
+             row("invariant violations (properties/observed.py)",
+                 lambda r: str(len(r.violations))),
+             ]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join((__doc__ or "").split("\n")[2:8]))
+    d = Settings()
+    p.add_argument("-k", "--clients", type=int, default=d.clients, help="concurrent clients "
+                   "(%(default)s)")
+    p.add_argument("-m", "--models", type=int, default=d.models, help="models (%(default)s)")
+    p.add_argument("--models-max", type=int, default=d.models_max,
+                   help="the router's --models-max (%(default)s)")
+    p.add_argument("-t", "--seconds", type=float, default=d.seconds,
+                   help="seconds of load (%(default)s)")
+    p.add_argument("--stream-share", type=float, default=d.stream_share,
+                   help="share of streamed requests (%(default)s)")
+    p.add_argument("--drop-share", type=float, default=d.drop_share,
+                   help="share of streams the client leaves after the first chunk (%(default)s)")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens,
+                   help="each request asks for 1..N tokens (%(default)s)")
+    p.add_argument("--drain", type=float, default=d.drain,
+                   help="seconds the requests in flight at the end get (%(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--router-bin", default=os.environ.get("LLAMA_SERVER_BIN_PATH"),
+                   help="also load this llama-server binary in router mode, side by side "
+                        "(default: $LLAMA_SERVER_BIN_PATH)")
+    p.add_argument("--only-router-bin", action="store_true",
+                   help="load only the --router-bin router")
+    p.add_argument("--child-cmd", default=None,
+                   help="the reference router's child command (default: its real child)")
+    p.add_argument("--mutant", default=None,
+                   help="run the reference router with this bug-zoo mutant on (Z3, Z4 ...)")
+    p.add_argument("--write", action="store_true", help="record in docs/BENCHMARKS.md")
+    p.add_argument("--log-dir", default=None, help="where the routers' logs go (a temp dir)")
+    a = p.parse_args(argv)
+    if a.models_max < 0 or a.models < 1 or a.clients < 1:
+        p.error("need --models >= 1, --clients >= 1, --models-max >= 0")
+    s = Settings(clients=a.clients, models=a.models, models_max=a.models_max,
+                 seconds=a.seconds, stream_share=a.stream_share, drop_share=a.drop_share,
+                 max_tokens=a.max_tokens, drain=a.drain, seed=a.seed, child_cmd=a.child_cmd,
+                 mutant=a.mutant)
+    return a, s
+
+
+def main(argv: list[str] | None = None) -> int:
+    a, s = parse(argv)
+    log_dir = Path(a.log_dir or tempfile.mkdtemp(prefix="load-logs-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    runs: list[tuple[str, str | None]] = []
+    if not a.only_router_bin:
+        runs.append(("refimpl" + (f" (mutant {s.mutant})" if s.mutant else ""), None))
+    if a.router_bin:
+        runs.append(("llama-server", a.router_bin))
+    if not runs:
+        print("nothing to run: --only-router-bin needs --router-bin", file=sys.stderr)
+        return 2
+    results = [run_router(name, binary, s, log_dir) for name, binary in runs]
+    text = table(results, s)
+    print(text)
+    status = 0
+    for r in results:
+        for v in r.violations[:10]:
+            print(f"  [{r.router}] {v}")
+        failures = r.failures(s.models_max)
+        print(f"{r.router}: " + ("; ".join(failures) if failures else "all checks held"))
+        status |= bool(failures)
+    print(f"logs: {log_dir}")
+    if a.write:
+        words = ["PATH" if w == a.router_bin else w
+                 for w in (argv if argv is not None else sys.argv[1:])]
+        cmd = shlex.join(["python", "bench/load.py", *words])
+        if a.router_bin and "PATH" not in words:
+            cmd = f"LLAMA_SERVER_BIN_PATH=PATH {cmd}"
+        section = (f"## Load: {s.clients} clients, {s.models} models, models_max "
+                   f"{s.models_max}, {s.seconds:g} s\n\nCommand: `{cmd}` (real "
+                   f"children on the tiny models; {int(s.stream_share * 100)}% streamed, "
+                   f"{int(s.drop_share * 100)}% of streams left after their first chunk, 1 to "
+                   f"{s.max_tokens} tokens each; {platform.python_implementation()} "
+                   f"{platform.python_version()}, {os.cpu_count()} cores)\n\n{text}")
+        print(f"written to {write_section(MARK, section)}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -74,6 +74,7 @@ class Settings:
     progress_every: float = 5.0
     child_cmd: str | None = None
     mutant: str | None = None
+    stop_signal: str = "TERM"  # KILL: what a router that dies leaves behind
 
 
 @dataclass
@@ -361,13 +362,13 @@ class Run:
         return r
 
     def shutdown(self) -> None:
-        """SIGTERM; then every child ever seen must be gone within 15 s (orphans otherwise,
-        killed here by pid)."""
+        """SIGTERM (or --stop-signal); then every child ever seen must be gone within 15 s
+        (orphans otherwise, killed here by pid)."""
         r = self.result
         self.seen |= children_of(self.proc.pid)
         t0 = time.monotonic()
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signal.Signals[f"SIG{self.s.stop_signal}"])
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -397,8 +398,7 @@ def run_router(name: str, binary: str | None, s: Settings, log_dir: Path) -> Res
         command = [sys.executable, "-m", "refimpl", *common]
         if s.child_cmd:
             command += ["--child-cmd", s.child_cmd]
-    env = dict(os.environ)
-    env.pop("ROUTER_MUTANT", None)
+    env = dict(os.environ)  # an inherited ROUTER_MUTANT stays: the mutation run sets it
     if s.mutant and not binary:
         env["ROUTER_MUTANT"] = s.mutant
     print(f"{name}: {shlex.join(command)}", flush=True)
@@ -430,7 +430,7 @@ def table(results: list[Result], s: Settings) -> str:
              row("errors by type", errors),
              row("lost (no answer at all)", lost),
              row("children alive after shutdown", lambda r: f"**{len(r.orphans)}** of "
-                 f"{r.children_seen} (all gone {r.stop_seconds:.1f} s after SIGTERM)"),
+                 f"{r.children_seen} (checked {r.stop_seconds:.1f} s after SIG{s.stop_signal})"),
              row(f"most running children, sampled (models_max {s.models_max})",
                  lambda r: f"**{r.peak_children}** in /proc ({r.child_samples} samples), "
                  f"{r.peak_running} in /models ({r.models_samples} samples)"),
@@ -478,6 +478,9 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
                    help="the reference router's child command (default: its real child)")
     p.add_argument("--mutant", default=None,
                    help="run the reference router with this bug-zoo mutant on (Z3, Z4 ...)")
+    p.add_argument("--stop-signal", choices=("TERM", "KILL"), default=d.stop_signal,
+                   help="how the router is stopped at the end (%(default)s); KILL with children "
+                        "that ignore stdin EOF shows the orphan check failing")
     p.add_argument("--write", action="store_true", help="record in docs/BENCHMARKS.md")
     p.add_argument("--log-dir", default=None, help="where the routers' logs go (a temp dir)")
     a = p.parse_args(argv)
@@ -486,7 +489,7 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
     s = Settings(clients=a.clients, models=a.models, models_max=a.models_max,
                  seconds=a.seconds, stream_share=a.stream_share, drop_share=a.drop_share,
                  max_tokens=a.max_tokens, drain=a.drain, seed=a.seed, child_cmd=a.child_cmd,
-                 mutant=a.mutant)
+                 mutant=a.mutant, stop_signal=a.stop_signal)
     return a, s
 
 

@@ -170,21 +170,15 @@ class RouterApp:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return error(400, "\"model\" must be a non-empty string")
-        return reply_response(self.driver.api(kind, model))
+        return reply_response(await self.driver.call(kind, model))
 
     async def load(self, request: Request) -> Response:
         return await self._api(request, LoadAsked)
 
     async def unload(self, request: Request) -> Response:
-        body = await _json_body(request)
-        if isinstance(body, Response):
-            return body
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return error(400, "\"model\" must be a non-empty string")
         # Answered at once for a model child; a download is cancelled first (its child is gone
         # when the answer comes).
-        return reply_response(await self.driver.call(UnloadAsked, model))
+        return await self._api(request, UnloadAsked)
 
     # -- downloads and the cache -----------------------------------------------------------------
 

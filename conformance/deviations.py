@@ -28,8 +28,8 @@ DEVIATIONS: dict[str, Deviation] = {d.id: d for d in [
                     "refuses to start ('number of models to load on startup (1) exceeds "
                     "models_max (0)'); bug zoo Z17"),
     Deviation("U2", "an unload the router asked for is reported as failed (\"failed\": true, "
-                    "exit code 9) when the child had to be killed after its stop-timeout; bug "
-                    "zoo Z18 (#23257)"),
+                    "\"exit_code\": 1) when the child had to be killed after its stop-timeout; "
+                    "bug zoo Z18 (#23257)"),
     Deviation("UD1", "download progress is not throttled to >= 100 ms: the first update follows "
                      "the start report within milliseconds (on_start is not throttled)"),
     Deviation("UD2", "a request for a model that is still downloading is refused (400 'model "

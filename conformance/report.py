@@ -15,6 +15,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .deviations import DEVIATIONS
 from .routers import ROOT
 
 COLUMNS = ("refimpl", "llama-server", "interop")
@@ -67,7 +68,7 @@ def cell(result: Result | None) -> str:
     if result is None:
         return "not run"
     if result.outcome == "xfailed":
-        found = re.search(r"deviation (U\d+)", result.detail)
+        found = re.search(r"deviation (U[A-Z]*\d+)", result.detail)
         return f"xfail ({found.group(1)})" if found else "xfail"
     return CELLS[result.outcome]
 
@@ -99,6 +100,16 @@ def render(columns: dict[str, Column]) -> str:
         module, _, name = key.partition("::")
         lines.append(f"| {clause} | `{Path(module).stem}::{name}` | "
                      + " | ".join(cell(r) for r in results) + " |")
+    lines += ["", "Upstream deviations (`conformance/deviations.py`; each is an `xfail(strict=True)` "
+              "in the columns it names; reproductions below):", "",
+              "| id | deviation | columns | tests |", "|---|---|---|---|"]
+    for found in DEVIATIONS.values():
+        tests = sorted({key.partition("::")[2].split("[")[0] for c in COLUMNS if c in columns
+                        for key, r in columns[c].results.items()
+                        if r.outcome == "xfailed" and f"deviation {found.id} " in r.detail})
+        lines.append(f"| {found.id} | {found.summary.replace('|', '/')} | "
+                     f"{', '.join(found.targets)} | "
+                     f"{', '.join(f'`{t}`' for t in tests) or '(not seen in these runs)'} |")
     failures = [(c, key, r.detail) for c in COLUMNS if c in columns
                 for key, r in columns[c].results.items() if r.outcome == "failed"]
     if failures:

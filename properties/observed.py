@@ -35,6 +35,37 @@ class Observed:
         self._seq += 1
         self.entries.append((t, self._seq, kind, data))
 
+    def in_causal_order(self) -> list[tuple[float, int, str, dict[str, Any]]]:
+        """The entries by time, except that a successful answer or end noted after its model's
+        ``unloaded`` event, with no new ``loading`` in between, goes just before that event.
+
+        The times come from different threads of the client (the request's, the SSE reader's),
+        so a response that ended before its child exited can be noted after the exit's event (a
+        fast router evicts an idle model milliseconds after the response's last byte). Such an
+        answer can only have come from the child that just exited, so it happened before the
+        exit. Errors and cut streams keep their place."""
+        out: list[tuple[float, int, str, dict[str, Any]]] = []
+        model_of: dict[int, str] = {}
+        exited_at: dict[str, int] = {}  # model -> index in out of its latest "unloaded"
+        for entry in sorted(self.entries):
+            t, _, kind, d = entry
+            if kind == "send":
+                model_of[d["req"]] = d["model"]
+            model = d.get("model") if kind in ("answer", "sse") else model_of.get(d.get("req", -1))
+            status = d.get("data", {}).get("status") if kind == "sse" else None
+            ok = (kind == "answer" and d["status"] < 400) or (kind == "end" and d["ok"])
+            if ok and model in exited_at:
+                at = exited_at[model]
+                out.insert(at, (out[at][0], out[at][1], kind, d))
+                exited_at = {m: i + 1 if i >= at else i for m, i in exited_at.items()}
+                continue
+            if status == "unloaded":
+                exited_at[model] = len(out)
+            elif status == "loading":
+                exited_at.pop(model, None)
+            out.append(entry)
+        return out
+
     def trace(self) -> list[At]:
         out: list[At] = []
         instance: dict[str, int] = {}  # model -> its current synthetic child
@@ -42,7 +73,7 @@ class Observed:
         next_instance = 1
         unloading: set[str] = set()
         crashed: set[str] = set()
-        for t, _, kind, d in sorted(self.entries):
+        for t, _, kind, d in self.in_causal_order():
             items: list[Item] = []
             if kind == "send":
                 items.append(RequestArrived(d["req"], d["model"]))

@@ -11,11 +11,14 @@ child is checked gone by pid.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import httpx
 import pytest
 
 from conformance.routers import Router, Target
@@ -257,3 +260,99 @@ def test_every_fault_has_a_test() -> None:
                "garbage", "overlong-line", "split-lines", "unknown-state", "out-of-order",
                "no-newline", "ready-early", "slow-load", "slow-stream", "port-taken"}
     assert covered == set(FAULTS)
+
+
+# -- the same faults from outside, on real children, side by side with llama-server --------------
+# llama-server starts its children from its own binary (no child command), so only faults that a
+# test can inject from outside apply to it: a child killed while idle or mid-stream (SIGKILL), a
+# child that does not act on its exit command (SIGSTOP). They run on the reference router with
+# its real children, and on llama-server too when LLAMA_SERVER_BIN_PATH names a binary.
+
+BIN = os.environ.get("LLAMA_SERVER_BIN_PATH")
+TARGETS = [Target(None)] + ([Target(BIN)] if BIN else [])
+NO_STOP = {"2": -100, "260": -100}  # no </s>, no <|im_end|>: talk until max_tokens
+
+
+@pytest.fixture(scope="module", params=TARGETS, ids=[t.name for t in TARGETS])
+def real(request: pytest.FixtureRequest, tiny_models: Any,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Router]:
+    target: Target = request.param
+    tmp = tmp_path_factory.mktemp(f"external-{target.name}")
+    preset = tmp / "preset.ini"  # llama-server takes stop-timeout from a preset only
+    preset.write_text("".join(f"[{m}]\nmodel = {tiny_models[m].path}\nstop-timeout = 1\n\n"
+                              for m in ("tiny-xs", "tiny-s", "tiny-m")))
+    r = Router(target, ["--models-preset", str(preset), "--models-max", "3"],
+               tmp / "router.log")
+    try:
+        yield r
+        r.check(models_max=3)
+    finally:
+        leftovers = r.stop()
+    assert not leftovers, f"children outlived the router: {leftovers}"
+
+
+def real_pid(router: Router, tiny_models: Any, model: str) -> int:
+    return router.child(str(tiny_models[model].path)).pid
+
+
+def test_external_child_killed_while_idle(real: Router, tiny_models: Any) -> None:
+    """SIGKILL of an idle child: UNLOADED, failed, with the signal in its exit code; the next
+    request loads it again; the other models are served."""
+    m = "tiny-xs"
+    assert real.tracked(m)[0] == 200
+    real.note("crash", model=m)
+    os.kill(real_pid(real, tiny_models, m), signal.SIGKILL)
+    real.events.wait_for(m, "unloaded", timeout=10)
+    info = status_of(real, m)
+    assert info["value"] == "unloaded" and info.get("failed") is True, info
+    assert real.tracked("tiny-s")[0] == 200
+    assert real.tracked(m)[0] == 200
+
+
+def test_external_child_killed_mid_stream(real: Router, tiny_models: Any) -> None:
+    """SIGKILL mid-stream: the stream ends without [DONE] (the reference router adds an error
+    event); UNLOADED, failed; the other models are served."""
+    m = "tiny-m"
+    assert real.tracked(m)[0] == 200
+    pid = real_pid(real, tiny_models, m)
+    body = {"model": m, "stream": True, "max_tokens": 400, "logit_bias": NO_STOP,
+            "messages": [{"role": "user", "content": "count"}]}
+    lines = []
+    real.note("send", req=10_000, model=m)
+    with httpx.Client(base_url=real.url, timeout=httpx.Timeout(60, connect=5)) as c, \
+            c.stream("POST", "/v1/chat/completions", json=body) as r:
+        real.note("answer", req=10_000, model=m, status=r.status_code)
+        try:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    lines.append(line)
+                    if len(lines) == 2:
+                        real.note("crash", model=m)
+                        os.kill(pid, signal.SIGKILL)
+        except httpx.HTTPError:
+            lines.append("(connection broken)")
+    real.note("end", req=10_000, ok=False)
+    assert "data: [DONE]" not in lines, lines[-3:]
+    if real.proc.args[0] != BIN:  # the reference router
+        assert json.loads(lines[-1][6:])["error"]["type"] == "server_error", lines[-3:]
+    real.events.wait_for(m, "unloaded", timeout=10)
+    assert status_of(real, m).get("failed") is True
+    assert real.tracked("tiny-s")[0] == 200
+
+
+def test_external_child_that_does_not_exit_is_killed(real: Router, tiny_models: Any) -> None:
+    """A stopped child (SIGSTOP: it cannot act on its exit command) is unloaded by a kill after
+    its stop-timeout (1 s, from the preset); UNLOADED, not failed; the others are served."""
+    m = "tiny-s"
+    assert real.tracked(m)[0] == 200
+    pid = real_pid(real, tiny_models, m)
+    os.kill(pid, signal.SIGSTOP)
+    asked = time.monotonic()
+    real.note("unload", model=m)
+    assert real.client.post("/models/unload", json={"model": m}).status_code == 200
+    assert real.tracked("tiny-xs")[0] == 200
+    real.events.wait_for(m, "unloaded", timeout=15)
+    took = time.monotonic() - asked
+    assert 0.9 <= took < 6, took
+    assert not status_of(real, m).get("failed"), status_of(real, m)
+    assert not alive(pid)

@@ -32,7 +32,6 @@ import platform
 import random
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -461,7 +460,7 @@ def serve_traced(trace_path: str, argv: list[str]) -> int:
             finally:
                 Path(trace_path).write_bytes(pickle.dumps(self.trace))
 
-    router_main.Driver = TracedDriver  # type: ignore[misc]
+    router_main.Driver = TracedDriver  # type: ignore[attr-defined]
     return router_main.main(argv)
 
 

@@ -30,6 +30,9 @@ DEVIATIONS: dict[str, Deviation] = {d.id: d for d in [
     Deviation("U2", "an unload the router asked for is reported as failed (\"failed\": true, "
                     "\"exit_code\": 1) when the child had to be killed after its stop-timeout; "
                     "bug zoo Z18 (#23257)"),
+    Deviation("U3", "a proxied answer ends the client's kept-alive connection without "
+                    "\"Connection: close\" (it even says \"Keep-Alive: timeout=5\"): the next "
+                    "request on it finds the connection closed ('server disconnected')"),
     Deviation("UD1", "download progress is not throttled to >= 100 ms: the first update follows "
                      "the start report within milliseconds (on_start is not throttled)"),
     Deviation("UD2", "a request for a model that is still downloading is refused (400 'model "

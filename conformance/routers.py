@@ -107,7 +107,11 @@ class Router:
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watch_children, daemon=True)
         self._watch.start()
-        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(120.0, connect=5.0))
+        # A fresh connection per request: llama-server closes a kept-alive connection after a
+        # proxied answer without saying so (U3, docs/CONFORMANCE.md), which would fail whichever
+        # test's next request raced the close. test_api checks persistent connections itself.
+        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(120.0, connect=5.0),
+                                   limits=httpx.Limits(max_keepalive_connections=0))
         self.events = Events()
         self.observed = Observed()
         self._req = itertools.count(1)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import socket
 from collections import Counter
 from typing import Any, Callable
 
+import h11
 import httpx
 import pytest
 
 from .conftest import Router
+from .deviations import deviation
 
 pytestmark = pytest.mark.live
 M = "tiny-xs"  # the smallest model: quickest to load
@@ -159,3 +163,39 @@ def test_no_duplicated_headers_and_right_length(start_router: Callable[..., Rout
     assert all(n == 1 for n in names.values()), r.headers.raw
     if "content-length" in names:
         assert int(r.headers["content-length"]) == len(r.content)
+
+
+@deviation("U3")
+def test_a_kept_alive_connection_takes_the_next_request(
+        start_router: Callable[..., Router]) -> None:
+    """Section 4, RFC 9112 9.3: after a proxied answer without "Connection: close", the
+    client's persistent connection takes its next request."""
+    router = start_router()
+    assert router.chat(M).status_code == 200
+    body = json.dumps({"model": M, "messages": [{"role": "user", "content": "hi"}],
+                       "max_tokens": 2}).encode()
+    request = h11.Request(method="POST", target="/v1/chat/completions", headers=[
+        ("Host", "127.0.0.1"), ("Connection", "keep-alive"),
+        ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    conn = h11.Connection(h11.CLIENT)
+    with socket.create_connection(("127.0.0.1", router.port), timeout=30) as sock:
+        for attempt in (1, 2, 3):
+            sock.sendall(conn.send(request) + conn.send(h11.Data(data=body))
+                         + conn.send(h11.EndOfMessage()))
+            status = None
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise AssertionError(f"request {attempt} on the kept-alive connection: "
+                                         f"{exc}; the router closed it without saying so") from exc
+                if event is h11.NEED_DATA:
+                    conn.receive_data(sock.recv(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+            assert status == 200, (attempt, status)
+            if conn.our_state is h11.MUST_CLOSE:
+                return  # the answer said "Connection: close": honest, the client reconnects
+            conn.start_next_cycle()

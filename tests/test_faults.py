@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
+from conformance.deviations import DEVIATIONS
 from conformance.routers import Router, Target
 from fixtures.fake_child import FAULTS
 from fixtures.procs import alive, children_of
@@ -94,7 +95,7 @@ def test_crash_while_loading(router: Router) -> None:
     """crash-loading: UNLOADED, failed, exit code 3; the waiting request gets 503 naming it."""
     m = "crash-loading"
     router.note("crash", model=m)
-    status, text = router.tracked(m)
+    status, text = router.tracked(m, timeout=20)
     assert "exit code 3" in error_of(text, 503)["message"]
     info = wait_status(router, m, "unloaded")
     assert info.get("failed") is True and info.get("exit_code") == 3, info
@@ -105,16 +106,16 @@ def test_crash_while_serving_a_stream(router: Router) -> None:
     """crash-streaming: the stream ends with an error event (no [DONE]); UNLOADED, failed, exit
     code 4; the next request loads it again."""
     m = "crash-streaming"
-    assert router.tracked(m)[0] == 200
+    assert router.tracked(m, timeout=20)[0] == 200
     router.note("crash", model=m)
-    status, text = router.tracked(m, max_tokens=10, stream=True)
+    status, text = router.tracked(m, max_tokens=10, stream=True, timeout=20)
     assert status == 200 and "[DONE]" not in text, text
     events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
     assert [e.get("i") for e in events[:2]] == [0, 1], text
     assert events[-1]["error"]["type"] == "server_error", text
     info = wait_status(router, m, "unloaded")
     assert info.get("failed") is True and info.get("exit_code") == 4, info
-    assert router.tracked(m)[0] == 200
+    assert router.tracked(m, timeout=20)[0] == 200
     others_still_served(router)
 
 
@@ -122,17 +123,17 @@ def test_crash_while_idle(router: Router) -> None:
     """crash-idle: UNLOADED, failed, exit code 5, within the bound; no request is affected, and
     the next one loads it again."""
     m = "crash-idle"
-    assert router.tracked(m)[0] == 200
+    assert router.tracked(m, timeout=20)[0] == 200
     info = wait_status(router, m, "unloaded", timeout=5)  # it crashes 1 s after ready
     assert info.get("failed") is True and info.get("exit_code") == 5, info
-    assert router.tracked(m)[0] == 200
+    assert router.tracked(m, timeout=20)[0] == 200
     others_still_served(router)
 
 
 def test_child_that_ignores_the_exit_command_is_killed(router: Router) -> None:
     """hang-on-exit: an unload ends it by a kill after the stop timeout; UNLOADED, not failed."""
     m = "hang-on-exit"
-    assert router.tracked(m)[0] == 200
+    assert router.tracked(m, timeout=20)[0] == 200
     pid = pid_of(router, m)
     asked = time.monotonic()
     router.note("unload", model=m)
@@ -152,9 +153,9 @@ def test_child_that_closes_stdout_keeps_serving(router: Router) -> None:
     """close-stdout: the model stays LOADED and is served (the router cannot hear it any more,
     but its port still answers); an unload still ends it through stdin, not failed."""
     m = "close-stdout"
-    assert router.tracked(m)[0] == 200
+    assert router.tracked(m, timeout=20)[0] == 200
     time.sleep(0.3)
-    assert router.tracked(m)[0] == 200
+    assert router.tracked(m, timeout=20)[0] == 200
     assert status_of(router, m)["value"] == "loaded"
     router.note("unload", model=m)
     assert router.client.post("/models/unload", json={"model": m}).status_code == 200
@@ -168,7 +169,7 @@ def test_child_that_closes_stdout_keeps_serving(router: Router) -> None:
 def test_bad_output_is_logged_and_ignored(router: Router, m: str) -> None:
     """garbage, overlong-line, split-lines, unknown-state, out-of-order: what the protocol does
     not allow is logged and ignored; the model loads (LOADED) and is served."""
-    assert router.tracked(m)[0] == 200
+    assert router.tracked(m, timeout=20)[0] == 200
     model = router.models()[m]
     assert model["status"]["value"] == "loaded", model
     assert "x" not in model, "the over-long line was parsed"
@@ -197,12 +198,12 @@ def test_ready_before_the_port_listens(router: Router) -> None:
     """ready-early: a request forwarded before the port listens gets 502 with a clear error;
     the model stays LOADED, and is served once its port listens."""
     m = "ready-early"
-    status, text = router.tracked(m)
+    status, text = router.tracked(m, timeout=20)
     assert "could not reach" in error_of(text, 502)["message"], text
     assert status_of(router, m)["value"] == "loaded"
     others_still_served(router)
     deadline = time.monotonic() + 5
-    while router.tracked(m)[0] != 200:
+    while router.tracked(m, timeout=20)[0] != 200:
         assert time.monotonic() < deadline, router.log()
         time.sleep(0.1)
 
@@ -213,7 +214,8 @@ def test_slow_load_does_not_hold_up_other_models(router: Router) -> None:
     m = "slow-load"
     others_still_served(router)  # loaded before the clock starts
     result: list[tuple[int, str]] = []
-    waiting = threading.Thread(target=lambda: result.append(router.tracked(m)), daemon=True)
+    waiting = threading.Thread(target=lambda: result.append(router.tracked(m, timeout=20)),
+                               daemon=True)
     waiting.start()
     router.events.wait_for(m, "loading", timeout=5)
     t0 = time.monotonic()
@@ -225,6 +227,31 @@ def test_slow_load_does_not_hold_up_other_models(router: Router) -> None:
         progress = [msg["data"]["progress"]["value"] for _, msg in router.events.items
                     if msg["model"] == m and "progress" in msg["data"]]
     assert len(progress) >= 3 and progress == sorted(progress), progress
+
+
+def test_unload_during_a_slow_load_kills_at_once(router: Router) -> None:
+    """slow-load, unloaded while LOADING: killed at once (it may not read stdin before its load
+    ends), not asked to exit; UNLOADED, not failed; the request waiting for it gets 503."""
+    m = "slow-load"
+    if status_of(router, m)["value"] != "unloaded":
+        router.note("unload", model=m)
+        router.client.post("/models/unload", json={"model": m})
+        wait_status(router, m, "unloaded", timeout=STOP_TIMEOUT + 5)
+    result: list[tuple[int, str]] = []
+    waiting = threading.Thread(target=lambda: result.append(router.tracked(m, timeout=20)),
+                               daemon=True)
+    waiting.start()
+    wait_status(router, m, "loading")
+    asked = time.monotonic()
+    router.note("unload", model=m)
+    assert router.client.post("/models/unload", json={"model": m}).status_code == 200
+    info = wait_status(router, m, "unloaded", timeout=5)
+    took = time.monotonic() - asked
+    assert took < 0.5, f"unloaded {took:.2f} s after the unload: it was not killed at once"
+    assert not info.get("failed"), info
+    waiting.join(20)
+    assert result and "unloaded before it finished loading" in error_of(result[0][1], 503)[
+        "message"], result
 
 
 def test_slow_stream_does_not_hold_up_other_models(router: Router) -> None:
@@ -248,7 +275,7 @@ def test_port_already_taken(router: Router) -> None:
     request gets 503 naming it."""
     m = "port-taken"
     router.note("crash", model=m)
-    status, text = router.tracked(m)
+    status, text = router.tracked(m, timeout=20)
     assert "exit code 1" in error_of(text, 503)["message"], text
     info = wait_status(router, m, "unloaded")
     assert info.get("failed") is True and info.get("exit_code") == 1, info
@@ -289,6 +316,10 @@ def real(request: pytest.FixtureRequest, tiny_models: Any,
     finally:
         leftovers = r.stop()
     assert not leftovers, f"children outlived the router: {leftovers}"
+
+
+def is_llama_server(router: Router) -> bool:
+    return BIN is not None and list(router.proc.args)[0] == BIN  # type: ignore[arg-type]
 
 
 def real_pid(router: Router, tiny_models: Any, model: str) -> int:
@@ -333,16 +364,19 @@ def test_external_child_killed_mid_stream(real: Router, tiny_models: Any) -> Non
             lines.append("(connection broken)")
     real.note("end", req=10_000, ok=False)
     assert "data: [DONE]" not in lines, lines[-3:]
-    if real.proc.args[0] != BIN:  # the reference router
+    if not is_llama_server(real):  # the reference router
         assert json.loads(lines[-1][6:])["error"]["type"] == "server_error", lines[-3:]
     real.events.wait_for(m, "unloaded", timeout=10)
     assert status_of(real, m).get("failed") is True
     assert real.tracked("tiny-s")[0] == 200
 
 
-def test_external_child_that_does_not_exit_is_killed(real: Router, tiny_models: Any) -> None:
+def test_external_child_that_does_not_exit_is_killed(real: Router, tiny_models: Any,
+                                                    request: pytest.FixtureRequest) -> None:
     """A stopped child (SIGSTOP: it cannot act on its exit command) is unloaded by a kill after
     its stop-timeout (1 s, from the preset); UNLOADED, not failed; the others are served."""
+    if is_llama_server(real):  # llama-server reports this unload as failed
+        request.node.add_marker(pytest.mark.xfail(strict=True, reason=DEVIATIONS["U2"].reason))
     m = "tiny-s"
     assert real.tracked(m)[0] == 200
     pid = real_pid(real, tiny_models, m)

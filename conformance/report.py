@@ -60,7 +60,8 @@ def read_column(path: Path) -> Column:
             outcome, detail = "skipped", skipped.get("message", "")
         else:
             outcome, detail = "passed", ""
-        column.results[key] = Result(outcome, detail, case.get("clause") or case.get("name", ""))
+        column.results[key] = Result(outcome, detail,
+                                     case.get("clause") or case.get("name") or key)
     return column
 
 

@@ -51,8 +51,9 @@ class Observed:
             t, _, kind, d = entry
             if kind == "send":
                 model_of[d["req"]] = d["model"]
-            model = d.get("model") if kind in ("answer", "sse") else model_of.get(d.get("req", -1))
-            status = d.get("data", {}).get("status") if kind == "sse" else None
+            model: str = (d["model"] if kind in ("answer", "sse")
+                          else model_of.get(d.get("req", -1), ""))
+            status = d["data"].get("status") if kind == "sse" else None
             ok = (kind == "answer" and d["status"] < 400) or (kind == "end" and d["ok"])
             if ok and model in exited_at:
                 at = exited_at[model]

@@ -312,7 +312,6 @@ REJECTED: list[Any] = [
     pytest.param(P + b'{"payload":{}}', "'state'", id="state-missing"),
     pytest.param(P + b'{"state":"ready","payload":[]}', "'payload'", id="payload-list"),
     pytest.param(P + b'{"state":"ready","payload":"x"}', "'payload'", id="payload-str"),
-    pytest.param(P + b'{"state":"ready","payload":null}', "'payload'", id="payload-null"),
     pytest.param(P + b'{"state":"loading","payload":{"stages":"text_model"}}', "'stages'",
                  id="stages-str"),
     pytest.param(P + b'{"state":"loading","payload":{"stages":[1]}}', "'stages'", id="stages-int"),
@@ -381,6 +380,17 @@ def test_z14_mutant_aborts_the_router() -> None:
     core = loading_core(frozenset({"Z14"}))
     with pytest.raises(RuntimeError, match="unknown state"):
         core.handle(ChildOutput(1, P + b'{"state":"hibernating","payload":{}}\n'), 0.5)
+
+
+@pytest.mark.parametrize("line, parsed", [
+    (P + b'{"state":"sleeping","payload":null}', SleepingState()),
+    (P + b'{"state":"ready","payload":null}', ReadyState({})),
+    (P + b'{"state":"ready"}', ReadyState({})),
+])
+def test_a_null_or_missing_payload_is_an_empty_one(line: bytes, parsed: Parsed) -> None:
+    """llama-server's child writes the empty payloads of ``sleeping`` and of ``ready`` on wake
+    as ``null`` (``callback_state(..., {})`` in C++): docs/CONFORMANCE.md, S5."""
+    assert parse_line(line) == parsed
 
 
 def test_non_utf8_log_line_is_a_log_line() -> None:

@@ -178,7 +178,9 @@ def parse_line(line: bytes | Overlong) -> Parsed:
     if not isinstance(obj, dict):
         return Rejection("message is not a JSON object", line)
     state = obj.get("state")
-    payload = obj.get("payload", {})
+    payload = obj.get("payload")
+    if payload is None:  # llama-server writes its empty payloads ({} in C++) as null
+        payload = {}
     if not isinstance(state, str):
         return Rejection("'state' is missing or not a string", line)
     if not isinstance(payload, dict):

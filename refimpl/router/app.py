@@ -119,11 +119,13 @@ class RouterApp:
         if model.failed:
             status["failed"] = True
             status["exit_code"] = model.exit_code
-        info: dict[str, Any] = {k: v for k, v in model.info.items()
-                                if k not in ("id", "object", "status")}
-        return {"id": name, "aliases": list(model.spec.aliases), "tags": [], "object": "model",
-                "owned_by": "llamacpp", "created": self.created, "status": status,
-                "source": entry.source, "can_remove": entry.source == "cache", **info}
+        own: dict[str, Any] = {
+            "id": name, "aliases": list(model.spec.aliases), "tags": [], "object": "model",
+            "owned_by": "llamacpp", "created": self.created, "status": status,
+            "source": entry.source, "can_remove": entry.source == "cache"}
+        # The child's info only adds fields, as upstream merges it: a llama-server child started
+        # without --alias reports its file path in "aliases" (docs/CONFORMANCE.md, H7).
+        return own | {k: v for k, v in model.info.items() if k not in own}
 
     async def list_models(self, request: Request) -> Response:
         if request.query_params.get("reload", "").lower() in ("1", "true"):

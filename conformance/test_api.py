@@ -1,10 +1,11 @@
-"""ROUTER.md section 4, one test per clause, against a router started from its command."""
+"""ROUTER.md sections 1 and 4, one test per clause, against a router started from its command."""
 
 from __future__ import annotations
 
 import json
 import socket
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable
 
 import h11
@@ -29,6 +30,23 @@ def test_health(start_router: Callable[..., Router]) -> None:
     """Section 4: GET /health answers 200 when the router is up."""
     router = start_router()
     assert router.client.get("/health").status_code == 200
+
+
+def test_children_get_the_router_port_and_no_router_only_flags(
+        start_router: Callable[..., Router], tiny_models: Any) -> None:
+    """Section 1: a child listens on 127.0.0.1 on a port of its own, has
+    LLAMA_SERVER_ROUTER_PORT=<router port>, and gets neither the API key nor --models-* flags."""
+    router = start_router("--models-max", "2", api_key="sekrit")
+    assert router.chat(M).status_code == 200
+    child = router.child(tiny_models[M].path)
+    argv = Path(f"/proc/{child.pid}/cmdline").read_bytes().split(b"\0")
+    env = dict(item.split(b"=", 1) for item in
+               Path(f"/proc/{child.pid}/environ").read_bytes().split(b"\0") if b"=" in item)
+    assert env.get(b"LLAMA_SERVER_ROUTER_PORT") == str(router.port).encode(), env
+    assert child.port != router.port
+    assert b"--host" not in argv or argv[argv.index(b"--host") + 1] == b"127.0.0.1", argv
+    assert not any(b"sekrit" in item for item in argv + list(env.values())), argv
+    assert not any(item.startswith(b"--models-") for item in argv), argv
 
 
 def test_post_routes_by_body_model(start_router: Callable[..., Router]) -> None:

@@ -2,9 +2,9 @@
 
 The sentence the fuzz test checks (h11 style): whatever a client sends, the router answers with a
 status below 500, every 4xx the router writes itself is ``{"error": {"code", "message", "type"}}``,
-and it goes on serving. The one documented exception: a request the HTTP parser itself refuses (a
-method token it does not know, a bare CR in a header) gets uvicorn's plain-text 400 and a closed
-connection before the router sees it (docs/RELIABILITY.md). A table of hand-picked cases comes
+and it goes on serving. A request the HTTP parser itself refuses (a method token it does not know,
+a bare CR in a header) gets the same error shape from the protocol layer
+(``refimpl/router/http.py``) and a closed connection, before the app sees it. A table of hand-picked cases comes
 first, then a hypothesis test over methods, paths, queries and bodies.
 
 Real children (``refimpl.child``): one model is loaded to show that serving goes on.
@@ -196,10 +196,14 @@ def test_body_at_the_limit_is_read(router: Router) -> None:
 ], ids=["unknown method token", "bare CR in a header", "space in a header name",
         "unknown HTTP version", "binary garbage"])
 def test_malformed_http_is_refused_by_the_parser(router: Router, request_bytes: bytes) -> None:
-    """What the HTTP parser cannot read gets a 400 (uvicorn's plain text, not JSON: the router
-    never sees it) or a closed connection, never anything else; no header is injected."""
+    """What the HTTP parser cannot read gets a 400 in the OpenAI error shape (written by
+    refimpl/router/http.py: the app never sees it) or a closed connection; no header is
+    injected."""
     code, answer = raw(router, request_bytes)
     assert code in (0, 400), answer[:300]
+    if code == 400:  # in the router's error shape, though the app never saw the request
+        error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+        assert error["code"] == 400 and error["message"] and error["type"]
     assert b"x-injected" not in answer.lower().partition(b"\r\n\r\n")[0]
     still_serving(router)
 

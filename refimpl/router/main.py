@@ -113,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             driver.close_streams()
             super().handle_exit(sig, frame)
 
+    from .http import PROTOCOL
+
     config = uvicorn.Config(app.app, host=opts.host, port=opts.port, log_level="warning",
+                            http=PROTOCOL,
                             server_header=False, date_header=False, lifespan="on",
                             timeout_graceful_shutdown=5)
     server = Server(config)

@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 from bench.report import write_section  # noqa: E402
 from fixtures.procs import alive, children_of  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
-from properties.invariants import check_all  # noqa: E402
+from properties.invariants import CHECKS, check_all  # noqa: E402
 from properties.observed import OBSERVABLE, Observed, check_observed  # noqa: E402
 from refimpl.core.config import ModelSpec, RouterConfig  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
@@ -496,7 +496,7 @@ def table(results: list[Result], s: Settings) -> str:
              row("throughput", lambda r: f"{r.ok / max(r.wall, 1e-9):.1f} served/s over "
                  f"{r.wall:.0f} s"),
              row("router peak memory (VmHWM)", lambda r: f"{r.peak_memory_kib / 1024:.0f} MiB"),
-             row("invariants on the router's own trace (all 13)",
+             row(f"invariants on the router's own trace (all {len(CHECKS)})",
                  lambda r: "not recorded" if r.router_violations is None else
                  f"**{len(r.router_violations)}** violations in {r.router_trace_items} events "
                  f"and commands"),

@@ -33,6 +33,9 @@ DEVIATIONS: dict[str, Deviation] = {d.id: d for d in [
     Deviation("U3", "a proxied answer ends the client's kept-alive connection without "
                     "\"Connection: close\" (it even says \"Keep-Alive: timeout=5\"): the next "
                     "request on it finds the connection closed ('server disconnected')"),
+    Deviation("U4", "a llama-server child asked to exit with a request in flight hangs in its "
+                    "clean-up until it is killed at the stop-timeout (10 s); its stream stalls "
+                    "meanwhile", targets=("llama-server", "interop")),
     Deviation("UD1", "download progress is not throttled to >= 100 ms: the first update follows "
                      "the start report within milliseconds (on_start is not throttled)"),
     Deviation("UD2", "a request for a model that is still downloading is refused (400 'model "

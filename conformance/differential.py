@@ -369,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", type=Path, default=None,
                         help="keep the routers' logs in this folder (default: a temp folder)")
     parser.add_argument("--list", action="store_true", help="list the built-in scenarios")
+    parser.add_argument("--doc", type=Path, default=None, help=(
+        "also write the comparison into this markdown file, between its lines "
+        f"{DOC_BEGIN} and {DOC_END} (docs/CONFORMANCE.md has them)"))
     args = parser.parse_args(argv)
     if args.list:
         for s in SCENARIOS.values():
@@ -385,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     right = side_target(args.right, args.router_bin)
     models = build_models_dir(default_cache_dir())
     differ = 0
+    report: list[str] = []
     with tempfile.TemporaryDirectory(prefix="differential-") as tmp:
         log_dir = args.logs or Path(tmp)
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -393,10 +397,33 @@ def main(argv: list[str] | None = None) -> int:
             b = run_scenario(scenario, args.right, right, models, log_dir)
             text, same = compare(scenario, a, b)
             print(text + "\n", flush=True)
+            report.append(text)
             differ += not same
-    print(f"{len(chosen) - differ} of {len(chosen)} scenarios the same on {args.left} and "
-          f"{args.right}")
+    summary = (f"{len(chosen) - differ} of {len(chosen)} scenarios the same on {args.left} and "
+               f"{args.right}")
+    print(summary)
+    if args.doc is not None:
+        write_doc(args.doc, f"{args.left} | {args.right}", "\n\n".join(report) + "\n\n" + summary)
     return 1 if differ else 0
+
+
+DOC_BEGIN = "<!-- BEGIN DIFFERENTIAL {sides} -->"
+DOC_END = "<!-- END DIFFERENTIAL {sides} -->"
+
+
+def write_doc(doc: Path, sides: str, text: str) -> None:
+    """Put ``text`` in a code block between the two marker lines for ``sides`` (added at the
+    end of the file the first time)."""
+    begin, end = DOC_BEGIN.format(sides=sides), DOC_END.format(sides=sides)
+    content = doc.read_text() if doc.exists() else ""
+    block = f"{begin}\n```text\n$ python -m conformance.differential --left " \
+            f"{sides.replace(' | ', ' --right ')}\n{text}\n```\n{end}"
+    if begin in content and end in content:
+        head, rest = content.split(begin, 1)
+        content = head + block + rest.split(end, 1)[1]
+    else:
+        content = content.rstrip("\n") + "\n\n" + block + "\n"
+    doc.write_text(content)
 
 
 if __name__ == "__main__":

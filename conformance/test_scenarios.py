@@ -183,6 +183,26 @@ def test_hanging_child_is_force_killed_after_the_stop_timeout(
     router.check(models_max=4)
 
 
+@deviation("U4")
+def test_a_child_asked_to_exit_mid_request_exits_promptly(
+        start_router: Callable[..., Router], tiny_models: Any) -> None:
+    """Section 2: a child asked to exit with a request in flight exits well within its
+    stop-timeout (10 s), and the unload is not reported as failed (Z18)."""
+    router = start_router()
+    assert router.tracked(A)[0] == 200
+    held = router.hold(A, tiny_models[A].path)
+    router.note("unload", model=A)
+    asked = time.monotonic()
+    assert router.client.post("/models/unload", json={"model": A}).status_code == 200
+    held.release()  # the child finds the request and the exit command together
+    router.events.wait_for(A, "unloaded", timeout=30)
+    took = time.monotonic() - asked
+    assert took < 5, f"the child exited {took:.1f} s after the exit command: it was killed"
+    info = router.models()[A]["status"]
+    assert not info.get("failed"), info
+    router.check(models_max=4)
+
+
 @pytest.mark.thrash
 def test_request_for_a_model_being_evicted_waits_for_the_next_child(
         start_router: Callable[..., Router]) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from conformance.differential import (SCENARIOS, Run, Scenario, Step, compare, main,
-                                      normalize_transitions, outcome, side_by_side)
+                                      normalize_transitions, outcome, side_by_side, write_doc)
 
 
 def sse(model: str, **data: Any) -> tuple[float, dict[str, Any]]:
@@ -70,6 +70,17 @@ def test_scenario_files_parse_and_bad_steps_are_refused() -> None:
         Step.parse({"do": "explode", "model": "m"})
     with pytest.raises(ValueError):
         Step.parse({"do": "load"})
+
+
+def test_the_doc_block_is_added_then_replaced(tmp_path: Path) -> None:
+    doc = tmp_path / "doc.md"
+    doc.write_text("# Title\n\nprose\n")
+    write_doc(doc, "refimpl | llama-server", "first run")
+    write_doc(doc, "refimpl | llama-server", "second run")
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nprose\n") and "first run" not in text
+    assert text.count("second run") == 1
+    assert "$ python -m conformance.differential --left refimpl --right llama-server" in text
 
 
 def test_builtin_scenarios_only_use_known_steps() -> None:

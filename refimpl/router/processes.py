@@ -7,8 +7,9 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import IO, Awaitable, Callable
 
 import anyio
 
@@ -59,13 +60,19 @@ class ChildProcess:
     port: int
 
     @classmethod
-    def start(cls, cmd: list[str], env: dict[str, str], port: int) -> ChildProcess:
+    def start(cls, cmd: list[str], env: dict[str, str], port: int,
+              log: Callable[[str], None] | None = None) -> ChildProcess:
+        """Start ``cmd``. With ``log``, its stderr is logged line by line, apart from stdout
+        (``_relay_stderr``); without, stderr shares the stdout pipe."""
         process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                   close_fds=True, bufsize=0)
+                                   stderr=subprocess.STDOUT if log is None else subprocess.PIPE,
+                                   env=env, start_new_session=True, close_fds=True, bufsize=0)
         assert process.stdin is not None and process.stdout is not None
         os.set_blocking(process.stdin.fileno(), False)
         os.set_blocking(process.stdout.fileno(), False)
+        if log is not None and process.stderr is not None:
+            threading.Thread(target=_relay_stderr, args=(process.stderr, f"[{port}] ", log),
+                             daemon=True).start()
         return cls(process, port)
 
     @property
@@ -117,13 +124,40 @@ class ChildProcess:
         return code
 
 
+MAX_LOG_LINE = 64 * 1024
+
+
+def _relay_stderr(pipe: IO[bytes], prefix: str, log: Callable[[str], None]) -> None:
+    """Log a child's stderr, line by line, until EOF (on a thread of its own).
+
+    Kept apart from stdout, where the protocol lines come (ROUTER.md 2): in one shared pipe a log
+    line written in pieces (llama-server writes its timestamp, then the message) can land in the
+    middle of a protocol line, which then no longer starts with the prefix and is lost."""
+    fd = pipe.fileno()
+    pending = b""
+    try:
+        while chunk := os.read(fd, 65536):
+            *lines, pending = (pending + chunk).split(b"\n")
+            if len(pending) > MAX_LOG_LINE:
+                lines.append(pending[:MAX_LOG_LINE] + b" [cut]")
+                pending = b""
+            for line in lines:
+                log(prefix + line.rstrip(b"\r").decode("utf-8", errors="replace"))
+    except OSError:
+        pass
+    finally:
+        if pending:
+            log(prefix + pending.decode("utf-8", errors="replace"))
+        pipe.close()
+
+
 def make_spawner(template: str, entries: Callable[[str], ModelEntry], router_port: int,
                  log: Callable[[str], None]) -> Callable[[int, str], Awaitable[ChildProcess]]:
     """A spawner for the driver: starts the child for a model on a free port.
 
-    The child's stderr goes into the same pipe as its stdout, so the core's reader sees every
-    line: protocol lines become messages and the rest are logged with the child's port. A child
-    writes each protocol line in one write, which a pipe keeps whole.
+    The core's reader sees the child's stdout: protocol lines become messages, the rest is logged
+    with the child's port. Its stderr is logged apart (``_relay_stderr``). A child writes each
+    protocol line in one write, which a pipe keeps whole.
     """
 
     async def spawn(instance: int, model: str) -> ChildProcess:
@@ -132,7 +166,7 @@ def make_spawner(template: str, entries: Callable[[str], ModelEntry], router_por
         cmd = child_command(template, entry, port)
         env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port))
         env.pop("LLAMA_API_KEY", None)  # children never receive the key
-        child = ChildProcess.start(cmd, env, port)
+        child = ChildProcess.start(cmd, env, port, log)
         log(f"[router] started {model} (pid {child.pid}) on port {port}: {shlex.join(cmd)}")
         return child
 
@@ -154,7 +188,7 @@ def make_download_spawner(template: str, router_port: int, log: Callable[[str], 
         env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port),
                    LLAMA_SERVER_CHILD_MODE=DOWNLOAD_MODE, LLAMA_ARG_HF_REPO=model)
         env.pop("LLAMA_API_KEY", None)
-        child = ChildProcess.start(cmd, env, 0)
+        child = ChildProcess.start(cmd, env, 0, log)
         log(f"[router] started the download of {model} (pid {child.pid}): {shlex.join(cmd)}")
         return child
 

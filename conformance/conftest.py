@@ -103,6 +103,12 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         entry["detail"] = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else ""
 
 
+def _clause(test: object) -> str:
+    """The clause a test checks: the first paragraph of its docstring, on one line."""
+    doc = getattr(test, "__doc__", None) or ""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
 def _version(target: Target) -> str:
     """What ``llama-server --version`` says (the binary checked, or the interop children's)."""
     words = (target.binary or target.child_cmd or "").split()
@@ -123,9 +129,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     import xml.etree.ElementTree as ET
 
     target = _target(session.config).name
-    docs = {item.nodeid: (item.obj.__doc__ or "").strip().splitlines()[0]  # type: ignore[attr-defined]
-            if getattr(item, "obj", None) is not None and item.obj.__doc__ else ""  # type: ignore[attr-defined]
-            for item in session.items}
+    docs = {item.nodeid: _clause(getattr(item, "obj", None)) for item in session.items}
     out = ROOT / "reports"
     out.mkdir(exist_ok=True)
     counts = {k: sum(1 for r in _RESULTS.values() if r["outcome"] == k) for k in OUTCOMES}

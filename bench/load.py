@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
-from fixtures.procs import alive, children_of  # noqa: E402
+from fixtures.procs import alive, children_of, wait_healthy  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
 from properties.invariants import CHECKS, check_all  # noqa: E402
 from properties.observed import OBSERVABLE, Observed, check_observed  # noqa: E402
@@ -318,18 +318,10 @@ class Run:
     # -- the run ---------------------------------------------------------------------------------
 
     def wait_healthy(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n"
-                                   + self.log_path.read_text(errors="replace")[-3000:])
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"{self.name} not healthy after 60 s")
+        why = wait_healthy(self.url, self.proc)
+        if why is not None:
+            raise RuntimeError(f"{self.name} {why}:\n"
+                               + self.log_path.read_text(errors="replace")[-3000:])
 
     async def drive(self) -> None:
         s = self.s

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from fixtures.procs import alive, children_of
+from fixtures.procs import alive, children_of, wait_healthy
 from properties.observed import Observed, check_observed
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.router.processes import free_port
@@ -131,17 +131,9 @@ class Router:
             time.sleep(0.05)
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"router exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"router not healthy after 60 s:\n{self.log()}")
+        why = wait_healthy(self.url, self.proc)
+        if why is not None:
+            raise AssertionError(f"router {why}:\n{self.log()}")
 
     def _listen(self) -> None:
         try:

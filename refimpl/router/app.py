@@ -208,13 +208,10 @@ class RouterApp:
             return error(400, f"{repo} has no GGUF model file with tag {tag}" if tag
                          else f"{repo} has no GGUF model file")
         name = f"{repo}:{chosen.tag}"
-        if name in self.entries or self.driver.core.resolve(name) is not None:
-            return error(400, f"model {name!r} already exists")
-        self.entries[name] = ModelEntry(name, None, "cache")
-        reply = self.driver.api(DownloadAsked, name)
+        reply = self.driver.api(DownloadAsked, name)  # the core refuses a name it has
         if reply.status != 200:
-            self.entries.pop(name, None)
             return reply_response(reply)
+        self.entries[name] = ModelEntry(name, None, "cache")
         return JSONResponse({"success": True, "model": name})
 
     async def remove(self, request: Request) -> Response:
@@ -241,7 +238,7 @@ class RouterApp:
             try:
                 remove_cached(self.cache, command.model)
             except (BadName, OSError) as exc:
-                self.driver._log(f"[router] could not remove {command.model}: {exc}")
+                self.driver.log(f"[router] could not remove {command.model}: {exc}")
         elif isinstance(command, Publish) and command.event == "model_remove":
             self.entries.pop(command.model, None)
         elif isinstance(command, Publish) and command.event == "download_finished" \

@@ -80,7 +80,7 @@ class Driver:
         self._subscribers: set[MemoryObjectSendStream[dict[str, Any]]] = set()
         self._wake = anyio.Event()
         self._tg: TaskGroup | None = None
-        self._log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
         self.spawn_failures: list[str] = []
         self.closing = anyio.Event()  # set at shutdown: long-lived streams end
 
@@ -138,7 +138,7 @@ class Driver:
                     self._subscribers.discard(subscriber)  # too slow or gone: drop it
         elif isinstance(command, Log):
             child = self.children.get(command.instance)
-            self._log(f"[{child.port if child else command.instance}] {command.text}")
+            self.log(f"[{child.port if child else command.instance}] {command.text}")
 
     async def _send_exit(self, child: Child) -> None:
         try:
@@ -153,7 +153,7 @@ class Driver:
                 raise RuntimeError("this router has no download child command")
             child = await spawner(instance, model)
         except Exception as exc:  # noqa: BLE001 - any failure to start is the child's exit
-            self._log(f"[router] could not start a child for {model}: {exc}")
+            self.log(f"[router] could not start a child for {model}: {exc}")
             self.spawn_failures.append(f"{model}: {exc}")
             self.feed(ChildExited(instance, 127))
             return

@@ -11,10 +11,10 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-from refimpl.core import mutants
+from properties import mutants
 
-# The tiny GGUF models fixture (``tiny_models``), for every test folder.
-pytest_plugins = ["fixtures.pytest_fixtures"]
+# The tiny GGUF models fixture (``tiny_models``), for every test folder; the end-of-run leak check.
+pytest_plugins = ["fixtures.pytest_fixtures", "fixtures.leakcheck"]
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow],
                print_blob=False)
@@ -23,10 +23,18 @@ settings.register_profile("dev", max_examples=60, **_COMMON)  # type: ignore[arg
 settings.register_profile("ci", max_examples=100, derandomize=True,  # type: ignore[arg-type]
                           **_COMMON)
 settings.register_profile("nightly", max_examples=2000, **_COMMON)  # type: ignore[arg-type]
+# The mutmut run (python -m properties.mutation): the same examples every run and no example
+# database, so a mutant's verdict depends on the mutant alone; few examples, since every mutant
+# reruns the tests that reach it.
+settings.register_profile("mutation", max_examples=20, derandomize=True,  # type: ignore[arg-type]
+                          database=None, **_COMMON)
+# The bug zoo (python -m properties.zoo): ci's examples, and no example database, so that what one
+# mutant's run found does not help the next one.
+settings.register_profile("zoo", max_examples=100, derandomize=True,  # type: ignore[arg-type]
+                          database=None, **_COMMON)
 # CI (which sets CI=true) gets the derandomized profile unless --hypothesis-profile says otherwise.
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
-# The mutation run (python -m properties.zoo) runs this same suite with one mutant forced on.
-_MUTANT = os.environ.get("ROUTER_MUTANT", "").strip()
-if _MUTANT:
-    mutants.force(frozenset(_MUTANT.split(",")))
+# ROUTER_MUTANT=Z3 python -m pytest ...: the suite against a bug-zoo mutant, in this process and in
+# every router and child it starts (python -m properties.zoo sets it up through the same path).
+mutants.apply_from_environment()

@@ -11,7 +11,7 @@ in flight get ``--drain`` seconds, and the router is stopped with SIGTERM.
 
 Figures per router: requests ok; errors by type; lost (no HTTP answer at all: must be 0);
 children alive after shutdown (orphans: must be 0); the highest number of running children,
-sampled from the router's child processes (/proc) and from ``GET /models`` (never above
+sampled from the router's child processes (psutil) and from ``GET /models`` (never above
 models_max); loads and evictions (from ``/models/sse``); loads per served request; p50 and p99
 latency of the requests served (send to last byte); the router's peak memory (VmHWM). What the
 clients saw (their requests and ``/models/sse``) is checked with the invariant functions
@@ -48,9 +48,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
-from fixtures.procs import alive, children_of, wait_healthy  # noqa: E402
+from fixtures.procs import alive, children_of, popen, wait_healthy  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
 from properties.invariants import CHECKS, check_all  # noqa: E402
+from properties.mutants import environment, parse  # noqa: E402
 from properties.observed import OBSERVABLE, Observed, check_observed  # noqa: E402
 from refimpl.core.config import ModelSpec, RouterConfig  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
@@ -151,6 +152,7 @@ def models_dir(n: int) -> tuple[Path, list[str]]:
 
 
 def peak_memory_kib(pid: int) -> int:
+    """The peak resident size (VmHWM), from /proc: psutil has the current size only."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -170,9 +172,9 @@ class Run:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=ROOT, env=env,
-                                     start_new_session=True)
+        self.proc: subprocess.Popen[bytes] = popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=ROOT, env=env, start_new_session=True)
         self.result = Result(name)
         self.router_trace: Path | None = None  # set for the reference router
         self.observed = Observed()
@@ -421,9 +423,9 @@ def run_router(name: str, binary: str | None, s: Settings, log_dir: Path) -> Res
                    *common]
         if s.child_cmd:
             command += ["--child-cmd", s.child_cmd]
-    env = dict(os.environ)  # an inherited ROUTER_MUTANT stays: the mutation run sets it
+    env = dict(os.environ)  # an inherited mutant stays: the zoo sets it for the whole tree
     if s.mutant and not binary:
-        env["ROUTER_MUTANT"] = s.mutant
+        env = environment(parse(s.mutant), env)  # the router process applies it at start
     print(f"{name}: {shlex.join(command)}", flush=True)
     try:
         run = Run(name, command, names, s, env, log_dir / f"load-{name.split()[0]}.log")
@@ -529,7 +531,8 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
     p.add_argument("--child-cmd", default=None,
                    help="the reference router's child command (default: its real child)")
     p.add_argument("--mutant", default=None,
-                   help="run the reference router with this bug-zoo mutant on (Z3, Z4 ...)")
+                   help="run the reference router with these bug-zoo mutants applied "
+                        "(Z3, or Z3,Z4; properties/mutants)")
     p.add_argument("--stop-signal", choices=("TERM", "KILL"), default=d.stop_signal,
                    help="how the router is stopped at the end (%(default)s); KILL with children "
                         "that ignore stdin EOF shows the orphan check failing")

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
-from fixtures.procs import children_of  # noqa: E402
+from fixtures.procs import children_of, cmdline, popen  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
 
@@ -42,19 +42,16 @@ def pct(values: list[float], q: float) -> float:
 
 def child_port(router_pid: int, model_file: str) -> int:
     for pid in children_of(router_pid):
-        try:
-            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if model_file.encode() in b" ".join(args) and b"--port" in args:
-            return int(args[args.index(b"--port") + 1])
+        args = cmdline(pid)
+        if model_file in " ".join(args) and "--port" in args:
+            return int(args[args.index("--port") + 1])
     raise RuntimeError(f"no child of {router_pid} serves {model_file}")
 
 
 def measure(name: str, cmd: list[str], models_file: str, pairs: int, colds: int) -> dict[str, float]:
     print(f"{name}: starting {' '.join(cmd[:3])} ...", flush=True)
-    router = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              stdin=subprocess.DEVNULL, cwd=ROOT)
+    router = popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   stdin=subprocess.DEVNULL, cwd=ROOT)
     port = int(cmd[cmd.index("--port") + 1])
     url = f"http://127.0.0.1:{port}"
     try:

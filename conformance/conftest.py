@@ -124,7 +124,7 @@ def _version(target: Target) -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    if not _RESULTS:
+    if not _RESULTS or os.environ.get("ROUTER_MUTANT"):  # a bug-zoo mutant's run reports nothing
         return
     import xml.etree.ElementTree as ET
 

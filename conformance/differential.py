@@ -31,8 +31,8 @@ never before the previous synchronous step ended; ``request`` runs in the backgr
 Sides: ``refimpl`` (the reference router and its children), ``llama-server`` (``--router-bin``,
 ``LLAMA_SERVER_BIN_PATH`` or ``scripts/build-llama-server``'s cached build), ``interop`` (the
 reference router with llama-server children), ``fake`` (the reference router with
-``fixtures.fake_child`` children: quick, for testing this tool); a ``+Z18`` suffix turns bug-zoo
-mutants on in the reference router (``refimpl+Z18``).
+``fixtures.fake_child`` children: quick, for testing this tool); a ``+Z18`` suffix runs the
+reference router with that bug-zoo mutant applied (``refimpl+Z18``; ``properties/mutants``).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from typing import Any, Callable, Sequence
 import httpx
 
 from fixtures.tiny_models import ModelsDir, build_models_dir, default_cache_dir
+from properties.mutants import UnknownMutant, variables
 
 from .routers import ROOT, HeldRequest, Router, Target
 
@@ -182,7 +183,10 @@ def outcome(status: int, text: str, stream: bool = False) -> str:
 
 def side_target(side: str, router_bin: str | None) -> Target:
     name, *mutants = side.split("+")
-    env = (("ROUTER_MUTANT", ",".join(mutants)),) if mutants else ()
+    try:  # every Python process of the router's tree applies them (properties/mutants)
+        env = tuple(variables(mutants).items()) if mutants else ()
+    except UnknownMutant as exc:
+        raise SystemExit(str(exc)) from None
     if name == "refimpl":
         return Target(None, None, env)
     if name == "fake":
@@ -192,7 +196,7 @@ def side_target(side: str, router_bin: str | None) -> Target:
         if name == "interop":
             return Target(None, f"{binary} -m $model --port $port --host $host", env)
         if mutants:
-            raise SystemExit("mutants (+ZN) are switches of the reference router only")
+            raise SystemExit("mutants (+ZN) apply to the reference router only")
         return Target(binary)
     raise SystemExit(f"unknown side {side!r}: refimpl, llama-server, interop or fake, "
                      "each with +ZN mutants for the reference router")

@@ -3,7 +3,10 @@
 a stopped child for as long as the test wants.
 
 The conformance tests and the differential tool (``python -m conformance.differential``) both
-start routers through this module. Linux only: children are found and watched through /proc.
+start routers through this module. Linux only: children are found and watched with psutil, and
+what psutil does not show (a socket's unread bytes, a process's pending signals, its stdin's
+unread bytes) is read from /proc. A router and its children die with the test process
+(``fixtures.procs.popen``, the router's own ``die_with_parent``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from fixtures.procs import alive, children_of, wait_healthy
+from fixtures.procs import alive, children_of, cmdline, popen, wait_gone, wait_healthy
 from properties.observed import Observed, check_observed
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.router.processes import free_port
@@ -98,10 +101,10 @@ class Router:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.proc = subprocess.Popen(target.command(self.port, args), stdout=self._log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=ROOT, start_new_session=True,
-                                     env=dict(os.environ, **dict(target.env)))
+        self.proc: subprocess.Popen[bytes] = popen(
+            target.command(self.port, args), stdout=self._log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True,
+            env=dict(os.environ, **dict(target.env)))
         self.seen_children: set[int] = set()
         self.held: list[HeldRequest] = []
         self._stop = threading.Event()
@@ -121,9 +124,14 @@ class Router:
             self.stop()
             raise
         self.t0 = time.monotonic()
+        self._subscribed = threading.Event()
         self._sse = threading.Thread(target=self._listen, daemon=True)
         self._sse.start()
-        time.sleep(0.2)  # let the subscription start: there is no replay
+        # There is no replay: wait for the subscription. The reference router subscribes before
+        # it answers /models/sse, so its response headers mean subscribed.
+        if not self._subscribed.wait(30):
+            self.stop()
+            raise AssertionError(f"/models/sse never answered:\n{self.log()}")
 
     def _watch_children(self) -> None:
         while not self._stop.is_set():
@@ -139,6 +147,7 @@ class Router:
         try:
             with httpx.Client(timeout=httpx.Timeout(None, connect=5.0)) as c, \
                     c.stream("GET", self.url + "/models/sse", headers=self.headers) as r:
+                self._subscribed.set()
                 for line in r.iter_lines():
                     if line.startswith("data: "):
                         message = json.loads(line[6:])
@@ -191,16 +200,24 @@ class Router:
             self.observed.add(self.now(), kind, **data)
 
     def tracked(self, model: str, max_tokens: int = 4, stream: bool = False,
-                timeout: float = 120.0) -> tuple[int, str]:
-        """A chat request recorded in the observed trace: (status, body or error text)."""
+                timeout: float = 120.0, sent: threading.Event | None = None) -> tuple[int, str]:
+        """A chat request recorded in the observed trace: (status, body or error text).
+
+        ``sent`` is set once the whole request has been written to the router's socket."""
         req = next(self._req)
         self.note("send", req=req, model=model)
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}],
                 "max_tokens": max_tokens, "stream": stream}
+
+        def trace(name: str, info: dict[str, Any]) -> None:
+            if sent is not None and name == "http11.send_request_body.complete":
+                sent.set()
+
         try:
             with httpx.Client(base_url=self.url, headers=self.headers,
                               timeout=httpx.Timeout(timeout, connect=5.0)) as client, \
-                    client.stream("POST", "/v1/chat/completions", json=body) as r:
+                    client.stream("POST", "/v1/chat/completions", json=body,
+                                  extensions={"trace": trace}) as r:
                 self.note("answer", req=req, model=model, status=r.status_code)
                 text = r.read().decode(errors="replace")
                 ok = r.status_code < 400 and (not stream or "[DONE]" in text)
@@ -211,16 +228,22 @@ class Router:
             self.note("answer", req=req, model=model, status=599, message=str(exc))
             return 599, str(exc)
 
+    def send(self, model: str, **kwargs: Any) -> InFlight:
+        """:meth:`tracked` on a thread of its own; returns once the router has *read* the
+        request (it was written whole, and no connection to the router holds unread bytes), so
+        the router knows of it before the test's next step: the way to order requests, or to
+        queue one behind a held request, without waiting for time to pass."""
+        flight = InFlight(self, model, kwargs)
+        flight.wait_read()
+        return flight
+
     def child(self, model_path: Path | str) -> Child:
         """The running child whose command line loads ``model_path`` (its pid and its port)."""
-        wanted = str(model_path).encode()
+        wanted = str(model_path)
         for pid in children_of(self.proc.pid):
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if wanted in argv and b"--port" in argv:
-                return Child(pid, int(argv[argv.index(b"--port") + 1]))
+            argv = cmdline(pid)
+            if wanted in argv and "--port" in argv:
+                return Child(pid, int(argv[argv.index("--port") + 1]))
         raise AssertionError(f"no child process for {model_path}")
 
     def hold(self, model: str, model_path: Path | str) -> HeldRequest:
@@ -231,9 +254,21 @@ class Router:
         held.start()
         return held
 
+    def caught_up(self, timeout: float = 10.0) -> None:
+        """Wait until ``/models/sse`` has caught up with ``GET /models``: every model that has
+        status events has its current status as its last one. A router whose models keep
+        changing (sleep and wake) may never settle; after ``timeout`` this returns anyway."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = {name: m.get("status", {}).get("value") for name, m in self.models().items()}
+            if all(not seen or seen[-1] == now[name]
+                   for name in now if (seen := [s for s in self.events.statuses(name) if s])):
+                return
+            time.sleep(0.02)
+
     def check(self, models_max: int) -> None:
-        """The invariants on what this test saw (after letting late SSE events arrive)."""
-        time.sleep(0.3)
+        """The invariants on what this test saw (once the late SSE events have arrived)."""
+        self.caught_up()
         names = tuple(self.models())
         config = RouterConfig(models=tuple(ModelSpec(n) for n in names), models_max=models_max)
         with self.events.lock:
@@ -254,10 +289,7 @@ class Router:
                 self.proc.wait(timeout=10)
         self._stop.set()
         self._watch.join(timeout=2)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(alive(p) for p in self.seen_children):
-            time.sleep(0.05)
-        leftovers = [p for p in self.seen_children if alive(p)]
+        leftovers = wait_gone(self.seen_children, timeout=15)
         for pid in leftovers:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -265,6 +297,42 @@ class Router:
                 pass
         self._log.close()
         return leftovers
+
+
+class InFlight:
+    """A tracked request on a thread of its own (``Router.send``)."""
+
+    def __init__(self, router: Router, model: str, kwargs: dict[str, Any]) -> None:
+        self.router = router
+        self.model = model
+        self.result: tuple[int, str] | None = None
+        self.sent = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(kwargs,), daemon=True)
+        self.thread.start()
+
+    def _run(self, kwargs: dict[str, Any]) -> None:
+        self.result = self.router.tracked(self.model, sent=self.sent, **kwargs)
+
+    def wait_read(self, timeout: float = 30.0) -> None:
+        """Until the router has read this request: sent whole, nothing left unread."""
+        deadline = time.monotonic() + timeout
+        while not self.sent.wait(0.05):
+            if self.result is not None:  # it failed before it was sent
+                return
+            assert time.monotonic() < deadline, \
+                f"the request for {self.model} was never sent\n{self.router.log()}"
+        while _unread_request(self.router.port):
+            assert time.monotonic() < deadline, \
+                f"the router never read the request for {self.model}\n{self.router.log()}"
+            time.sleep(0.005)
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def join(self, timeout: float = 120.0) -> tuple[int, str]:
+        self.thread.join(timeout)
+        assert self.result is not None, f"the request for {self.model} never ended"
+        return self.result
 
 
 class HeldRequest:
@@ -336,7 +404,8 @@ class HeldRequest:
 
 
 def _unread_request(port: int) -> bool:
-    """True when an established connection to ``port`` holds bytes its owner has not read."""
+    """True when an established connection to ``port`` holds bytes its owner has not read.
+    (psutil lists connections but not their queues: /proc/net/tcp has them.)"""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -352,6 +421,7 @@ def _unread_request(port: int) -> bool:
 
 
 def _pending_signals(pid: int) -> set[signal.Signals]:
+    """Signals sent to ``pid`` and not yet delivered (/proc: psutil does not show them)."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import socket
 from collections import Counter
-from pathlib import Path
 from typing import Any, Callable
 
 import h11
 import httpx
+import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs without types-psutil
 import pytest
 
 from .conftest import Router
@@ -39,14 +39,13 @@ def test_children_get_the_router_port_and_no_router_only_flags(
     router = start_router("--models-max", "2", api_key="sekrit")
     assert router.chat(M).status_code == 200
     child = router.child(tiny_models[M].path)
-    argv = Path(f"/proc/{child.pid}/cmdline").read_bytes().split(b"\0")
-    env = dict(item.split(b"=", 1) for item in
-               Path(f"/proc/{child.pid}/environ").read_bytes().split(b"\0") if b"=" in item)
-    assert env.get(b"LLAMA_SERVER_ROUTER_PORT") == str(router.port).encode(), env
+    process = psutil.Process(child.pid)
+    argv, env = process.cmdline(), process.environ()
+    assert env.get("LLAMA_SERVER_ROUTER_PORT") == str(router.port), env
     assert child.port != router.port
-    assert b"--host" not in argv or argv[argv.index(b"--host") + 1] == b"127.0.0.1", argv
-    assert not any(b"sekrit" in item for item in argv + list(env.values())), argv
-    assert not any(item.startswith(b"--models-") for item in argv), argv
+    assert "--host" not in argv or argv[argv.index("--host") + 1] == "127.0.0.1", argv
+    assert not any("sekrit" in item for item in argv + list(env.values())), argv
+    assert not any(item.startswith("--models-") for item in argv), argv
 
 
 def test_post_routes_by_body_model(start_router: Callable[..., Router]) -> None:

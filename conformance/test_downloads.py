@@ -168,7 +168,11 @@ def test_failed_download_leaves_nothing(start_router: Callable[..., Router], cac
     assert download(router, MODEL_XS).status_code == 200
     wait_event(router, MODEL_XS, {"download_failed", "download_finished"})
     assert [m["event"] for _, m in events_of(router, MODEL_XS)].count("download_finished") == 0
-    time.sleep(0.5)
+    deadline = time.monotonic() + 10  # until the download child has cleaned up and exited
+    while time.monotonic() < deadline and (
+            MODEL_XS in router.models() and router.status(MODEL_XS) != "unloaded"
+            or [f for f in files_of(cache, REPO_XS) if f.endswith((".gguf", ".incomplete"))]):
+        time.sleep(0.05)
     assert MODEL_XS not in router.models() or router.status(MODEL_XS) == "unloaded"
     assert not [f for f in files_of(cache, REPO_XS) if f.endswith((".gguf", ".incomplete"))]
     assert router.chat("tiny-xs").status_code == 200

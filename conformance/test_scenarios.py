@@ -44,15 +44,10 @@ def test_ab_alternation_with_one_slot_does_not_thrash(start_router: Callable[...
     router = start_router("--models-max", "1")
     assert router.tracked(BUSY)[0] == 200
     held = router.hold(BUSY, tiny_models[BUSY].path)  # they all queue, whatever the speed
-    results: list[tuple[int, str]] = []
-    threads = []
-    for i in range(6):
-        threads.append(in_thread(lambda m: results.append(router.tracked(m)), A if i % 2 else B))
-        time.sleep(0.05)
-    time.sleep(0.3)
+    # Each is read by the router before the next is sent: B, A, B, A, B, A, in that order.
+    sent = [router.send(A if i % 2 else B) for i in range(6)]
     assert held.release()[0] == 200
-    for t in threads:
-        t.join(120)
+    results = [flight.join(120) for flight in sent]
     assert [s for s, _ in results] == [200] * 6, results
     assert (loads(router, B), loads(router, A)) == (1, 1), router.events.items
     router.check(models_max=1)
@@ -65,16 +60,20 @@ def test_busy_model_is_kept_while_a_queued_request_waits(
     router = start_router("--models-max", "1")
     assert router.tracked(BUSY)[0] == 200
     held = router.hold(BUSY, tiny_models[BUSY].path)
-    queued: list[tuple[int, str]] = []
-    waiter = in_thread(lambda: queued.append(router.tracked(B)))
-    time.sleep(1.0)  # ample time for a router that evicts busy models to ask this one to exit
-    evicted = held.told_to_stop()
-    assert evicted is None, f"{BUSY} was asked to exit with a request in flight: {evicted}"
-    assert waiter.is_alive(), f"{B} was served while {BUSY} held the only slot: {queued}"
+    waiter = router.send(B)  # read by the router: it knows B waits for the one slot
+    # Not waiting for an event but watching for one that must not come: for 1 s after the
+    # router read B's request (ample for a router that evicts busy models), BUSY is not asked
+    # to exit. It fails as soon as it is asked.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        evicted = held.told_to_stop()
+        assert evicted is None, f"{BUSY} was asked to exit with a request in flight: {evicted}"
+        time.sleep(0.02)
+    assert waiter.alive(), f"{B} was served while {BUSY} held the only slot: {waiter.result}"
     status, text = held.release()
-    waiter.join(120)
+    queued = waiter.join(120)
     assert status == 200 and "[DONE]" in text, (status, text)  # the busy stream ran to its end
-    assert queued and queued[0][0] == 200, queued
+    assert queued[0] == 200, queued
     router.check(models_max=1)
 
 
@@ -97,13 +96,10 @@ def test_arrival_order_is_kept_between_models(start_router: Callable[..., Router
     router = start_router("--models-max", "1")
     assert router.tracked(BUSY)[0] == 200
     held = router.hold(BUSY, tiny_models[BUSY].path)
-    waiting = [in_thread(router.tracked, B)]
-    time.sleep(0.3)
-    waiting.append(in_thread(router.tracked, C))
-    time.sleep(0.3)
+    waiting = [router.send(B), router.send(C)]  # B read by the router before C is sent
     assert held.release()[0] == 200
-    for t in waiting:
-        t.join(120)
+    for flight in waiting:
+        flight.join(120)
     order = [m["model"] for _, m in router.events.items
              if m["data"].get("status") == "loading" and "progress" not in m["data"]
              and m["model"] in (B, C)]
@@ -121,12 +117,18 @@ def test_client_gone_while_queued_leaves_the_queue(start_router: Callable[..., R
     with pytest.raises(httpx.TimeoutException):
         httpx.post(router.url + "/v1/chat/completions", timeout=0.5, json={
             "model": B, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
-    time.sleep(1.0)  # the router notices the closed connection (upstream polls every 200 ms)
+    # The one timed wait in this file: when a router notices the closed connection is not
+    # observable from outside (upstream polls every 200 ms, the reference router every 50 ms,
+    # and llama-server keeps its end open until the handler returns), so the router is given
+    # that time; nothing after this point depends on timing.
+    time.sleep(1.0)
     assert held.release()[0] == 200
-    time.sleep(1.5)
-    assert "loading" not in router.events.statuses(B), "B was loaded for a client that left"
     assert router.status(BUSY) == "loaded"
+    # A router that kept B queued loads it once BUSY is free, before C (sent after): the feed is
+    # in order, so once it shows C loaded it shows any load of B too.
     assert router.tracked(C)[0] == 200  # and the router still serves
+    router.events.wait_for(C, "loaded", timeout=30)
+    assert "loading" not in router.events.statuses(B), "B was loaded for a client that left"
     router.check(models_max=1)
 
 
@@ -209,8 +211,7 @@ def test_request_for_a_model_being_evicted_waits_for_the_next_child(
     """Z9: A idle; request B; request A 50 ms later must not go to A's dying child."""
     router = start_router("--models-max", "1")
     assert router.tracked(A)[0] == 200
-    b = in_thread(router.tracked, B)
-    time.sleep(0.05)
+    b = router.send(B)  # read by the router: A is on its way out
     status, text = router.tracked(A)
     b.join(60)
     assert status == 200, (status, text)
@@ -223,12 +224,7 @@ def test_cold_requests_beyond_the_limit_queue_instead_of_failing(
     """Z8 and Z10: cold router, requests for three models 100 ms apart, models_max 1: each is
     served by a child loaded for it; none gets 'model limit reached'."""
     router = start_router("--models-max", "1")
-    results: list[tuple[int, str]] = []
-    threads = []
-    for model in (A, B, C):
-        threads.append(in_thread(lambda m: results.append(router.tracked(m)), model))
-        time.sleep(0.1)
-    for t in threads:
-        t.join(120)
+    sent = [router.send(model) for model in (A, B, C)]  # each read before the next is sent
+    results = [flight.join(120) for flight in sent]
     assert sorted(s for s, _ in results) == [200, 200, 200], results
     router.check(models_max=1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -73,7 +72,7 @@ def test_memory_budget_evicts_to_fit(start_router: Callable[..., Router], target
     assert router.tracked("tiny-l")[0] == 200
     assert router.tracked("tiny-m")[0] == 200
     router.events.wait_for("tiny-l", "unloaded", timeout=30)
-    time.sleep(0.3)
+    router.wait_status("tiny-l", "unloaded")
     statuses = {name: m["status"]["value"] for name, m in router.models().items()}
     assert statuses["tiny-m"] == "loaded" and statuses["tiny-l"] == "unloaded", statuses
     router.check(models_max=0)

@@ -1,24 +1,28 @@
-"""The router's guarantees (ROUTER.md section 6, BUGZOO.md), each a plain function over a trace.
+"""The router's guarantees (ROUTER.md sections 4 and 6, BUGZOO.md), each a plain function over a
+trace.
 
-Every function takes a trace (a sequence of ``At``) and returns the list of its violations, empty
-when the guarantee held. They read nothing but the trace, so the simulator sweeps, the stateful
-tests and the live conformance runs call the same functions.
+Every function takes a trace (a sequence of ``At``) and the router's configuration, and returns
+the list of its violations, empty when the guarantee held. They read nothing but the trace, so the
+simulator sweeps, the stateful tests and the live conformance runs call the same functions. The
+first sentence of each docstring is the promise, as a router developer can read it;
+``tests/test_invariants.py`` shows a trace that breaks each one.
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from refimpl.core import errors
 from refimpl.core.commands import Forward, Kill, Publish, RemoveFiles, Reply, SendExit, Spawn
-from refimpl.core.config import RouterConfig
-from refimpl.core.events import (EVENT_TYPES, ChildExited, ClientGone, DownloadAsked, LoadAsked,
-                                 RequestArrived, ResponseEnded, RouterStarted)
+from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.core.events import (EVENT_TYPES, CatalogChanged, ChildExited, ClientGone,
+                                 DownloadAsked, LoadAsked, RemoveAsked, RequestArrived,
+                                 ResponseEnded, RouterStarted, UnloadAsked)
 from refimpl.core.lifecycle import Status, is_legal
 from refimpl.core.trace import At
 
-from .replay import Replay
+from .replay import Child, Replay, Req, history
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,54 +36,448 @@ class Violation:
 
 
 Trace = Sequence[At]
+# Virtual seconds a child may take to exit after it was killed or asked to exit, and for the
+# router to act on an event: what the bounds below allow beyond the stop timeouts and loads.
+SLACK = 2.0
 
 
-def _aliases(config: RouterConfig) -> dict[str, str]:
-    return {alias: spec.name for spec in config.models for alias in spec.aliases}
+def _walk(trace: Trace, config: RouterConfig) -> Any:
+    """Yield (entry, replay) with the replay's state from *before* the entry, then step it."""
+    replay = Replay(config)
+    for at in trace:
+        yield at, replay
+        replay.step(at)
 
+
+# -- limits and evictions ----------------------------------------------------------------------
 
 def limits_held(trace: Trace, config: RouterConfig) -> list[Violation]:
-    """At no instant do more children run than models_max, or need more memory than a device has;
-    a child asked to stop counts until it has exited (Z3, Z4, Z17). Download children take no
-    slot."""
+    """At no instant do more model children run than ``models_max``, or need more memory on a
+    device than it has; a child asked to stop counts until it has exited, and each child counts
+    with the memory its model's spec said when it was spawned (Z3, Z4, Z17). Download children
+    take no slot."""
     out: list[Violation] = []
-    needs = {spec.name: spec.memory for spec in config.models}
-    alive: dict[int, str] = {}
-    for at in trace:
+    for at, replay in _walk(trace, config):
         what = at.what
-        if isinstance(what, Spawn) and not what.download:
-            alive[what.instance] = what.model
-            if config.models_max and len(alive) > config.models_max:
-                out.append(Violation("limits_held", at.t, f"{len(alive)} children alive, "
-                                     f"models_max is {config.models_max}: {sorted(alive.values())}"))
-            for device, capacity in config.devices.items():
-                used = sum(needs.get(m, {}).get(device, 0) for m in alive.values())
-                if used > capacity:
-                    out.append(Violation("limits_held", at.t, f"device {device}: {used} bytes "
-                                         f"needed by {sorted(alive.values())}, {capacity} available"))
-        elif isinstance(what, ChildExited):
-            alive.pop(what.instance, None)
+        if not isinstance(what, Spawn) or what.download:
+            continue
+        alive = [c for c in replay.children.values() if not c.download]
+        spec = replay.specs.get(what.model)
+        need = dict(spec.memory) if spec is not None else {}
+        names = sorted([c.model for c in alive] + [what.model])
+        if config.models_max and len(alive) + 1 > config.models_max:
+            out.append(Violation("limits_held", at.t, f"{len(alive) + 1} children alive, "
+                                 f"models_max is {config.models_max}: {names}"))
+        for device, capacity in config.devices.items():
+            used = sum(c.memory.get(device, 0) for c in alive) + need.get(device, 0)
+            if used > capacity:
+                out.append(Violation("limits_held", at.t, f"device {device}: {used} bytes "
+                                     f"needed by {names}, {capacity} available"))
     return out
 
 
-def busy_never_evicted(trace: Trace) -> list[Violation]:
+def busy_never_evicted(trace: Trace, config: RouterConfig) -> list[Violation]:
     """The router never evicts a child with in-flight requests, however long the wait (Z2, Z19)."""
     out: list[Violation] = []
-    replay = Replay()
-    for at in trace:
-        what = at.what
-        child = replay.first_stop(what)
+    for at, replay in _walk(trace, config):
+        child = replay.first_stop(at.what)
         if child is not None and replay.stop_reason() == "evicted":
             busy = replay.in_flight(child.instance)
             if busy:
                 out.append(Violation("busy_never_evicted", at.t,
                                      f"evicted {child.model} (instance {child.instance}) with "
                                      f"requests {[r.req for r in busy]} in flight"))
-        replay.step(at)
     return out
 
 
-def legal_transitions(trace: Trace) -> list[Violation]:
+def victim_is_lru(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """An eviction takes the least recently used idle model (ready, not stopping, nothing in
+    flight, no request waiting for it): last use is its last forward, response end or ready."""
+    out: list[Violation] = []
+    for at, replay in _walk(trace, config):
+        victim = replay.first_stop(at.what)
+        if victim is None or replay.stop_reason() != "evicted" or not replay.idle(victim):
+            continue  # a busy or loading victim is another guarantee's business
+        used = replay.last_used.get(victim.model, 0.0)
+        older = sorted(c.model for c in replay.children.values()
+                       if c is not victim and replay.idle(c)
+                       and replay.last_used.get(c.model, 0.0) < used)
+        if older:
+            out.append(Violation("victim_is_lru", at.t, f"evicted {victim.model} (last used "
+                                 f"t={used:.6g}) while {older} were idle and used less recently"))
+    return out
+
+
+def evictions_needed(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """The router evicts only for models that wait for a load, and never more children than the
+    waiting models need: with a count limit, evictions leave at most as many free slots as models
+    wait; with a memory budget, some waiting model does not fit beside the children that stay
+    (Z7's bound: evictions <= slots needed)."""
+    out: list[Violation] = []
+    for at, replay in _walk(trace, config):
+        victim = replay.first_stop(at.what)
+        if victim is None or replay.stop_reason() != "evicted":
+            continue
+        waiting = replay.demand()
+        staying = [c for c in replay.children.values() if not c.download and c.stop is None]
+        by_count = config.models_max > 0 and len(waiting) - (
+            config.models_max - len(staying)) >= 1
+        by_memory = any(
+            sum(c.memory.get(d, 0) for c in staying)
+            + (replay.specs[m].memory.get(d, 0) if m in replay.specs else 0) > cap
+            for m in waiting for d, cap in config.devices.items())
+        if not (by_count or by_memory):
+            out.append(Violation("evictions_needed", at.t, f"evicted {victim.model} while "
+                                 f"{sorted(waiting) or 'no model'} waited for a load and "
+                                 f"{len(staying)} children stay: not needed"))
+    return out
+
+
+def loads_bounded(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """A model evicted for others is loaded again only for a demand that came after theirs, so
+    loads never exceed the model switches the queue order needs (Z1's bound)."""
+    out: list[Violation] = []
+    evicted_for: dict[str, float] = {}  # model -> oldest demand it was evicted for
+    for at, replay in _walk(trace, config):
+        what = at.what
+        victim = replay.first_stop(what)
+        if victim is not None:
+            if replay.stop_reason() == "evicted":
+                others = [t for m, t in replay.demand().items() if m != victim.model]
+                evicted_for[victim.model] = min(others, default=at.t)
+            else:
+                evicted_for.pop(victim.model, None)
+        elif isinstance(what, ChildExited):
+            child = replay.children.get(what.instance)
+            if child is not None and child.stop is None:  # a crash: any demand may reload it
+                evicted_for.pop(child.model, None)
+        elif isinstance(what, Spawn) and not what.download and what.model in evicted_for:
+            since = evicted_for.pop(what.model)
+            demand = [r.arrived for r in replay.open_for(what.model) if r.kind == "request"]
+            if what.model in replay.asked:
+                demand.append(replay.asked[what.model])
+            if demand and max(demand) < since:
+                out.append(Violation("loads_bounded", at.t, f"{what.model} loaded again for "
+                                     f"requests that were waiting (since t={min(demand):.6g}) "
+                                     f"before the ones it was evicted for (t={since:.6g}): a "
+                                     "thrash"))
+    return out
+
+
+# -- answers -----------------------------------------------------------------------------------
+
+def answered_once(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """Each request is forwarded once or answered once, never both, never after its client left;
+    its response ends at most once; each API call gets exactly one reply."""
+    out: list[Violation] = []
+    decided: dict[int, str] = {}
+    ended: set[int] = set()
+    calls: set[int] = set()
+    for at in trace:
+        what = at.what
+        if isinstance(what, (LoadAsked, UnloadAsked, DownloadAsked, RemoveAsked)) or (
+                isinstance(what, CatalogChanged) and what.req is not None):
+            assert what.req is not None
+            calls.add(what.req)
+        elif isinstance(what, Forward) and what.req in calls:
+            out.append(Violation("answered_once", at.t, f"API call {what.req} was forwarded"))
+        elif isinstance(what, (Forward, Reply)):
+            prior = decided.get(what.req)
+            if prior is not None:
+                out.append(Violation("answered_once", at.t, f"request {what.req}: "
+                                     f"{type(what).__name__} after {prior}"))
+            decided[what.req] = type(what).__name__
+        elif isinstance(what, ClientGone):
+            decided.setdefault(what.req, "ClientGone")
+        elif isinstance(what, ResponseEnded):
+            if decided.get(what.req) != "Forward" or what.req in ended:
+                out.append(Violation("answered_once", at.t, f"request {what.req}: response "
+                                     f"ended without one forward (saw {decided.get(what.req)})"))
+            ended.add(what.req)
+    return out
+
+
+def every_request_answered(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """Liveness: by the end of the trace every request was served, got an error or was given up
+    by its client, and every API call got its reply (Z5, Z7, Z15, Z17). Run it on a trace that
+    continued past the last fault."""
+    out: list[Violation] = []
+    h = history(trace, config)
+    for r in h.requests.values():
+        if not r.ended:
+            what = "request" if r.kind == "request" else f"API call ({r.kind})"
+            where = f"forwarded to instance {r.instance}" if r.instance else "never forwarded"
+            out.append(Violation("every_request_answered", h.end,
+                                 f"{what} {r.req} for {r.model} (arrived t={r.arrived:.6g}) has "
+                                 f"no answer; {where}"))
+    return out
+
+
+def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, float]], float]:
+    """Each request's and API call's latest decision time: see :func:`bounded_wait`."""
+    h = history(trace, config)
+    stop = max((s.stop_timeout for s in config.models), default=10.0)
+    for at in trace:
+        if isinstance(at.what, CatalogChanged):
+            stop = max([stop, *(s.stop_timeout for s in at.what.specs)])
+        elif isinstance(at.what, DownloadAsked):  # a download's entry has the default spec
+            stop = max(stop, ModelSpec(at.what.model).stop_timeout)
+    loads = sorted((c.spawned, (c.ready_at if c.ready_at is not None else
+                                c.exited_at if c.exited_at is not None else h.end) - c.spawned)
+                   for c in h.children.values() if not c.download)
+    spawns = [t for t, _ in loads]
+    longest = max((d for _, d in loads), default=0.0)
+    downloads: dict[str, list[Child]] = {}
+    for c in h.children.values():
+        if c.download:
+            downloads.setdefault(c.model, []).append(c)
+
+    def start_of(r: Req) -> float:
+        """When a request joins the queue: at arrival, or when the download it waits for ends."""
+        for dl in downloads.get(r.model, []) if r.kind == "request" else []:
+            if dl.spawned <= r.arrived and (dl.exited_at is None or dl.exited_at >= r.arrived):
+                return dl.exited_at if dl.exited_at is not None else float("inf")
+        return r.arrived
+
+    # A request that finds its model queued joins that entry: its place in the queue is the
+    # oldest waiting request's, and what joined an entry ahead of it is work ahead of it.
+    place: dict[int, tuple[float, int]] = {}
+    for at, replay in _walk(trace, config):
+        if isinstance(at.what, RequestArrived):
+            model = replay.model_of(at.what.model)
+            asked = [(replay.asked[model], replay.asked_by[model])] if model in replay.asked \
+                else []
+            place[at.what.req] = min([(at.t, at.what.req), *asked,
+                                      *((r.arrived, r.req) for r in replay.open_for(model))])
+    keys: dict[int, tuple[float, int]] = {}
+    for r in h.requests.values():
+        start = start_of(r)
+        keys[r.req] = (start, r.req) if start > r.arrived else place.get(r.req, (r.arrived, r.req))
+    starts = {req: key[0] for req, key in keys.items()}
+    reqs = sorted(h.requests.values(), key=lambda r: keys[r.req])
+    out: list[tuple[Req, float]] = []
+    ahead = 0.0  # the latest end among the requests whose place in the queue is ahead
+    for r in reqs:
+        if r.kind == "request":
+            start = starts[r.req]
+            decided = r.decided_at if r.decided_at is not None else h.end
+            first = bisect.bisect_left(spawns, start - longest)
+            last = bisect.bisect_right(spawns, decided)
+            load = sum(d for t, d in loads[first:last] if t + d >= start)
+            out.append((r, max(start, ahead) + stop + load + SLACK))
+        elif r.kind in ("unload", "remove"):
+            out.append((r, r.arrived + stop + SLACK))
+        else:
+            out.append((r, r.arrived))
+        end = r.ended_at if r.ended_at is not None else float("inf")
+        if r.kind in ("request", "load"):
+            ahead = max(ahead, end)
+    return out, h.end
+
+
+def bounded_wait(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """No starvation: a request is forwarded or answered no later than
+    ``max(arrival, E) + T + L + SLACK``, where E is when every request that arrived before it
+    had ended (the work ahead of it; a request waiting for a download starts when the download
+    child exits), T the longest stop timeout (the victims' exit), L the load times of the
+    children that loaded while it waited, and SLACK 2 s; load, download and catalog calls are
+    answered at once, unload and remove calls within T + SLACK. Checked at every instant of
+    the trace, not only at its end."""
+    out: list[Violation] = []
+    bounds, end = _wait_bounds(trace, config)
+    for r, bound in bounds:
+        decided = r.decided_at if r.decided_at is not None else (
+            r.ended_at if r.ended_at is not None else None)
+        late = (decided if decided is not None else end) > bound + 1e-9
+        if late and (decided is not None or end > bound):
+            what = "request" if r.kind == "request" else f"API call ({r.kind})"
+            out.append(Violation("bounded_wait", bound, f"{what} {r.req} for {r.model} "
+                                 f"(arrived t={r.arrived:.6g}) still waiting at its bound "
+                                 f"t={bound:.6g}" + (f"; decided at t={decided:.6g}"
+                                                     if decided is not None else "")))
+    return out
+
+
+def _request_error_cause(r: Req, reply: Reply, replay: Replay,
+                         config: RouterConfig) -> bool:
+    cause = replay.cause
+    if reply.status == 507 and replay.too_big(r.model):
+        return True
+    if isinstance(cause, RequestArrived) and cause.req == r.req:
+        if not r.name or not r.known:
+            return reply.status in (400, 404)
+        autoload = config.autoload if r.autoload is None else r.autoload
+        return not autoload and replay.usable(r.model) is None and reply.status == 400
+    if isinstance(cause, ChildExited):
+        child = replay.every_child.get(cause.instance)
+        return child is not None and child.model == r.model and reply.status >= 500
+    if isinstance(cause, RemoveAsked):
+        return replay.model_of(cause.model) == r.model or cause.model == r.model
+    if isinstance(cause, CatalogChanged):
+        return r.model in cause.removed and reply.status == 404
+    return False
+
+
+def _catalog_clash(replay: Replay, event: CatalogChanged) -> bool:
+    owners = {n: m for n, m in replay.names.items()
+              if m not in event.removed and m not in {s.name for s in event.specs}}
+    for spec in event.specs:
+        for name in (spec.name, *spec.aliases):
+            if owners.setdefault(name, spec.name) != spec.name:
+                return True
+    return False
+
+
+def errors_have_causes(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """An error answers only a cause the trace shows: a request with no model, an unknown or
+    removed model, autoload off for a model not running, a model too big for a device, or that
+    model's own child failing or being unloaded under it; an API call refused only when its
+    model is unknown, already running (load), not running (unload) or already exists
+    (download), or when a catalog change names a model twice. Lack of capacity is never a cause,
+    whatever the status or kind (Z10); every error has a message."""
+    out: list[Violation] = []
+    catalog: dict[int, bool] = {}  # catalog call -> it clashed
+    for at, replay in _walk(trace, config):
+        what = at.what
+        if isinstance(what, CatalogChanged) and what.req is not None:
+            catalog[what.req] = _catalog_clash(replay, what)
+        if not isinstance(what, Reply) or what.status < 400:
+            continue
+        r = replay.requests.get(what.req)
+        if r is None:
+            continue
+        if r.kind == "request":
+            ok = _request_error_cause(r, what, replay, config)
+        elif r.kind == "catalog":
+            ok = catalog.get(r.req, False) and what.status == 400
+        elif r.kind == "download":
+            ok = what.status == 400 and (r.known or r.model in replay.by_model)
+        elif not r.known:
+            ok = what.status in (400, 404)
+        elif r.kind == "load":
+            ok = (what.status == 400 and replay.usable(r.model) is not None) or (
+                what.status == 507 and replay.too_big(r.model))
+        elif r.kind == "unload":
+            ok = what.status == 400 and r.model not in replay.by_model
+        else:
+            ok = False
+        if not ok:
+            what_ = "request" if r.kind == "request" else f"API call ({r.kind})"
+            out.append(Violation("errors_have_causes", at.t, f"{what_} {r.req} for {r.model} "
+                                 f"refused with {what.status} {what.kind} {what.message!r}, but "
+                                 "the trace shows no cause for it"))
+        elif not what.message:
+            out.append(Violation("errors_have_causes", at.t,
+                                 f"request {what.req}: error {what.status} with no message"))
+    return out
+
+
+def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """An API call answered 200 did what it says: a load starts a child for the model (at once,
+    or when its download or the queue lets it, unless an unload or removal came first); an
+    unload leaves the model with no child that takes requests; a download starts a download
+    child; a removal publishes ``model_remove`` and removes the files; a catalog change makes
+    every new name resolve and leaves no removed or changed model's old child taking requests."""
+    out: list[Violation] = []
+    due_load: dict[str, tuple[float, int]] = {}  # model -> (when, call) of a 200 load
+    checks: list[tuple[int, Req, Any]] = []  # (call, request, what to check after the event)
+    seen: list[Any] = []  # commands of the current event
+
+    def settle(replay: Replay) -> None:
+        for req, r, extra in checks:
+            if r.kind == "unload" and replay.usable(r.model) is not None:
+                out.append(Violation("api_calls_take_effect", replay.now, f"unload {req} of "
+                                     f"{r.model} answered 200 but its child still takes "
+                                     "requests"))
+            elif r.kind == "download" and not any(
+                    isinstance(c, Spawn) and c.download and c.model == r.model for c in seen):
+                out.append(Violation("api_calls_take_effect", replay.now, f"download {req} of "
+                                     f"{r.model} answered 200 but no download child started"))
+            elif r.kind == "remove" and not (
+                    any(isinstance(c, RemoveFiles) and c.model == r.model for c in extra)
+                    and any(isinstance(c, Publish) and c.event == "model_remove"
+                            and c.model == r.model for c in extra)):
+                out.append(Violation("api_calls_take_effect", replay.now, f"remove {req} of "
+                                     f"{r.model} answered 200 but it was not removed with its "
+                                     "files"))
+            elif r.kind == "catalog":
+                event, before = extra
+                for spec in event.specs:
+                    if replay.downloading(spec.name):
+                        continue
+                    lost = [n for n in (spec.name, *spec.aliases)
+                            if replay.names.get(n) != spec.name]
+                    stale = before.get(spec.name)
+                    if lost:
+                        out.append(Violation("api_calls_take_effect", replay.now,
+                                             f"catalog change {req}: {lost} do not resolve to "
+                                             f"{spec.name}"))
+                    if stale is not None and stale[1] != spec.launch \
+                            and replay.usable(spec.name) is stale[0]:
+                        out.append(Violation("api_calls_take_effect", replay.now,
+                                             f"catalog change {req}: {spec.name} changed but "
+                                             "its old child still takes requests"))
+                for name in event.removed:
+                    if replay.usable(name) is not None and not replay.downloading(name):
+                        out.append(Violation("api_calls_take_effect", replay.now,
+                                             f"catalog change {req}: {name} vanished but its "
+                                             "child still takes requests"))
+        checks.clear()
+
+    removes: dict[int, list[Any]] = {}  # remove call -> commands since it arrived
+    launched: dict[str, tuple[Child, tuple[str, ...]]] = {}
+    for at, replay in _walk(trace, config):
+        what = at.what
+        for cmds in removes.values():
+            cmds.append(what)
+        if isinstance(what, EVENT_TYPES):
+            settle(replay)
+            seen = []
+            if isinstance(what, CatalogChanged):
+                launched = {name: (child, replay.specs[name].launch)
+                            for name, child in replay.by_model.items()
+                            if name in replay.specs and not child.download}
+        else:
+            seen.append(what)
+        if isinstance(what, RemoveAsked):
+            removes[what.req] = []
+        elif isinstance(what, Spawn) and not what.download:
+            due_load.pop(what.model, None)
+        elif isinstance(what, (UnloadAsked, RemoveAsked)):
+            due_load.pop(replay.model_of(what.model), None)
+        elif isinstance(what, Publish) and what.event in ("model_remove", "download_failed"):
+            due_load.pop(what.model, None)
+        elif isinstance(what, CatalogChanged):
+            for name in what.removed:
+                due_load.pop(name, None)
+        elif isinstance(what, Reply) and what.status == 200:
+            r = replay.requests.get(what.req)
+            if r is None:
+                continue
+            if r.kind == "load":
+                due_load.setdefault(r.model, (at.t, r.req))
+            elif r.kind == "remove":
+                checks.append((r.req, r, removes.pop(r.req, [])))
+            elif r.kind == "catalog":
+                event = replay.cause
+                assert isinstance(event, CatalogChanged)
+                checks.append((r.req, r, (event, launched)))
+            elif r.kind in ("unload", "download"):
+                checks.append((r.req, r, None))
+    replay_end = Replay(config)
+    for at in trace:
+        replay_end.step(at)
+    settle(replay_end)
+    for model, (t, req) in due_load.items():
+        if replay_end.usable(model) is None:
+            out.append(Violation("api_calls_take_effect", t, f"load {req} of {model} answered "
+                                 "200 but no child was started for it"))
+    return out
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+def legal_transitions(trace: Trace, config: RouterConfig) -> list[Violation]:
     """Every published status change is in the lifecycle table. A model the trace has not seen
     (or saw removed) starts UNLOADED, or DOWNLOADING when it is a fresh download's entry."""
     out: list[Violation] = []
@@ -104,57 +502,16 @@ def legal_transitions(trace: Trace) -> list[Violation]:
     return out
 
 
-def answered_once(trace: Trace) -> list[Violation]:
-    """Each request is forwarded once or answered once, never both, never after its client left,
-    and its response ends at most once."""
-    out: list[Violation] = []
-    decided: dict[int, str] = {}
-    ended: set[int] = set()
-    for at in trace:
-        what = at.what
-        if isinstance(what, (Forward, Reply)):
-            prior = decided.get(what.req)
-            if prior is not None:
-                out.append(Violation("answered_once", at.t, f"request {what.req}: "
-                                     f"{type(what).__name__} after {prior}"))
-            decided[what.req] = type(what).__name__
-        elif isinstance(what, ClientGone):
-            decided.setdefault(what.req, "ClientGone")
-        elif isinstance(what, ResponseEnded):
-            if decided.get(what.req) != "Forward" or what.req in ended:
-                out.append(Violation("answered_once", at.t, f"request {what.req}: response "
-                                     f"ended without one forward (saw {decided.get(what.req)})"))
-            ended.add(what.req)
-    return out
-
-
-def every_request_answered(trace: Trace) -> list[Violation]:
-    """Liveness: by the end of the trace every request was served, got an error or was given up
-    by its client (Z5, Z7, Z17). Run it on a trace that continued past the last fault."""
-    out: list[Violation] = []
-    replay = Replay()
-    for at in trace:
-        replay.step(at)
-    for r in replay.requests.values():
-        if not r.ended:
-            where = f"forwarded to instance {r.instance}" if r.instance else "never forwarded"
-            out.append(Violation("every_request_answered", replay.now,
-                                 f"request {r.req} for {r.model} (arrived t={r.arrived:.6g}) has "
-                                 f"no answer; {where}"))
-    return out
-
-
-def exit_reaches_unloaded(trace: Trace) -> list[Violation]:
+def exit_reaches_unloaded(trace: Trace, config: RouterConfig) -> list[Violation]:
     """A child exit in any state leaves its model UNLOADED with the exit code, at once (Z5)."""
     out: list[Violation] = []
-    replay = Replay()
     due: tuple[float, ChildExited, str] | None = None  # an exit whose status change is owed
 
     def missed(t: float, exited: ChildExited, model: str) -> Violation:
         return Violation("exit_reaches_unloaded", t, f"{model}: child exited with code "
                          f"{exited.code} but the model was not reported unloaded")
 
-    for at in trace:
+    for at, replay in _walk(trace, config):
         what = at.what
         if due is not None:
             t, exited, model = due
@@ -169,13 +526,157 @@ def exit_reaches_unloaded(trace: Trace) -> list[Violation]:
             child = replay.children.get(what.instance)
             if child is not None and not child.download:
                 due = (at.t, what, child.model)
-        replay.step(at)
     if due is not None:
         out.append(missed(*due))
     return out
 
 
-def download_takes_no_slot(trace: Trace) -> list[Violation]:
+def stop_not_failed(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """A child the router stopped itself is not reported as failed, whatever its exit code (Z18)."""
+    out: list[Violation] = []
+    stopped: dict[str, int] = {}  # model -> instance whose exit status is due
+    for at, replay in _walk(trace, config):
+        what = at.what
+        if isinstance(what, ChildExited):
+            child = replay.children.get(what.instance)
+            if child is not None and child.stop is not None:
+                stopped[child.model] = what.instance
+        elif isinstance(what, Publish) and what.model in stopped \
+                and what.data.get("status") == "unloaded":
+            if what.data.get("failed"):
+                out.append(Violation("stop_not_failed", at.t, f"{what.model}: the router stopped "
+                                     f"it (instance {stopped[what.model]}), yet it is reported "
+                                     "failed"))
+            del stopped[what.model]
+    return out
+
+
+def loading_stops(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """A LOADING child is never an eviction victim, and when unloaded it is killed at once rather
+    than asked to exit (it may not read stdin before loading ends) (Z6, Z8)."""
+    out: list[Violation] = []
+    for at, replay in _walk(trace, config):
+        what = at.what
+        child = replay.first_stop(what)
+        if child is not None and not child.ready:
+            if replay.stop_reason() == "evicted":
+                out.append(Violation("loading_stops", at.t, f"{child.model} evicted while "
+                                     "loading"))
+            elif isinstance(what, SendExit):
+                out.append(Violation("loading_stops", at.t, f"{child.model} unloaded while "
+                                     "loading with the exit command, not killed at once"))
+    return out
+
+
+# -- requests and loads ------------------------------------------------------------------------
+
+def coalesced(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """Requests for one model share one load: at most one child per model at once, and every load
+    answers a demand (a waiting request, a load asked through the API, or load-on-startup)."""
+    out: list[Violation] = []
+    for at, replay in _walk(trace, config):
+        what = at.what
+        if isinstance(what, Spawn) and not what.download:
+            other = replay.by_model.get(what.model)
+            if other is not None:
+                out.append(Violation("coalesced", at.t, f"{what.model}: second child "
+                                     f"{what.instance} while {other.instance} is alive"))
+            if not replay.open_for(what.model) and what.model not in replay.asked:
+                out.append(Violation("coalesced", at.t, f"{what.model}: loaded with no request "
+                                     "waiting for it and no load asked"))
+    return out
+
+
+def no_thrash(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """A model loaded for waiting requests serves one of them with a successful response before
+    it can be evicted (Z1, Z8); waiters that left on their own do not count. Only evictions
+    count: an unload asked through the API or a crash may end a child at any time."""
+    out: list[Violation] = []
+    for at, replay in _walk(trace, config):
+        child = replay.first_stop(at.what)
+        if child is None or replay.stop_reason() != "evicted" or not child.waiters:
+            continue
+        stayed = sorted(r for r in child.waiters if not replay.requests[r].gone)
+        if stayed and not child.served & set(stayed):
+            out.append(Violation("no_thrash", at.t, f"{child.model} (instance {child.instance}) "
+                                 f"evicted before it served any of the requests {stayed} it "
+                                 "was loaded for"))
+    return out
+
+
+def fifo_between_models(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """Arrival order is respected between models: a model is loaded for its queued requests only
+    when no other model has an older queue entry. A request is queued when the router neither
+    forwards it nor lets it join a load in progress; a model's entry lives while it has queued
+    requests (or a load asked for it) and ends when the model is loaded."""
+    out: list[Violation] = []
+    replay = Replay(config)
+    entries: dict[str, float] = {}  # model -> when its queue entry was made, in queue order
+    arrived: RequestArrived | None = None  # its commands are still to come
+
+    def settle() -> None:
+        if arrived is None:
+            return
+        r = replay.requests[arrived.req]
+        child = replay.by_model.get(r.model)
+        joined = child is not None and child.stop is None and not child.ready
+        if not r.answered and not joined and r.model not in entries and r.known \
+                and not replay.downloading(r.model):
+            entries[r.model] = r.arrived
+
+    for at in trace:
+        what = at.what
+        if isinstance(what, EVENT_TYPES):
+            settle()
+            arrived = what if isinstance(what, RequestArrived) else None
+        if isinstance(what, Spawn) and not what.download:
+            head = next(iter(entries), None)
+            if head is not None and head != what.model and what.model in entries:
+                out.append(Violation("fifo_between_models", at.t, f"loaded {what.model} (queued "
+                                     f"t={entries[what.model]:.6g}) before {head} (queued "
+                                     f"t={entries[head]:.6g})"))
+            entries.pop(what.model, None)
+        elif isinstance(what, RouterStarted):
+            for name in (s.name for s in config.models if s.load_on_startup):
+                entries.setdefault(name, at.t)
+        exited = replay.children.get(what.instance) if isinstance(what, ChildExited) else None
+        replay.step(at)
+        if isinstance(what, Reply):
+            r = replay.requests.get(what.req)
+            if r is not None and r.kind == "load" and what.status == 200 \
+                    and r.model in replay.asked and not replay.downloading(r.model):
+                entries.setdefault(r.model, at.t)
+        elif exited is not None and exited.download and (
+                exited.model in replay.asked or replay.open_for(exited.model)):
+            entries.setdefault(exited.model, at.t)  # done downloading: it joins the queue
+        if isinstance(what, (Forward, Reply, ClientGone)) or (
+                isinstance(what, Publish) and what.event == "model_remove"):
+            model = replay.requests[what.req].model if not isinstance(what, Publish) \
+                and what.req in replay.requests else getattr(what, "model", None)
+            if model in entries and model not in replay.asked \
+                    and not replay.open_for(model):
+                del entries[model]
+    return out
+
+
+def never_forward_to_stopping(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """Requests go only to a child that is ready and not stopping (Z9)."""
+    out: list[Violation] = []
+    for at, replay in _walk(trace, config):
+        what = at.what
+        if isinstance(what, Forward):
+            child = replay.children.get(what.instance)
+            if child is None or child.stop is not None or not child.ready:
+                state = "gone" if child is None else ("stopping" if child.stop else "loading")
+                out.append(Violation("never_forward_to_stopping", at.t,
+                                     f"request {what.req} forwarded to {what.model} instance "
+                                     f"{what.instance}, which is {state}"))
+    return out
+
+
+# -- downloads and published events ------------------------------------------------------------
+
+def download_takes_no_slot(trace: Trace, config: RouterConfig) -> list[Violation]:
     """Starting a download never stops a model: a download child takes no slot and evicts nothing
     (upstream ``test_router_download_model``)."""
     out: list[Violation] = []
@@ -190,25 +691,22 @@ def download_takes_no_slot(trace: Trace) -> list[Violation]:
     return out
 
 
-def download_ends_clean(trace: Trace) -> list[Violation]:
+def download_ends_clean(trace: Trace, config: RouterConfig) -> list[Violation]:
     """When a download child exits, its model is at once an ordinary UNLOADED model (the download
     finished) or gone, files included (it failed, was cancelled or crashed) (Z15)."""
     out: list[Violation] = []
-    replay = Replay()
     finished: set[str] = set()
     due: tuple[float, str, bool] | None = None  # (exit time, model, finished)
 
     def check(t: float, model: str, ok: bool, seen: list[object]) -> None:
+        removed = any(isinstance(w, Publish) and w.model == model and w.event == "model_remove"
+                      for w in seen)
         if ok:
-            good = any(isinstance(w, Publish) and w.model == model
-                       and w.data.get("status") == "unloaded" for w in seen) or any(
-                isinstance(w, Publish) and w.model == model and w.event == "model_remove"
-                for w in seen)
+            good = removed or any(isinstance(w, Publish) and w.model == model
+                                  and w.data.get("status") == "unloaded" for w in seen)
             want = "reported unloaded"
         else:
-            good = any(isinstance(w, RemoveFiles) and w.model == model for w in seen) and any(
-                isinstance(w, Publish) and w.model == model and w.event == "model_remove"
-                for w in seen)
+            good = removed and any(isinstance(w, RemoveFiles) and w.model == model for w in seen)
             want = "removed with its files"
         if not good:
             out.append(Violation("download_ends_clean", t, f"{model}: download child exited "
@@ -216,7 +714,7 @@ def download_ends_clean(trace: Trace) -> list[Violation]:
                                  f"not {want}"))
 
     seen: list[object] = []
-    for at in trace:
+    for at, replay in _walk(trace, config):
         what = at.what
         if isinstance(what, EVENT_TYPES) and due is not None:
             check(due[0], due[1], due[2], seen)
@@ -231,184 +729,75 @@ def download_ends_clean(trace: Trace) -> list[Violation]:
                 seen = []
         elif due is not None:
             seen.append(what)
-        replay.step(at)
     if due is not None:
         check(due[0], due[1], due[2], seen)
     return out
 
 
-def coalesced(trace: Trace, config: RouterConfig) -> list[Violation]:
-    """Requests for one model share one load: at most one child per model at once, and every load
-    answers a demand (a waiting request, a load asked through the API, or load-on-startup)."""
+STATUS_KEYS = {"unloaded": {"exit_code", "failed"}, "loading": {"progress"},
+               "loaded": {"info"}, "sleeping": set(), "downloading": set(), "downloaded": set()}
+
+
+def _payload_problem(what: Publish, replay: Replay) -> str | None:
+    data, event = what.data, what.event
+    if not isinstance(what.model, str) or not what.model:
+        return "no model named"
+    if (what.model == "*") != (event == "models_reload"):
+        return "model '*' goes with models_reload only"
+    if event == "status_change":
+        status = data.get("status")
+        if status not in STATUS_KEYS:
+            return f"unknown status {status!r}"
+        extra = set(data) - {"status"} - STATUS_KEYS[status]
+        if extra:
+            return f"status {status} with {sorted(extra)}"
+        progress = data.get("progress")
+        if progress is not None and not (
+                isinstance(progress, dict) and isinstance(progress.get("stages"), list)
+                and isinstance(progress.get("current"), str)
+                and isinstance(progress.get("value"), (int, float))
+                and 0.0 <= progress["value"] <= 1.0):
+            return f"malformed progress {progress!r}"
+        if "exit_code" in data and not isinstance(data["exit_code"], int):
+            return f"exit_code {data['exit_code']!r} is not an integer"
+        return None
+    if event == "download_progress":
+        progress = data.get("progress")
+        if not (isinstance(progress, dict) and progress and all(
+                isinstance(u, str) and isinstance(p, dict) and set(p) == {"done", "total"}
+                for u, p in progress.items())):
+            return f"malformed download progress {data!r}"
+        if not replay.downloading(what.model):
+            return "download progress of a model that is not downloading"
+        return None
+    if event in ("download_finished", "download_failed"):
+        child = replay.last_download.get(what.model)
+        if child is None:
+            return f"{event} of a model with no download child"
+        if child.results:
+            return f"a second download result for instance {child.instance}"
+        if set(data) - {"exit_code"}:
+            return f"unexpected payload {data!r}"
+        return None
+    if event == "model_remove":
+        return None if not data else f"unexpected payload {data!r}"
+    if event == "models_reload":
+        return None
+    return f"unknown event {event!r}"
+
+
+def events_well_formed(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """What ``/models/sse`` publishes matches ROUTER.md section 4: a known event name, the model
+    it is about, and its payload (a status with only the fields that status carries; download
+    progress while a download runs; one result per download)."""
     out: list[Violation] = []
-    replay = Replay(_aliases(config))
-    asked: set[str] = set()
-    for at in trace:
+    for at, replay in _walk(trace, config):
         what = at.what
-        if isinstance(what, RouterStarted):
-            asked.update(s.name for s in config.models if s.load_on_startup)
-        elif isinstance(what, LoadAsked):
-            asked.add(replay.model_of(what.model))
-        elif isinstance(what, Spawn) and not what.download:
-            other = replay.by_model.get(what.model)
-            if other is not None:
-                out.append(Violation("coalesced", at.t, f"{what.model}: second child "
-                                     f"{what.instance} while {other.instance} is alive"))
-            if not replay.open_for(what.model) and what.model not in asked:
-                out.append(Violation("coalesced", at.t, f"{what.model}: loaded with no request "
-                                     "waiting for it and no load asked"))
-            asked.discard(what.model)
-        replay.step(at)
-    return out
-
-
-def no_thrash(trace: Trace) -> list[Violation]:
-    """A model loaded for waiting requests serves one of them before it can be evicted (Z1, Z8).
-
-    Only evictions count: an unload asked through the API or a crash may end a child at any time.
-    """
-    out: list[Violation] = []
-    replay = Replay()
-    for at in trace:
-        what = at.what
-        child = replay.first_stop(what)
-        if child is not None and replay.stop_reason() == "evicted":
-            unserved = sorted(r for r in child.waiters if not replay.requests[r].ended)
-            if unserved:
-                out.append(Violation("no_thrash", at.t, f"{child.model} (instance "
-                                     f"{child.instance}) evicted before it served the "
-                                     f"requests {unserved} it was loaded for"))
-        replay.step(at)
-    return out
-
-
-def fifo_between_models(trace: Trace, config: RouterConfig) -> list[Violation]:
-    """Arrival order is respected between models: a model is loaded for its queued requests only
-    when no other model has an older queue entry. A request is queued when the router neither
-    forwards it nor lets it join a load in progress; a model's entry lives while it has queued
-    requests (or a load asked for it) and ends when the model is loaded."""
-    out: list[Violation] = []
-    replay = Replay(_aliases(config))
-    entries: dict[str, float] = {}  # model -> when its queue entry was made, in queue order
-    asked: set[str] = set()
-    known = {spec.name for spec in config.models}
-    arrived: RequestArrived | None = None  # its commands are still to come
-    load: LoadAsked | None = None  # the API call the current commands answer
-
-    def settle() -> None:
-        if arrived is None:
-            return
-        r = replay.requests[arrived.req]
-        child = replay.by_model.get(r.model)
-        joined = child is not None and child.stop is None and not child.ready
-        if not r.answered and not joined and r.model not in entries:
-            entries[r.model] = r.arrived
-
-    for at in trace:
-        what = at.what
-        if isinstance(what, EVENT_TYPES):
-            settle()
-            arrived = what if isinstance(what, RequestArrived) else None
-            load = None
-        if isinstance(what, Spawn) and not what.download:
-            head = next(iter(entries), None)
-            if head is not None and head != what.model and what.model in entries:
-                out.append(Violation("fifo_between_models", at.t, f"loaded {what.model} (queued "
-                                     f"t={entries[what.model]:.6g}) before {head} (queued "
-                                     f"t={entries[head]:.6g})"))
-            entries.pop(what.model, None)
-            asked.discard(what.model)
-        elif isinstance(what, RouterStarted):
-            for name in (s.name for s in config.models if s.load_on_startup):
-                asked.add(name)
-                entries.setdefault(name, at.t)
-        elif isinstance(what, LoadAsked):
-            load = what
-        elif isinstance(what, Reply) and load is not None and what.req == load.req \
-                and what.status == 200:
-            name = replay.model_of(load.model)
-            if name in known:
-                asked.add(name)
-                entries.setdefault(name, at.t)
-        replay.step(at)
-        if isinstance(what, (Forward, Reply, ClientGone)):
-            r = replay.requests.get(what.req)
-            if r is not None and r.model in entries and r.model not in asked \
-                    and not replay.open_for(r.model):
-                del entries[r.model]
-    return out
-
-
-def never_forward_to_stopping(trace: Trace) -> list[Violation]:
-    """Requests go only to a child that is ready and not stopping (Z9)."""
-    out: list[Violation] = []
-    replay = Replay()
-    for at in trace:
-        what = at.what
-        if isinstance(what, Forward):
-            child = replay.children.get(what.instance)
-            if child is None or child.stop is not None or not child.ready:
-                state = "gone" if child is None else ("stopping" if child.stop else "loading")
-                out.append(Violation("never_forward_to_stopping", at.t,
-                                     f"request {what.req} forwarded to {what.model} instance "
-                                     f"{what.instance}, which is {state}"))
-        replay.step(at)
-    return out
-
-
-def loading_stops(trace: Trace) -> list[Violation]:
-    """A LOADING child is never an eviction victim, and when unloaded it is killed at once rather
-    than asked to exit (it may not read stdin before loading ends) (Z6, Z8)."""
-    out: list[Violation] = []
-    replay = Replay()
-    for at in trace:
-        what = at.what
-        child = replay.first_stop(what)
-        if child is not None and not child.ready:
-            if replay.stop_reason() == "evicted":
-                out.append(Violation("loading_stops", at.t, f"{child.model} evicted while "
-                                     "loading"))
-            elif isinstance(what, SendExit):
-                out.append(Violation("loading_stops", at.t, f"{child.model} unloaded while "
-                                     "loading with the exit command, not killed at once"))
-        replay.step(at)
-    return out
-
-
-def stop_not_failed(trace: Trace) -> list[Violation]:
-    """A child the router stopped itself is not reported as failed, whatever its exit code (Z18)."""
-    out: list[Violation] = []
-    replay = Replay()
-    stopped: dict[str, int] = {}  # model -> instance whose exit status is due
-    for at in trace:
-        what = at.what
-        if isinstance(what, ChildExited):
-            child = replay.children.get(what.instance)
-            if child is not None and child.stop is not None:
-                stopped[child.model] = what.instance
-        elif isinstance(what, Publish) and what.model in stopped \
-                and what.data.get("status") == "unloaded":
-            if what.data.get("failed"):
-                out.append(Violation("stop_not_failed", at.t, f"{what.model}: the router stopped "
-                                     f"it (instance {stopped[what.model]}), yet it is reported "
-                                     "failed"))
-            del stopped[what.model]
-        replay.step(at)
-    return out
-
-
-def errors_are_clear(trace: Trace) -> list[Violation]:
-    """Errors name their reason, and lack of capacity is never one: it queues (Z10)."""
-    out: list[Violation] = []
-    for at in trace:
-        what = at.what
-        if isinstance(what, Reply) and what.status >= 400:
-            if what.kind == errors.LIMIT_REACHED:
-                out.append(Violation("errors_are_clear", at.t, f"request {what.req} refused for "
-                                     f"lack of capacity ({what.status} {what.message!r})"))
-            elif not what.message:
-                out.append(Violation("errors_are_clear", at.t,
-                                     f"request {what.req}: error {what.status} with no message"))
+        if isinstance(what, Publish):
+            problem = _payload_problem(what, replay)
+            if problem is not None:
+                out.append(Violation("events_well_formed", at.t, f"{what.event} for "
+                                     f"{what.model!r}: {problem}"))
     return out
 
 
@@ -416,30 +805,38 @@ Check = Callable[[Trace, RouterConfig], list[Violation]]
 
 CHECKS: dict[str, Check] = {
     "limits_held": limits_held,
-    "busy_never_evicted": lambda t, c: busy_never_evicted(t),
-    "legal_transitions": lambda t, c: legal_transitions(t),
-    "answered_once": lambda t, c: answered_once(t),
-    "every_request_answered": lambda t, c: every_request_answered(t),
-    "exit_reaches_unloaded": lambda t, c: exit_reaches_unloaded(t),
+    "busy_never_evicted": busy_never_evicted,
+    "victim_is_lru": victim_is_lru,
+    "evictions_needed": evictions_needed,
+    "loads_bounded": loads_bounded,
+    "legal_transitions": legal_transitions,
+    "answered_once": answered_once,
+    "every_request_answered": every_request_answered,
+    "bounded_wait": bounded_wait,
+    "errors_have_causes": errors_have_causes,
+    "api_calls_take_effect": api_calls_take_effect,
+    "exit_reaches_unloaded": exit_reaches_unloaded,
     "coalesced": coalesced,
-    "no_thrash": lambda t, c: no_thrash(t),
+    "no_thrash": no_thrash,
     "fifo_between_models": fifo_between_models,
-    "never_forward_to_stopping": lambda t, c: never_forward_to_stopping(t),
-    "loading_stops": lambda t, c: loading_stops(t),
-    "stop_not_failed": lambda t, c: stop_not_failed(t),
-    "errors_are_clear": lambda t, c: errors_are_clear(t),
-    "download_takes_no_slot": lambda t, c: download_takes_no_slot(t),
-    "download_ends_clean": lambda t, c: download_ends_clean(t),
+    "never_forward_to_stopping": never_forward_to_stopping,
+    "loading_stops": loading_stops,
+    "stop_not_failed": stop_not_failed,
+    "download_takes_no_slot": download_takes_no_slot,
+    "download_ends_clean": download_ends_clean,
+    "events_well_formed": events_well_formed,
 }
+LIVENESS = ("every_request_answered", "api_calls_take_effect")  # need a trace that ran its course
 
 
 def check_all(trace: Trace, config: RouterConfig, *, liveness: bool = True,
               first_only: bool = False) -> list[Violation]:
-    """Every guarantee; ``liveness=False`` skips the end-of-trace check for a cut-off trace, and
-    ``first_only`` stops at the first guarantee that fails (a shrinker only needs a yes or no)."""
+    """Every guarantee; ``liveness=False`` skips the end-of-trace checks for a cut-off trace
+    (``bounded_wait`` still judges every request whose bound has passed), and ``first_only``
+    stops at the first guarantee that fails (a shrinker only needs a yes or no)."""
     out: list[Violation] = []
     for name, check in CHECKS.items():
-        if name == "every_request_answered" and not liveness:
+        if name in LIVENESS and not liveness:
             continue
         out.extend(check(trace, config))
         if out and first_only:

@@ -1,8 +1,10 @@
 """A hypothesis state machine over the router core with simulated children.
 
-Hypothesis plays clients (requests, give-ups), an operator (load, unload) and a chaos monkey
-(crashes, hangs, garbage on stdout) against the real core, in virtual time. When the program
-ends, the run goes on, faults over, until every request must have been answered, and every
+Hypothesis plays clients (requests, with no model, unknown ones, autoload off; give-ups), an
+operator (load, unload, download, remove, reload of the sources with changed, vanished and
+re-aliased models and changed memory needs) and a chaos monkey (crashes, hangs, garbage on
+stdout, children that sleep, a last line with no newline before an exit, ``ready`` from a child
+that is stopping) against the real core, in virtual time. When the program ends, the run goes on, faults over, until every request must have been answered, and every
 guarantee is checked on the whole trace (safety violations keep the time they happened at). A
 failure prints the program as Python steps, ready to paste as a regression test.
 """
@@ -15,9 +17,9 @@ from typing import Any
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from refimpl.core.config import RouterConfig
+from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
-from refimpl.core.protocol import STATE_PREFIX
+from refimpl.core.protocol import STATE_PREFIX, ReadyState, format_message
 from simulator.engine import Simulation
 from simulator.faults import Faults
 
@@ -43,9 +45,35 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
                    ) -> type[RuleBasedStateMachine]:
     """A state machine class checking ``config`` (policy, limits, mutants) against every guarantee."""
     names = [spec.name for spec in config.models]
+    aliases = sorted({a for spec in config.models for a in spec.aliases} | {"x-alias"})
     model = st.sampled_from(names)
     model_or_download = st.sampled_from(names + list(DOWNLOADS))
     download_name = st.sampled_from(DOWNLOADS)
+    # What a client may name: models, aliases, downloads, nothing, an unknown name.
+    asked_name = st.sampled_from([*names, *aliases, *DOWNLOADS, None, "", "nobody"])
+    specs = {spec.name: spec for spec in config.models}
+    devices = sorted(config.devices)
+
+    @st.composite
+    def new_spec(draw: Any, name: str) -> ModelSpec | None:
+        """The model as the sources say it at a reload: gone, as it was, or changed."""
+        old = specs[name]
+        change = draw(st.sampled_from(["same", "same", "launch", "alias", "memory", "gone"]))
+        if change == "gone":
+            return None
+        if change == "launch":
+            return ModelSpec(old.name, old.aliases, old.memory, old.stop_timeout,
+                             launch=(f"v{draw(st.integers(1, 3))}",))
+        if change == "alias":
+            return ModelSpec(old.name, tuple(draw(st.lists(st.sampled_from(aliases),
+                                                           max_size=2, unique=True))),
+                             old.memory, old.stop_timeout)
+        if change == "memory" and devices:
+            memory = {d: draw(st.integers(0, 2 * config.devices[d])) // 4 * 4 for d in devices}
+            return ModelSpec(old.name, old.aliases, memory, old.stop_timeout)
+        return old
+
+    catalog = st.fixed_dictionaries({name: new_spec(name) for name in names})
 
     class RouterMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
@@ -67,9 +95,40 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
             assert self.sim is not None
             return self.sim
 
-        @rule(model=model_or_download, seconds=st.sampled_from([0.2, 2.0, 30.0]))
-        def request(self, model: str, seconds: float) -> None:
-            self.s.request(model, seconds)
+        @rule(model=asked_name, seconds=st.sampled_from([0.2, 2.0, 30.0]),
+              autoload=st.sampled_from([None, None, None, True, False]))
+        def request(self, model: str | None, seconds: float, autoload: bool | None) -> None:
+            self.s.request(model, seconds, autoload=autoload)
+
+        @rule(sources=catalog)
+        def reload(self, sources: dict[str, ModelSpec | None]) -> None:
+            kept = tuple(spec for spec in sources.values() if spec is not None)
+            gone = tuple(name for name, spec in sources.items() if spec is None)
+            self.s.catalog(kept, gone)
+
+        @precondition(lambda self: self.sim is not None and self.sim.has_live_child())
+        @rule(data=st.data())
+        def sleep(self, data: Any) -> None:
+            child = self.s.child_of(self.live_model(data))
+            assert child is not None
+            child.sleep_now()
+
+        @precondition(lambda self: self.sim is not None and self.sim.has_live_child())
+        @rule(data=st.data(), code=st.sampled_from([0, 1]))
+        def exit_mid_line(self, data: Any, code: int) -> None:
+            """The child's last line has no newline, then it exits."""
+            child = self.s.child_of(self.live_model(data))
+            assert child is not None
+            child.write_raw_now(format_message(ReadyState({})).rstrip(b"\n"))
+            self.s.at(self.s.now, child.crash, code)
+
+        @precondition(lambda self: self.sim is not None and any(
+            c.alive and c.exiting for c in self.sim.children.values()))
+        @rule(data=st.data())
+        def ready_while_stopping(self, data: Any) -> None:
+            stopping = sorted(i for i, c in self.s.children.items() if c.alive and c.exiting)
+            child = self.s.children[data.draw(st.sampled_from(stopping), label="instance")]
+            child.write_raw_now(format_message(ReadyState({})))
 
         @rule(seconds=st.sampled_from([0.05, 0.5, 2.0, 15.0]))
         def wait(self, seconds: float) -> None:
@@ -81,8 +140,8 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
             req = data.draw(st.sampled_from(sorted(self.s.open)), label="req")
             self.s.give_up(req)
 
-        @rule(model=model)
-        def load(self, model: str) -> None:
+        @rule(model=model_or_download)
+        def load(self, model: str) -> None:  # of a download: loads it once it is done
             self.s.api(LoadAsked, model)
 
         @rule(model=model_or_download)
@@ -133,7 +192,6 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
             assert not partial, f"partial downloads left in the cache: {partial}"
 
     RouterMachine.__name__ = RouterMachine.__qualname__ = (
-        f"RouterMachine_{config.policy.replace('-', '_')}"
-        + "".join(f"_{m}" for m in sorted(config.mutants)))
+        f"RouterMachine_{config.policy.replace('-', '_')}")
     return RouterMachine
 

@@ -1,19 +1,30 @@
 """What a trace says about the router at each instant, rebuilt from the trace alone.
 
 The invariant functions walk a trace entry by entry; before looking at an entry they read this
-state (which children are alive, ready or stopping, which requests are open and where), then call
-:meth:`Replay.step`. Nothing here reads the router's own state, so a trace recorded from a live
-router is checked the same way as a simulated one.
+state (which children are alive, ready or stopping, which requests and API calls are open and
+where, which names the catalog knows and with which spec), then call :meth:`Replay.step`.
+Nothing here reads the router's own state, so a trace recorded from a live router is checked the
+same way as a simulated one.
+
+:func:`history` runs a whole trace once and keeps, for every request, API call and child, when
+each thing happened to it; the invariants that need the future of a request (its bound on
+waiting) read that.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
-from refimpl.core.commands import Forward, Kill, Publish, Reply, SendExit, Spawn
-from refimpl.core.events import (EVENT_TYPES, ChildExited, ClientGone, RemoveAsked,
-                                 RequestArrived, ResponseEnded, UnloadAsked)
+from refimpl.core.commands import Forward, Kill, Publish, RemoveFiles, Reply, SendExit, Spawn
+from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.core.events import (EVENT_TYPES, CatalogChanged, ChildExited, ClientGone,
+                                 DownloadAsked, LoadAsked, RemoveAsked, RequestArrived,
+                                 ResponseEnded, RouterStarted, UnloadAsked)
 from refimpl.core.trace import At, Item
+
+API_KINDS = {LoadAsked: "load", UnloadAsked: "unload", DownloadAsked: "download",
+             RemoveAsked: "remove", CatalogChanged: "catalog"}
 
 
 @dataclass
@@ -21,36 +32,66 @@ class Child:
     instance: int
     model: str
     spawned: float
-    ready: bool = False
+    memory: Mapping[str, int] = field(default_factory=dict)  # the spec's need at spawn
+    ready_at: float | None = None
     stop: str | None = None  # None, "evicted" or "unloaded": why the router stopped it
-    waiters: set[int] = field(default_factory=set)  # requests it was loaded for
-    served: int = 0  # responses that ended ok
+    stop_at: float | None = None
+    exited_at: float | None = None
+    waiters: set[int] = field(default_factory=set)  # requests it was loaded for (open at spawn)
+    served: set[int] = field(default_factory=set)  # requests whose response ended ok
     download: bool = False  # a download child: no slot, no requests, never evicted
+    results: int = 0  # download_finished / download_failed published for it
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_at is not None
 
 
 @dataclass
 class Req:
+    """A proxied request (``kind == "request"``) or an API call (the other kinds)."""
+
     req: int
-    model: str
+    model: str  # the model its name resolved to when it arrived (the name itself if unknown)
     arrived: float
+    kind: str = "request"
+    name: str | None = None  # the name as the client sent it
+    known: bool = True  # the name resolved when it arrived
+    autoload: bool | None = None
     instance: int | None = None  # where it was forwarded
     answered: bool = False  # forwarded, replied or gone: the router is done deciding
+    decided_at: float | None = None
     ended: bool = False  # no longer in flight or waiting
+    ended_at: float | None = None
+    gone: bool = False  # its client left
+    reply: Reply | None = None
+    ok: bool | None = None  # for a forwarded request: did its response end ok
 
 
 class Replay:
-    def __init__(self, aliases: dict[str, str] | None = None) -> None:
-        self.aliases = aliases or {}
+    def __init__(self, config: RouterConfig | None = None) -> None:
+        self.config = config
+        specs = config.models if config is not None else ()
+        self.specs: dict[str, ModelSpec] = {s.name: s for s in specs}
+        self.names: dict[str, str] = {n: s.name for s in specs for n in (s.name, *s.aliases)}
         self.children: dict[int, Child] = {}  # alive, stopping ones included
+        self.every_child: dict[int, Child] = {}  # exited ones too
+        self.last_download: dict[str, Child] = {}  # model -> its newest download child
         self.by_model: dict[str, Child] = {}  # the newest alive child of each model
-        self.requests: dict[int, Req] = {}
+        self.requests: dict[int, Req] = {}  # requests and API calls
+        self.last_used: dict[str, float] = {}  # model -> when it last served or became ready
+        self.asked: dict[str, float] = {}  # model -> when a load was asked for it (not yet spawned)
+        self.asked_by: dict[str, int] = {}  # model -> the load call that asked (0: start-up)
         self._open: dict[str, set[int]] = {}  # model -> requests not yet forwarded or answered
         self._flight: dict[int, set[int]] = {}  # instance -> requests forwarded, not ended
+        self._catalog_undo: tuple[int, dict[str, ModelSpec], dict[str, str]] | None = None
         self.cause: Item | None = None  # the event the current commands answer
         self.now = 0.0
 
+    # -- questions the invariants ask --------------------------------------------------------
+
     def model_of(self, name: str | None) -> str:
-        return self.aliases.get(name or "", name or "")
+        return self.names.get(name or "", name or "")
 
     def open_for(self, model: str) -> list[Req]:
         """Requests for ``model`` that wait for a load (not forwarded, not answered)."""
@@ -59,15 +100,44 @@ class Replay:
     def in_flight(self, instance: int) -> list[Req]:
         return [self.requests[r] for r in sorted(self._flight.get(instance, ()))]
 
-    def _decided(self, r: Req) -> None:
-        r.answered = True
-        self._open.get(r.model, set()).discard(r.req)
+    def usable(self, model: str) -> Child | None:
+        """The model's child that new requests may go to (alive, not stopping), if any."""
+        child = self.by_model.get(model)
+        return child if child is not None and child.stop is None and not child.download else None
 
-    def _ended(self, r: Req) -> None:
-        self._decided(r)
-        r.ended = True
-        if r.instance is not None:
-            self._flight.get(r.instance, set()).discard(r.req)
+    def downloading(self, model: str) -> bool:
+        child = self.by_model.get(model)
+        return child is not None and child.download
+
+    def idle(self, child: Child) -> bool:
+        """Ready, not stopping, nothing in flight, and no request waits for its model."""
+        return (child.ready and child.stop is None and not child.download
+                and not self._flight.get(child.instance) and not self._open.get(child.model)
+                and child.model not in self.asked)
+
+    def demand(self) -> dict[str, float]:
+        """Models that wait for a load (open requests or an asked load, no usable child, not
+        downloading), each with the arrival of its oldest demand."""
+        out: dict[str, float] = {}
+        for model, reqs in self._open.items():
+            live = [self.requests[r] for r in reqs if self.requests[r].kind == "request"]
+            if live and self.usable(model) is None and not self.downloading(model):
+                out[model] = min(r.arrived for r in live)
+        for model, t in self.asked.items():
+            if self.usable(model) is None and not self.downloading(model):
+                out[model] = min(out.get(model, t), t)
+        return out
+
+    def too_big(self, model: str) -> bool:
+        """The model's spec needs more than some device has: it can never load."""
+        if self.config is None:
+            return False
+        spec = self.specs.get(model)
+        memory = spec.memory if spec is not None else {}
+        return any(memory.get(d, 0) > cap for d, cap in self.config.devices.items())
+
+    def stop_timeout(self) -> float:
+        return max((s.stop_timeout for s in self.specs.values()), default=10.0)
 
     def first_stop(self, what: Item) -> Child | None:
         """The model child that ``what`` stops, if it is a stop command and the child's first one
@@ -78,7 +148,47 @@ class Replay:
         return child if child is not None and child.stop is None and not child.download else None
 
     def stop_reason(self) -> str:
-        return "unloaded" if isinstance(self.cause, (UnloadAsked, RemoveAsked)) else "evicted"
+        """Why the router stops a child now: an API call or a catalog change unloads it; any
+        other event that leads to a stop is the scheduler's eviction."""
+        return "unloaded" if isinstance(self.cause, (UnloadAsked, RemoveAsked, CatalogChanged)) \
+            else "evicted"
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def _decided(self, r: Req) -> None:
+        if not r.answered:
+            r.answered = True
+            r.decided_at = self.now
+        self._open.get(r.model, set()).discard(r.req)
+
+    def _ended(self, r: Req) -> None:
+        self._decided(r)
+        if not r.ended:
+            r.ended = True
+            r.ended_at = self.now
+        if r.instance is not None:
+            self._flight.get(r.instance, set()).discard(r.req)
+
+    def _forget_names(self, model: str) -> None:
+        for name in [n for n, m in self.names.items() if m == model]:
+            del self.names[name]
+
+    def _apply_catalog(self, what: CatalogChanged) -> None:
+        if what.req is not None:
+            self._catalog_undo = (what.req, dict(self.specs), dict(self.names))
+        for name in what.removed:
+            if not self.downloading(name):
+                self._forget_names(name)
+        for spec in what.specs:
+            child = self.by_model.get(spec.name)
+            if child is not None and child.download and not child.results:
+                continue  # still downloading: the router leaves it alone
+            old = self.specs.get(spec.name)
+            if old is not None:
+                self._forget_names(spec.name)
+            self.specs[spec.name] = spec
+            for name in (spec.name, *spec.aliases):
+                self.names[name] = spec.name
 
     def step(self, at: At) -> None:
         self.now = at.t
@@ -86,45 +196,134 @@ class Replay:
         if isinstance(what, EVENT_TYPES):
             self.cause = what
         if isinstance(what, RequestArrived):
+            known = bool(what.model) and what.model in self.names
             model = self.model_of(what.model)
-            self.requests[what.req] = Req(what.req, model, at.t)
-            self._open.setdefault(model, set()).add(what.req)
-            loading = self.by_model.get(model)
-            if loading is not None and not loading.ready and loading.stop is None:
-                loading.waiters.add(what.req)
+            self.requests[what.req] = Req(what.req, model, at.t, name=what.model, known=known,
+                                          autoload=what.autoload)
+            if known:
+                self._open.setdefault(model, set()).add(what.req)
+        elif type(what) in API_KINDS:
+            assert isinstance(what, (LoadAsked, UnloadAsked, DownloadAsked, RemoveAsked,
+                                     CatalogChanged))
+            if isinstance(what, CatalogChanged):
+                self._apply_catalog(what)
+                if what.req is not None:
+                    self.requests[what.req] = Req(what.req, "*", at.t, kind="catalog")
+            else:
+                name = what.model
+                known = bool(name) and name in self.names
+                r = Req(what.req, self.model_of(name), at.t, kind=API_KINDS[type(what)],
+                        name=name, known=known)
+                self.requests[what.req] = r
+                if isinstance(what, RemoveAsked) and known:
+                    self._forget_names(r.model)  # unresolvable from now on
         elif isinstance(what, Forward):
-            r = self.requests.get(what.req)
-            if r is not None:
-                r.instance = what.instance
+            fwd = self.requests.get(what.req)
+            if fwd is not None:
+                fwd.instance = what.instance
                 self._flight.setdefault(what.instance, set()).add(what.req)
-                self._decided(r)
-        elif isinstance(what, (Reply, ClientGone)):
-            r = self.requests.get(what.req)
-            if r is not None:
-                self._ended(r)
+                self._decided(fwd)
+            self.last_used[what.model] = at.t
+        elif isinstance(what, Reply):
+            answered = self.requests.get(what.req)
+            if answered is not None:
+                answered.reply = what
+                self._ended(answered)
+                self._on_api_reply(answered, what)
+        elif isinstance(what, ClientGone):
+            left = self.requests.get(what.req)
+            if left is not None:
+                left.gone = True
+                if left.instance is not None:
+                    self.last_used[left.model] = at.t
+                self._ended(left)
         elif isinstance(what, ResponseEnded):
-            r = self.requests.get(what.req)
-            if r is not None:
-                self._ended(r)
-                child = self.children.get(r.instance) if r.instance is not None else None
-                if child is not None and what.ok:
-                    child.served += 1
+            done = self.requests.get(what.req)
+            if done is not None:
+                done.ok = what.ok
+                self._ended(done)
+                self.last_used[done.model] = at.t
+                server = self.children.get(done.instance) if done.instance is not None else None
+                # Served: it ended ok, or with the child's own error while the child lived on.
+                if server is not None and (what.ok or server.stop is None):
+                    server.served.add(done.req)
+        elif isinstance(what, RouterStarted):
+            for spec in self.specs.values():
+                if spec.load_on_startup:
+                    self.asked.setdefault(spec.name, at.t)
+                    self.asked_by.setdefault(spec.name, 0)
         elif isinstance(what, Spawn):
-            child = Child(what.instance, what.model, at.t, download=what.download)
+            need = self.specs.get(what.model)
+            child = Child(what.instance, what.model, at.t, download=what.download,
+                          memory=dict(need.memory) if need is not None and not what.download
+                          else {})
+            self.every_child[what.instance] = child
+            if what.download:
+                self.last_download[what.model] = child
             if not what.download:
                 child.waiters = {r.req for r in self.open_for(what.model)}
+                self.asked.pop(what.model, None)
+                self.asked_by.pop(what.model, None)
             self.children[what.instance] = child
             self.by_model[what.model] = child
         elif isinstance(what, Publish):
-            child = self.by_model.get(what.model)
-            if child is not None and what.data.get("status") == "loaded":
-                child.ready = True
+            current = self.by_model.get(what.model)
+            if current is not None and what.data.get("status") == "loaded":
+                if current.ready_at is None:
+                    current.ready_at = at.t
+                self.last_used[what.model] = at.t
+            elif what.event in ("download_finished", "download_failed") \
+                    and what.model in self.last_download:
+                self.last_download[what.model].results += 1
+            elif what.event == "model_remove":
+                self._forget_names(what.model)
+                self.specs.pop(what.model, None)
+                self.asked.pop(what.model, None)
+                self.asked_by.pop(what.model, None)
         elif isinstance(what, (SendExit, Kill)):
-            child = self.children.get(what.instance)
-            if child is not None and child.stop is None:
-                child.stop = self.stop_reason()
+            stopped = self.children.get(what.instance)
+            if stopped is not None and stopped.stop is None:
+                stopped.stop = self.stop_reason()
+                stopped.stop_at = at.t
+                if stopped.stop == "unloaded" and isinstance(self.cause, (UnloadAsked,
+                                                                          RemoveAsked)):
+                    self.asked.pop(stopped.model, None)
+                    self.asked_by.pop(stopped.model, None)
         elif isinstance(what, ChildExited):
-            child = self.children.pop(what.instance, None)
+            exited = self.children.pop(what.instance, None)
             self._flight.pop(what.instance, None)
-            if child is not None and self.by_model.get(child.model) is child:
-                del self.by_model[child.model]
+            if exited is not None:
+                exited.exited_at = at.t
+                if self.by_model.get(exited.model) is exited:
+                    del self.by_model[exited.model]
+        elif isinstance(what, RemoveFiles):
+            pass
+
+    def _on_api_reply(self, r: Req, reply: Reply) -> None:
+        if r.kind == "load" and reply.status == 200:
+            self.asked.setdefault(r.model, self.now)
+            self.asked_by.setdefault(r.model, r.req)
+        elif r.kind == "download" and reply.status == 200:
+            self.specs.setdefault(r.model, ModelSpec(r.model))
+            self.names[r.model] = r.model
+        elif r.kind == "catalog" and reply.status != 200 and self._catalog_undo is not None \
+                and self._catalog_undo[0] == r.req:
+            _, self.specs, self.names = self._catalog_undo
+        if r.kind == "catalog":
+            self._catalog_undo = None
+
+
+@dataclass
+class History:
+    """A whole trace, replayed once: every request, API call and child, with its times."""
+
+    requests: dict[int, Req]
+    children: dict[int, Child]
+    end: float
+
+
+def history(trace: Iterable[At], config: RouterConfig | None = None) -> History:
+    replay = Replay(config)
+    for at in trace:
+        replay.step(at)
+    return History(replay.requests, replay.every_child, replay.now)

@@ -1,15 +1,16 @@
-"""``python -m properties.zoo``: run the test suite against every bug-zoo mutant.
+"""``python -m properties.zoo``: every bug-zoo mutant against the tests that can kill it.
 
-For each mutant the unchanged suite runs in a fresh pytest process with ``ROUTER_MUTANT`` set
-(``conftest.py`` turns it on in every core). A mutant is *killed* when the suite fails; the table
-names the first failing test and the time the suite took to fail. The correct core runs first and
-must pass: a suite that fails without any mutant kills nothing.
+A mutant (``properties/mutants``) is run against the tests of its layer, in a fresh pytest process
+whose whole process tree applies it (``properties.mutants.environment``: the routers and children
+the tests start carry the bug too). It is *killed* when a test fails; the table names the first
+failing test and the time the run took. Each set of tests first runs with no mutant and must pass:
+a suite that fails on the correct code kills nothing. The core-level suite is the baseline of the
+core and protocol layers; the live layers (child, process, proxy) get their own baseline run.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -17,94 +18,168 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from refimpl.core.mutants import MUTANTS
+from .mutants import LAYERS, MUTANTS, StaleMutant, apply, environment
 
-# The scenario tests run first: they are quick and name the bug they replay. Files are listed one by
-# one because pytest regroups a file with the folder around it when both are named.
-FIRST = "tests/test_bugzoo.py"
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "MUTANTS.md"
+MARK = "<!-- properties.zoo -->"
 
-
-def suite() -> list[str]:
-    rest = sorted(str(p) for p in Path("tests").glob("test_*.py") if str(p) != FIRST)
-    return [FIRST, "properties", *rest]
-FAILED = re.compile(r"^FAILED (\S+)", re.MULTILINE)
+# The core-level suite: no ports, no real children. The scenario tests come first: they are quick
+# and name the bug they replay. Files are listed one by one because pytest regroups a file with
+# the folder around it when both are named.
+CORE = ["tests/test_bugzoo.py", "properties", "tests/test_core.py", "tests/test_scheduler.py",
+        "tests/test_lifecycle.py", "tests/test_protocol.py", "tests/test_download_core.py",
+        "tests/test_simulator.py", "tests/test_observed.py", "tests/test_plot.py",
+        "tests/test_fuzz_entry.py"]
+PROTOCOL = ["tests/test_protocol.py", *(p for p in CORE if p != "tests/test_protocol.py")]
+LAYER_TESTS: dict[str, list[str]] = {
+    "core": CORE,
+    "protocol": PROTOCOL,
+    "child": ["tests/test_announcer.py", "tests/test_child.py"],
+    "process": ["tests/test_dead_child.py", "tests/test_driver.py"],
+    # The conformance suite's proxy clauses, and the proxy tests whose fake children echo what
+    # reached them (a dropped query string is invisible to a real child).
+    "proxy": ["conformance/test_api.py", "tests/test_proxy.py"],
+}
+assert set(LAYER_TESTS) == set(LAYERS)
+FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)
 
 
 @dataclass
 class Outcome:
-    mutant: str
-    killed: bool
-    by: str
+    failed: bool  # a test failed (or pytest could not run them)
+    by: str  # the first failing test, "-" when all passed, or why the run did not finish
     seconds: float
     failures: int
 
+    @property
+    def passed(self) -> bool:
+        return not self.failed and self.by == "-"
 
-def run_suite(mutant: str, *, first_only: bool, timeout: float, paths: list[str]) -> Outcome:
-    env = dict(os.environ, ROUTER_MUTANT=mutant)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-p", "no:cacheprovider",
-           "--hypothesis-profile", "ci", *(["-x"] if first_only else []), *paths]
+
+def run_tests(mutant: str | None, paths: list[str], *, first_only: bool,
+              timeout: float) -> Outcome:
+    """One fresh pytest process over ``paths``, its whole tree running ``mutant`` (or none)."""
+    env = environment([mutant] if mutant else [])
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider",
+           "--hypothesis-profile", "zoo", *(["-x"] if first_only else []), *paths]
     started = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
     except subprocess.TimeoutExpired:
-        return Outcome(mutant, False, f"(suite still running after {timeout:g} s)",
-                       time.perf_counter() - started, 0)
+        return Outcome(False, f"(still running after {timeout:g} s)", time.perf_counter() - started,
+                       0)
     seconds = time.perf_counter() - started
     failed = FAILED.findall(proc.stdout)
     if proc.returncode == 0:
-        return Outcome(mutant, False, "-", seconds, 0)
+        return Outcome(False, "-", seconds, 0)
     if not failed:  # an error outside any test: show pytest's last words
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["pytest failed"]
-        return Outcome(mutant, True, f"(suite error) {tail[0]}", seconds, 0)
-    return Outcome(mutant, True, failed[0], seconds, len(failed))
+        return Outcome(True, f"(run error) {tail[0]}", seconds, 0)
+    return Outcome(True, failed[0], seconds, len(failed))
+
+
+def stale() -> list[str]:
+    """The mutants that no longer apply to the source, each with why."""
+    out = []
+    for name in MUTANTS:
+        try:
+            apply([name])()
+        except StaleMutant as exc:
+            out.append(f"{name}: {exc}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m properties.zoo",
-        description="Run the test suite against every bug-zoo mutant and print which test kills "
-                    "each one. Exit status 1 if a mutant survives or the correct core fails.")
+        description="Run every bug-zoo mutant against the tests of its layer and print which "
+                    "test kills it. Exit status 1 if a mutant survives or a baseline fails.")
     parser.add_argument("mutants", nargs="*", metavar="ZN",
                         help=f"mutants to run (default: all: {', '.join(MUTANTS)})")
     parser.add_argument("--all-failures", action="store_true",
-                        help="run the whole suite for each mutant and count every failing test "
+                        help="run all the tests for each mutant and count every failing one "
                              "(slower; the default stops at the first)")
     parser.add_argument("--tests", nargs="+", metavar="PATH", default=None,
-                        help="run only these test files or folders (default: the whole suite, "
-                             "scenario tests first), e.g. properties/test_stateful.py to see what "
-                             "the state machine kills on its own")
-    parser.add_argument("--timeout", type=float, default=600.0,
-                        help="seconds allowed per suite run (default: %(default)s)")
+                        help="run these test files or folders for every mutant instead of its "
+                             "layer's, e.g. properties/test_stateful.py to see what the state "
+                             "machine kills on its own")
+    parser.add_argument("--timeout", type=float, default=900.0,
+                        help="seconds allowed per pytest run (default: %(default)s)")
+    parser.add_argument("--write", action="store_true",
+                        help=f"also write the table into {DOC.relative_to(ROOT)}")
     args = parser.parse_args(argv)
     unknown = [m for m in args.mutants if m not in MUTANTS]
     if unknown:
         parser.error(f"unknown mutant(s) {', '.join(unknown)}; known: {', '.join(MUTANTS)}")
     names = args.mutants or list(MUTANTS)
-    paths = args.tests or suite()
-    missing = [p for p in paths if not Path(p).exists()]
+    suites = {name: args.tests or LAYER_TESTS[MUTANTS[name].layer] for name in names}
+    missing = sorted({p for paths in suites.values() for p in paths if not (ROOT / p).exists()})
     if missing:
         parser.error(f"no such test path: {', '.join(missing)}")
-
-    print("correct core: running the suite with no mutant ...", flush=True)
-    baseline = run_suite("", first_only=True, timeout=args.timeout, paths=paths)
-    if baseline.killed:
-        print(f"the suite fails on the correct core ({baseline.by}); fix that first")
+    broken = stale()
+    if broken:
+        print("stale mutants (fix their snippets first):\n" + "\n".join(broken))
         return 1
-    print(f"correct core: suite passed in {baseline.seconds:.1f} s ({' '.join(paths)})\n")
 
-    print("| mutant | bug | killed | by | time to kill |")
-    print("|---|---|---|---|---|")
+    lines: list[str] = []
+
+    def say(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    # One baseline per set of tests (the protocol layer runs the core suite in another order).
+    baselines: dict[frozenset[str], Outcome] = {}
+    say("Baselines (no mutant; each must pass):")
+    say()
+    for paths in suites.values():
+        if frozenset(paths) in baselines:
+            continue
+        outcome = run_tests(None, paths, first_only=True, timeout=args.timeout)
+        baselines[frozenset(paths)] = outcome
+        verdict = "passed" if outcome.passed else f"FAILED: {outcome.by}"
+        say(f"- `{' '.join(paths)}`: {verdict} in {outcome.seconds:.1f} s")
+    say()
+    green = {paths for paths, o in baselines.items() if o.passed}
+
+    say("| mutant | bug | layer | killed | by | time |")
+    say("|---|---|---|---|---|---|")
     survivors = 0
     for name in names:
-        outcome = run_suite(name, first_only=not args.all_failures, timeout=args.timeout,
-                            paths=paths)
-        survivors += not outcome.killed
+        mutant, paths = MUTANTS[name], suites[name]
+        if frozenset(paths) not in green:
+            survivors += 1
+            say(f"| {name} | {mutant.bug} | {mutant.layer} | not run | (its baseline failed) "
+                f"| - |")
+            continue
+        outcome = run_tests(name, paths, first_only=not args.all_failures,
+                            timeout=args.timeout)
+        survivors += not outcome.failed
         by = outcome.by + (f" (+{outcome.failures - 1} more)"
                            if args.all_failures and outcome.failures > 1 else "")
-        print(f"| {name} | {MUTANTS[name]} | {'yes' if outcome.killed else 'NO'} | {by} | "
-              f"{outcome.seconds:.1f} s |", flush=True)
-    print(f"\n{len(names) - survivors} of {len(names)} mutants killed")
-    return 1 if survivors else 0
+        say(f"| {name} | {mutant.bug} | {mutant.layer} | {'yes' if outcome.failed else 'NO'} "
+            f"| {by} | {outcome.seconds:.1f} s |")
+    failed_baselines = len(baselines) - len(green)
+    say()
+    say(f"{len(names) - survivors} of {len(names)} mutants killed"
+        + (f"; {failed_baselines} baseline(s) failed" if failed_baselines else ""))
+    if args.write:
+        given = sys.argv[1:] if argv is None else argv
+        write_doc("\n".join(lines), " ".join(["python -m properties.zoo", *given]))
+    return 1 if survivors or failed_baselines else 0
+
+
+def write_doc(table: str, command: str) -> None:
+    """Put this run's table between the two marks in docs/MUTANTS.md (or at its end)."""
+    section = f"{MARK}\nCommand: `{command}`\n\n{table}\n{MARK}"
+    text = DOC.read_text() if DOC.exists() else "# Mutants\n"
+    if MARK in text:
+        head, _, rest = text.partition(MARK)
+        text = head + section + rest.partition(MARK)[2]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    DOC.write_text(text)
 
 
 if __name__ == "__main__":

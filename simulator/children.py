@@ -99,6 +99,15 @@ class SimChild:
             self.sleeping = True
             self.write(self.sim.now, format_message(SleepingState()))
 
+    def sleep_now(self) -> bool:
+        """Report ``sleeping`` now if idle and ready (as ``--sleep-idle-seconds`` would)."""
+        if not self.alive or self.exiting or not self.ready or self.sleeping or self.inflight:
+            return False
+        self.idle_token += 1
+        self.sleeping = True
+        self.write(self.sim.now, format_message(SleepingState()))
+        return True
+
     def serve(self, req: int, service: float) -> None:
         """A forwarded request: answer it after ``service`` seconds (waking up first if asleep)."""
         sim = self.sim

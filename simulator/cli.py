@@ -11,8 +11,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
+from properties.mutants import MUTANTS, mutated
 from refimpl.core.config import DEFAULT_POLICY, POLICIES, ModelSpec, RouterConfig
-from refimpl.core.mutants import MUTANTS
 from refimpl.router.options import parse_device
 from refimpl.core.trace import format_trace
 
@@ -85,8 +85,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=positive_float, default=30.0,
                    help="drain-timeout policy: seconds blocked before force eviction")
     p.add_argument("--mutant", action="append", default=[], choices=sorted(MUTANTS),
-                   metavar="ZN", help="turn on a bug-zoo mutant (repeatable): "
-                   + ", ".join(sorted(MUTANTS)))
+                   metavar="ZN", help="apply a bug-zoo mutant to the router core for this run "
+                   "(repeatable): " + ", ".join(sorted(MUTANTS)))
 
 
 @dataclass(frozen=True)
@@ -102,8 +102,7 @@ class RunSpec:
             memory = {d: int(cap * rng.uniform(0.15, 0.5)) for d, cap in devices.items()}
             specs.append(ModelSpec(f"m{i}", memory=memory, stop_timeout=a.stop_timeout))
         return RouterConfig(models=tuple(specs), models_max=a.models_max, devices=devices,
-                            policy=a.policy, drain_timeout=a.drain_timeout,
-                            mutants=frozenset(a.mutant))
+                            policy=a.policy, drain_timeout=a.drain_timeout)
 
     def simulation(self, seed: int, *, record: bool) -> Simulation:
         a = self.args
@@ -240,5 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    with mutated(*args.mutant):
+        code: int = args.func(args)
     return code

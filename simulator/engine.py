@@ -15,9 +15,10 @@ from typing import Any, Callable, Iterator
 
 from refimpl.core.commands import Command, Forward, Kill, RemoveFiles, Reply, SendExit, Spawn
 from refimpl.core.config import RouterConfig
-from refimpl.core.events import (ClientGone, DownloadAsked, Event, LoadAsked, RemoveAsked,
-                                 RequestArrived, ResponseEnded, RouterStarted, TimerFired,
-                                 UnloadAsked)
+from refimpl.core.config import ModelSpec
+from refimpl.core.events import (CatalogChanged, ClientGone, DownloadAsked, Event, LoadAsked,
+                                 RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
+                                 TimerFired, UnloadAsked)
 from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
 
@@ -215,6 +216,14 @@ class Simulation:
         req = self._next_req
         self._next_req += 1
         self.deliver(event_type(req, model))
+        return req
+
+    def catalog(self, specs: tuple[ModelSpec, ...], removed: tuple[str, ...] = ()) -> int:
+        """``GET /models?reload=1`` now, with the sources saying ``specs`` and ``removed``;
+        returns the id of the call."""
+        req = self._next_req
+        self._next_req += 1
+        self.deliver(CatalogChanged(specs, removed, req))
         return req
 
     def child_of(self, model: str) -> SimChild | None:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from fixtures.procs import popen
 from fixtures.tiny_models import ModelsDir
 from refimpl.child.probabilities import LogitRow, TokenProbability, top_n_probabilities
 from refimpl.core.protocol import (
@@ -235,7 +236,7 @@ def running_child(model: Path, *args: str, router: bool = True) -> Iterator[Chil
     env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
     if router:
         env[ROUTER_ENV] = "0"  # any value: its presence makes a child
-    proc = subprocess.Popen(
+    proc = popen(
         [sys.executable, "-m", "refimpl.child", "-m", str(model), "--port", str(port), *args],
         cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE)
@@ -565,7 +566,7 @@ def test_without_the_router_env_it_is_a_plain_server(deps: Any, tiny_xs: Path) -
                 assert time.monotonic() < deadline, c.logs()
                 time.sleep(0.05)
             c.close_stdin()  # no router: stdin means nothing
-            time.sleep(0.3)
-            assert c.proc.poll() is None
+            with pytest.raises(subprocess.TimeoutExpired):  # it does not exit on EOF
+                c.proc.wait(timeout=0.3)
             assert http.get("/health").status_code == 200
         assert c.messages.empty()  # no protocol lines at all

@@ -14,6 +14,7 @@ from typing import Callable, Iterator
 import pytest
 
 from fixtures.hub import MODEL_SHARDED, MODEL_VISION, MODEL_XS, REPO_XS, LocalHub
+from fixtures.procs import popen
 from refimpl.cache import list_cached
 from refimpl.core.protocol import (EXIT_COMMAND, DownloadProgress, DownloadResult, LineReader,
                                    parse_line)
@@ -31,9 +32,9 @@ class DownloadChild:
     def __init__(self, hub: LocalHub, cache: Path, model: str) -> None:
         env = dict(os.environ, **hub.env(), LLAMA_CACHE=str(cache), LLAMA_SERVER_ROUTER_PORT="1",
                    LLAMA_SERVER_CHILD_MODE="download", LLAMA_ARG_HF_REPO=model)
-        self.proc = subprocess.Popen([sys.executable, "-m", "refimpl.child"], env=env, cwd=ROOT,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc: subprocess.Popen[bytes] = popen(
+            [sys.executable, "-m", "refimpl.child"], env=env, cwd=ROOT, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
         self.messages: list[tuple[float, object]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -100,8 +101,8 @@ def test_download_finishes_then_waits_for_the_exit_command(child: Start, tmp_pat
     c = child(model)
     result = c.wait_for(DownloadResult)
     assert result == DownloadResult(True)
-    time.sleep(0.3)
-    assert c.proc.poll() is None, "it waits for the router's exit command"
+    with pytest.raises(subprocess.TimeoutExpired):  # it waits for the router's exit command
+        c.proc.wait(timeout=0.3)
     assert c.exit() == 0
     cached = [m for m in list_cached(tmp_path / "cache") if m.name == model]
     assert len(cached) == 1 and all(p.is_file() for p in cached[0].files)
@@ -126,7 +127,10 @@ def test_cancel_stops_the_transfer_and_leaves_no_file(child: Start, hub: LocalHu
     hub.set_throttle(32 * 1024, repo=REPO_XS)  # about 18 s for the whole file
     c = child(MODEL_XS)
     c.wait_for(DownloadProgress)
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not leftovers(tmp_path / "cache"):  # a partial file to leave nothing of
+        assert time.monotonic() < deadline, "no partial file while downloading"
+        time.sleep(0.02)
     started = time.monotonic()
     assert c.proc.stdin is not None
     if how == "exit-command":

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from properties.invariants import check_all, download_ends_clean, download_takes_no_slot
+from properties.mutants import mutated
 from refimpl.core.commands import Publish, RemoveFiles, Reply, SendExit, Spawn
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.events import ChildExited, DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
@@ -150,21 +151,22 @@ def test_load_asked_while_downloading_loads_when_done() -> None:
 
 
 def test_z15_leaves_the_model_downloaded_and_its_requests_unanswered() -> None:
-    config = RouterConfig(models=ONE.models, models_max=1, mutants=frozenset({"Z15"}))
-    s = sim(config)
-    s.api(DownloadAsked, D)
-    req = s.request(D, 0.5)
-    s.run_until(60.0)
+    config = RouterConfig(models=ONE.models, models_max=1)
+    with mutated("Z15"):
+        s = sim(config)
+        s.api(DownloadAsked, D)
+        req = s.request(D, 0.5)
+        s.run_until(60.0)
     assert req in s.open and s.core.models[D].status.value == "downloaded"
-    assert s.trace is not None and download_ends_clean(s.trace)
+    assert s.trace is not None and download_ends_clean(s.trace, config)
 
 
 def test_the_download_checks_can_fail() -> None:
     """Hand-made traces of the two download bugs: each check names it."""
     evicting = [At(0.0, DownloadAsked(1, D)), At(0.0, SendExit(1))]
-    assert download_takes_no_slot(evicting)
+    assert download_takes_no_slot(evicting, ONE)
     leaky = [At(0.0, DownloadAsked(1, D)), At(0.0, Spawn(2, D, download=True)),
              At(1.0, UnloadAsked(3, D)), At(1.0, SendExit(2)),
              At(1.1, ChildExited(2, 0)),
              At(1.1, Publish(D, "download_failed", {}))]  # no RemoveFiles, no model_remove
-    assert download_ends_clean(leaky)
+    assert download_ends_clean(leaky, ONE)

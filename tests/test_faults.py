@@ -15,7 +15,6 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import httpx
@@ -24,7 +23,7 @@ import pytest
 from conformance.deviations import DEVIATIONS
 from conformance.routers import Router, Target
 from fixtures.fake_child import FAULTS
-from fixtures.procs import alive, children_of
+from fixtures.procs import alive, children_of, cmdline, wait_gone
 
 pytestmark = pytest.mark.live
 
@@ -77,12 +76,19 @@ def wait_status(router: Router, model: str, value: str, timeout: float = 10.0
 
 def pid_of(router: Router, model: str) -> int:
     for pid in children_of(router.proc.pid):
-        try:
-            if f"--alias\0{model}\0".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
-        except OSError:
-            continue
+        argv = cmdline(pid)
+        if "--alias" in argv and argv[argv.index("--alias") + 1:][:1] == [model]:
+            return pid
     raise AssertionError(f"no child process for {model}")
+
+
+def wait_stdout_closed(pid: int, timeout: float = 10.0) -> None:
+    """Until ``pid``'s stdout no longer goes to the router's pipe (the fake child points it at
+    /dev/null). A descriptor's target is read from /proc: psutil lists regular files only."""
+    deadline = time.monotonic() + timeout
+    while os.readlink(f"/proc/{pid}/fd/1") != os.devnull:
+        assert time.monotonic() < deadline, f"{pid} never closed its stdout"
+        time.sleep(0.02)
 
 
 def others_still_served(router: Router) -> None:
@@ -143,10 +149,7 @@ def test_child_that_ignores_the_exit_command_is_killed(router: Router) -> None:
     took = time.monotonic() - asked
     assert STOP_TIMEOUT - 0.1 <= took < STOP_TIMEOUT + 4, took
     assert not info.get("failed"), info
-    deadline = time.monotonic() + 5
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert not alive(pid)
+    assert wait_gone({pid}, timeout=5) == []
 
 
 def test_child_that_closes_stdout_keeps_serving(router: Router) -> None:
@@ -154,7 +157,7 @@ def test_child_that_closes_stdout_keeps_serving(router: Router) -> None:
     but its port still answers); an unload still ends it through stdin, not failed."""
     m = "close-stdout"
     assert router.tracked(m, timeout=20)[0] == 200
-    time.sleep(0.3)
+    wait_stdout_closed(pid_of(router, m))
     assert router.tracked(m, timeout=20)[0] == 200
     assert status_of(router, m)["value"] == "loaded"
     router.note("unload", model=m)
@@ -173,6 +176,8 @@ def test_bad_output_is_logged_and_ignored(router: Router, m: str) -> None:
     model = router.models()[m]
     assert model["status"]["value"] == "loaded", model
     assert "x" not in model, "the over-long line was parsed"
+    # The answer can come before the SSE feed delivers the `loaded` event: wait for it.
+    router.events.wait_for(m, "loaded", timeout=30)
     statuses = [s for s in router.events.statuses(m) if s]
     assert statuses[0] == "loading" and "loaded" in statuses and "sleeping" not in statuses, \
         statuses
@@ -218,9 +223,9 @@ def test_slow_load_does_not_hold_up_other_models(router: Router) -> None:
                                daemon=True)
     waiting.start()
     router.events.wait_for(m, "loading", timeout=5)
-    t0 = time.monotonic()
     others_still_served(router)
-    assert time.monotonic() - t0 < 0.9, "the other models waited for the slow load"
+    # Served before the slow load (1 s) ended: they did not wait for it.
+    assert status_of(router, m)["value"] == "loading", "the other models waited for the slow load"
     waiting.join(15)
     assert result and result[0][0] == 200, result
     with router.events.lock:
@@ -259,15 +264,12 @@ def test_slow_stream_does_not_hold_up_other_models(router: Router) -> None:
     meanwhile."""
     m = "slow-stream"
     others_still_served(router)  # loaded before the stream starts
-    result: list[tuple[int, str]] = []
-    streaming = threading.Thread(daemon=True, target=lambda: result.append(
-        router.tracked(m, max_tokens=5, stream=True)))
-    streaming.start()
-    time.sleep(0.3)
+    assert router.tracked(m, timeout=20)[0] == 200  # loaded too
+    streaming = router.send(m, max_tokens=25, stream=True)  # 5 s of chunks
     others_still_served(router)
-    assert streaming.is_alive(), "the stream should still be going"
-    streaming.join(15)
-    assert result and result[0][0] == 200 and "[DONE]" in result[0][1], result
+    assert streaming.alive(), "the stream should still be going"
+    status, text = streaming.join(30)
+    assert status == 200 and "[DONE]" in text, (status, text)
 
 
 def test_port_already_taken(router: Router) -> None:

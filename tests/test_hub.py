@@ -37,6 +37,7 @@ from fixtures.hub import (
     answer,
     byte_range,
 )
+from fixtures.procs import popen
 from fixtures.tiny_models import ModelsDir
 
 pytest.importorskip("huggingface_hub")
@@ -370,7 +371,7 @@ def test_command_line_help() -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_command_line_serves_until_signalled(signum: int, tiny_models: ModelsDir) -> None:
-    proc = subprocess.Popen(
+    proc = popen(
         [sys.executable, "-m", "fixtures.hub", "--cache", str(tiny_models.root)], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -406,7 +407,7 @@ def _run_llama_server(hub: LocalHub, model: str, cache: Path, log: Path) -> int 
         port = s.getsockname()[1]
     env = os.environ | hub.env() | {"LLAMA_CACHE": str(cache)}
     with log.open("wb") as out:
-        proc = subprocess.Popen(
+        proc = popen(
             [str(binary), "-hf", model, "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=out, stderr=subprocess.STDOUT)
     try:

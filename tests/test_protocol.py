@@ -1,138 +1,27 @@
-"""Tests of the child -> router line protocol (ROUTER.md section 2) and of how the core uses it.
-
-The fuzz invariant, as the parser's docstring states it and as the property tests here check it:
-*parse_line never raises; every input is a message, a LogLine or a Rejection.* A rejection never
-changes a model's status.
+"""Example tests of the child -> router line protocol (ROUTER.md section 2) and of how the core
+uses it. The protocol's laws, stated for every input (round trip, rejection reasons, reassembly
+however the output is cut, the fuzz invariant: *parse_line never raises; every input is a message,
+a LogLine or a Rejection*), are property tests in ``properties/test_protocol_laws.py``.
 
 Bug zoo entries pinned here: Z11 (a prefix mid-line is not a command), Z12 (a line split across
-reads is parsed once; an over-long line is dropped; the last line is read at EOF), Z13 (lines
-written atomically come out whole and in order however the pipe splits them), Z14 (an unknown
+reads is parsed once; an over-long line is dropped; the last line is read at EOF), Z14 (an unknown
 state is logged and ignored).
 """
 
 from __future__ import annotations
 
-import json
 import tracemalloc
-from typing import Any, get_args
+from typing import Any
 
 import pytest
-from hypothesis import assume, example, given, settings
-from hypothesis import strategies as st
 
-from refimpl.core import (ChildExited, ChildOutput, Command, Forward, Log, ModelSpec, Publish,
-                          RequestArrived, RouterConfig, RouterCore, Spawn, Status)
-from refimpl.core.protocol import (MAX_LINE, STATE_PREFIX, DownloadProgress, DownloadResult,
-                                   LineReader, LoadingState, LogLine, Message, Overlong, Parsed,
-                                   Progress, ReadyState, Rejection, SleepingState, format_exit,
+from properties.mutants import mutated
+from properties.protocol_strategies import (READY_INFO, loading_core, parse_all, read_lines,
+                                            status_of)
+from refimpl.core import ChildExited, ChildOutput, Command, Forward, Log, Status
+from refimpl.core.protocol import (MAX_LINE, STATE_PREFIX, LineReader, LogLine, Overlong, Parsed,
+                                   ReadyState, Rejection, SleepingState, format_exit,
                                    format_message, parse_line)
-
-MESSAGE_TYPES: tuple[type, ...] = get_args(Message)
-PARSED_TYPES: tuple[type, ...] = (*MESSAGE_TYPES, LogLine, Rejection)
-
-# -- strategies ----------------------------------------------------------------------------------
-
-json_scalars = (st.none() | st.booleans() | st.integers()
-                | st.floats(allow_nan=False, allow_infinity=False) | st.text())
-json_values = st.recursive(
-    json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
-    max_leaves=12,
-)
-json_objects = st.dictionaries(st.text(), json_values, max_size=5)
-progresses = st.builds(Progress, st.lists(st.text(), max_size=4).map(tuple), st.text(),
-                       st.floats(min_value=0.0, max_value=1.0))
-messages: st.SearchStrategy[Message] = st.one_of(
-    st.builds(LoadingState, st.none() | progresses),
-    st.builds(ReadyState, json_objects),
-    st.just(SleepingState()),
-    st.builds(DownloadProgress, st.text(), st.integers(min_value=0), st.integers(min_value=0)),
-    st.builds(DownloadResult, st.booleans()),
-)
-# Prefixed lines whose JSON is well formed but whose state or payload may be anything.
-states = st.sampled_from(["loading", "ready", "sleeping", "downloading"]) | st.text(max_size=12)
-payload_keys = st.sampled_from(["stages", "current", "value", "url", "downloaded", "total",
-                                "result"]) | st.text(max_size=8)
-# 10**400 is there because it once crashed parse_line (math.isfinite on a huge int).
-small_json_scalars = (st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.just(10**400)
-                      | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=12)
-                      | st.sampled_from(["download_finished", "download_failed"]))
-small_json_values = st.recursive(
-    small_json_scalars,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(payload_keys, inner, max_size=3),
-    max_leaves=8,
-)
-structured_lines = st.fixed_dictionaries(
-    {}, optional={"state": states | small_json_values, "payload": small_json_values
-                  | st.dictionaries(payload_keys, small_json_values, max_size=4)},
-).map(lambda obj: STATE_PREFIX + json.dumps(obj).encode())
-
-
-def message_line(m: Message) -> bytes:
-    """The line a child writes for ``m``, without its newline."""
-    return format_message(m)[:-1]
-
-
-# -- helpers -------------------------------------------------------------------------------------
-
-
-def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
-    """``data`` cut at the given offsets (taken modulo its length + 1, so any ints will do)."""
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    bounds = [0, *points, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
-
-
-def read_lines(chunks: list[bytes], max_line: int = MAX_LINE) -> list[bytes | Overlong]:
-    """Everything a fresh reader hands out for ``chunks``, EOF included."""
-    reader = LineReader(max_line)
-    lines: list[bytes | Overlong] = []
-    for chunk in chunks:
-        lines += reader.feed(chunk)
-    return lines + reader.finish()
-
-
-def expected_lines(stream: bytes, max_line: int = MAX_LINE) -> list[bytes | Overlong]:
-    """An independent oracle for the reader: split on ``\\n``, a last unterminated line counts,
-    a line longer than ``max_line`` (its ``\\r`` counted) is Overlong, one trailing ``\\r`` goes."""
-    pieces = stream.split(b"\n")
-    if pieces[-1] == b"":
-        pieces.pop()
-    return [Overlong(len(p)) if len(p) > max_line else p.removesuffix(b"\r") for p in pieces]
-
-
-def parse_all(lines: list[bytes | Overlong]) -> list[Parsed]:
-    return [parse_line(line) for line in lines]
-
-
-def check_invariant(line: bytes | Overlong, parsed: Parsed) -> None:
-    """The fuzz invariant, plus: only a line that starts with the prefix may be a non-log, and an
-    accepted message survives a trip through the formatter."""
-    assert isinstance(parsed, PARSED_TYPES), parsed
-    if isinstance(line, Overlong):
-        assert isinstance(parsed, Rejection) and parsed.reason
-    elif not line.startswith(STATE_PREFIX):
-        assert isinstance(parsed, LogLine)
-    else:
-        assert not isinstance(parsed, LogLine)
-        if isinstance(parsed, Rejection):
-            assert parsed.reason and parsed.line == line
-        else:
-            assert parse_line(message_line(parsed)) == parsed
-
-
-# -- round trip ----------------------------------------------------------------------------------
-
-
-@given(messages)
-@example(LoadingState())
-@example(LoadingState(Progress((), "", 0.0)))
-@example(ReadyState({}))
-@example(DownloadProgress("", 0, 0))
-def test_round_trip(m: Message) -> None:
-    line = format_message(m)
-    assert line.startswith(STATE_PREFIX) and line.endswith(b"\n") and line.count(b"\n") == 1
-    assert parse_line(line[:-1]) == m
 
 
 def test_format_exit() -> None:
@@ -140,17 +29,6 @@ def test_format_exit() -> None:
 
 
 # -- Z11: only a line that starts with the prefix is a command -----------------------------------
-
-
-@given(st.binary(min_size=1).filter(lambda b: b"\n" not in b), messages)
-@example(b"srv  load_model: ", ReadyState({"id": "a"}))
-@example(b" ", SleepingState())
-@example(b"\r", ReadyState({}))  # a progress bar's carriage return before the prefix
-@example(b"\xff", SleepingState())
-def test_z11_prefix_mid_line_is_a_log_line(before: bytes, m: Message) -> None:
-    line = before + message_line(m)
-    assume(not line.startswith(STATE_PREFIX))
-    assert parse_line(line) == LogLine(line.decode("utf-8", errors="replace"))
 
 
 @pytest.mark.parametrize("line", [
@@ -171,16 +49,6 @@ def test_z11_router_prefix_mid_line_is_not_ready() -> None:
 
 
 # -- Z12: reassembly, over-long lines, EOF -------------------------------------------------------
-
-
-@given(messages)
-@settings(deadline=None)
-def test_z12_split_line_is_parsed_exactly_once(m: Message) -> None:
-    line = format_message(m)
-    for i in range(len(line) + 1):
-        reader = LineReader()
-        lines = reader.feed(line[:i]) + reader.feed(line[i:]) + reader.finish()
-        assert parse_all(lines) == [m], i
 
 
 def test_z12_info_longer_than_a_read_buffer() -> None:
@@ -238,17 +106,6 @@ def test_z12_overlong_unterminated_line_at_eof() -> None:
     assert reader.finish() == []
 
 
-@given(messages, st.lists(st.integers(min_value=0)))
-def test_z12_final_unterminated_line_is_read_at_eof(m: Message, cuts: list[int]) -> None:
-    reader = LineReader()
-    fed: list[bytes | Overlong] = []
-    for chunk in split_at(message_line(m), cuts):
-        fed += reader.feed(chunk)
-    assert fed == []
-    assert parse_all(reader.finish()) == [m]
-    assert reader.finish() == []
-
-
 def test_z12_finish_on_an_empty_reader_gives_nothing() -> None:
     reader = LineReader()
     assert reader.finish() == []
@@ -274,13 +131,7 @@ def test_z12_router_ignores_an_overlong_ready_line() -> None:
     assert status_of(core) is Status.LOADING
 
 
-# -- CRLF ----------------------------------------------------------------------------------------
-
-
-@given(messages, st.lists(st.integers(min_value=0)))
-def test_crlf_line_endings(m: Message, cuts: list[int]) -> None:
-    stream = message_line(m) + b"\r\n" + b"a log line\r\n" + message_line(m) + b"\r"
-    assert parse_all(read_lines(split_at(stream, cuts))) == [m, LogLine("a log line"), m]
+# -- line endings ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("stream, lines", [
@@ -377,8 +228,8 @@ def test_z14_unknown_state_is_logged_and_ignored() -> None:
 
 
 def test_z14_mutant_aborts_the_router() -> None:
-    core = loading_core(frozenset({"Z14"}))
-    with pytest.raises(RuntimeError, match="unknown state"):
+    core = loading_core()
+    with mutated("Z14"), pytest.raises(RuntimeError, match="unknown state"):
         core.handle(ChildOutput(1, P + b'{"state":"hibernating","payload":{}}\n'), 0.5)
 
 
@@ -400,129 +251,3 @@ def test_non_utf8_log_line_is_a_log_line() -> None:
 def test_overlong_marker_is_a_rejection() -> None:
     parsed = parse_line(Overlong(MAX_LINE + 5))
     assert isinstance(parsed, Rejection) and str(MAX_LINE + 5) in parsed.reason
-
-
-# -- the fuzz invariant --------------------------------------------------------------------------
-
-
-@given(st.binary() | st.binary().map(lambda b: P + b) | structured_lines
-       | st.text().map(lambda t: P + t.encode("utf-8", "surrogatepass")))
-def test_parse_line_never_raises(line: bytes) -> None:
-    check_invariant(line, parse_line(line))
-
-
-stream_parts = st.one_of(
-    messages.map(format_message),
-    messages.map(lambda m: message_line(m) + b"\r\n"),
-    structured_lines.map(lambda line: line + b"\n"),
-    st.binary(max_size=64),
-    st.binary(max_size=64).map(lambda b: P + b),
-    st.sampled_from([b"\n", b"\r\n", b"\r", P, b"log " + P]),
-)
-streams = st.lists(stream_parts, max_size=10).map(b"".join)
-
-
-@given(streams, st.lists(st.integers(min_value=0)),
-       st.sampled_from([MAX_LINE, 1, 8, 40, 200]))
-@settings(deadline=None)
-def test_fuzz_invariant_same_results_however_the_stream_is_cut(
-        stream: bytes, cuts: list[int], max_line: int) -> None:
-    """parse_line never raises; every input is a message, a LogLine or a Rejection; and the
-    parsed results do not depend on how the stream was cut into reads."""
-    whole = read_lines([stream], max_line)
-    assert whole == expected_lines(stream, max_line)
-    assert read_lines([stream[i:i + 1] for i in range(len(stream))], max_line) == whole
-    assert read_lines(split_at(stream, cuts), max_line) == whole
-    parsed = parse_all(whole)
-    for line, result in zip(whole, parsed):
-        check_invariant(line, result)
-
-
-@given(streams, st.randoms(use_true_random=False))
-@settings(deadline=None)
-def test_fuzz_invariant_random_chunks_with_empty_reads(stream: bytes, rnd: Any) -> None:
-    chunks: list[bytes] = []
-    i = 0
-    while i < len(stream):
-        n = rnd.randint(0, 17)  # 0: an empty read, which must change nothing
-        chunks.append(stream[i:i + n])
-        i += n
-    assert parse_all(read_lines(chunks)) == parse_all(read_lines([stream]))
-
-
-# -- Z13: atomic lines stay whole and in order ---------------------------------------------------
-
-
-@given(messages, messages, st.lists(st.integers(min_value=0), max_size=6))
-def test_z13_two_atomic_lines_any_chunking(m1: Message, m2: Message, cuts: list[int]) -> None:
-    stream = format_message(m1) + format_message(m2)
-    assert parse_all(read_lines(split_at(stream, cuts))) == [m1, m2]
-
-
-# -- the router core ----------------------------------------------------------------------------
-
-READY_INFO = {"id": "a", "object": "model"}
-
-
-def loading_core(mutants: frozenset[str] = frozenset()) -> RouterCore:
-    """A core whose model "a" is LOADING for request 1 in child instance 1."""
-    core = RouterCore(RouterConfig(models=(ModelSpec("a"),), models_max=1, mutants=mutants))
-    out = core.handle(RequestArrived(1, "a"), 0.0)
-    assert Spawn(1, "a") in out
-    assert status_of(core) is Status.LOADING
-    return core
-
-
-def status_of(core: RouterCore) -> Status:
-    return core.models["a"].status
-
-
-def is_message_free(data: bytes) -> bool:
-    return not any(isinstance(p, MESSAGE_TYPES) for p in parse_all(read_lines([data])))
-
-
-garbage_lines = st.one_of(
-    st.binary(max_size=80),
-    st.binary(max_size=80).map(lambda b: P + b),
-    structured_lines,
-    st.sampled_from([p.values[0] for p in REJECTED if len(p.values[0]) < 1000 and not p.marks]),
-    messages.map(lambda m: b"[info] " + message_line(m)),  # Z11
-)
-
-
-def feed_garbage(core: RouterCore, data: bytes, cuts: list[int], status: Status) -> None:
-    for chunk in split_at(data, cuts):
-        out = core.handle(ChildOutput(1, chunk), 0.5)
-        assert all(isinstance(c, Log) for c in out), out
-        assert status_of(core) is status
-
-
-@given(st.lists(garbage_lines, min_size=1, max_size=8).map(lambda ls: b"\n".join(ls) + b"\n"),
-       st.lists(st.integers(min_value=0), max_size=8))
-@settings(deadline=None)
-def test_router_invalid_output_changes_nothing(data: bytes, cuts: list[int]) -> None:
-    assume(is_message_free(data))
-    core = loading_core()
-    feed_garbage(core, data, cuts, Status.LOADING)
-    out = core.handle(ChildOutput(1, format_message(ReadyState(READY_INFO))), 1.0)
-    assert status_of(core) is Status.LOADED
-    assert Forward(1, "a", 1) in out
-    assert core.models["a"].info == READY_INFO
-    feed_garbage(core, data, cuts, Status.LOADED)
-
-
-@given(st.lists(st.integers(min_value=0), max_size=6))
-@example([])
-def test_z13_router_progress_then_ready_in_order(cuts: list[int]) -> None:
-    progress = Progress(("text_model", "mmproj"), "text_model", 0.5)
-    stream = format_message(LoadingState(progress)) + format_message(ReadyState(READY_INFO))
-    core = loading_core()
-    out: list[Command] = []
-    for chunk in split_at(stream, cuts):
-        out += core.handle(ChildOutput(1, chunk), 0.5)
-    assert out == [
-        Publish("a", "status_change", {"status": "loading", "progress": {
-            "stages": ["text_model", "mmproj"], "current": "text_model", "value": 0.5}}),
-        Publish("a", "status_change", {"status": "loaded", "info": READY_INFO}),
-        Forward(1, "a", 1),
-    ]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fixtures.procs import alive, children_of
+from fixtures.procs import children_of, popen, wait_gone
 from refimpl.router.processes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +28,8 @@ def test_run_command_prints_a_curl_that_works(tmp_path: Path, stop: signal.Signa
     port = free_port()
     log = tmp_path / "router.log"
     with log.open("wb") as out:
-        router = subprocess.Popen([sys.executable, "-m", "refimpl", "--port", str(port)],
-                                  cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
+        router = popen([sys.executable, "-m", "refimpl", "--port", str(port)],
+                       cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     children: set[int] = set()
     try:
         deadline = time.monotonic() + 60
@@ -53,10 +52,7 @@ def test_run_command_prints_a_curl_that_works(tmp_path: Path, stop: signal.Signa
             router.wait(timeout=30)
         except subprocess.TimeoutExpired:
             router.kill()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(alive(p) for p in children):
-        time.sleep(0.05)
-    left = [p for p in children if alive(p)]
+    left = wait_gone(children, timeout=15)
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"children left after {stop.name}: {left}"

@@ -25,10 +25,11 @@ from typing import Any, Iterator
 
 import anyio
 import httpx
+import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs without types-psutil
 import pytest
 
 from conformance.routers import Router, Target
-from fixtures.procs import alive, children_of
+from fixtures.procs import alive, children_of, wait_gone
 from refimpl.router import app as router_app
 
 pytestmark = pytest.mark.live
@@ -159,34 +160,19 @@ def test_children_never_receive_the_key(keyed: Router) -> None:
                           json={"model": MODEL, "messages": []})
     assert r.status_code == 200 and "authorization" not in r.json()["headers"], r.text
     for pid in _child_pids(keyed, 1):
-        assert KEY.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
-        assert KEY.encode() not in Path(f"/proc/{pid}/environ").read_bytes()
-        assert b"LLAMA_SERVER_ROUTER_PORT=" in Path(f"/proc/{pid}/environ").read_bytes()
+        child = psutil.Process(pid)
+        assert not any(KEY in arg for arg in child.cmdline())
+        environ = child.environ()
+        assert not any(KEY in f"{k}={v}" for k, v in environ.items())
+        assert "LLAMA_SERVER_ROUTER_PORT" in environ
 
 
 def listening(pid: int) -> list[str]:
-    """The addresses ``pid`` listens on (IPv4 as a.b.c.d:port, IPv6 as [hex]:port)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    out = []
-    for table, v6 in (("tcp", False), ("tcp6", True)):
-        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
-            f = line.split()
-            if f[3] != "0A" or f[9] not in inodes:  # 0A: LISTEN
-                continue
-            addr, port = f[1].split(":")
-            if v6:
-                out.append(f"[{addr}]:{int(port, 16)}")
-            else:
-                ip = ".".join(str(b) for b in reversed(bytes.fromhex(addr)))
-                out.append(f"{ip}:{int(port, 16)}")
-    return out
+    """The TCP addresses ``pid`` listens on (IPv4 as a.b.c.d:port, IPv6 as [addr]:port)."""
+    return [f"[{c.laddr.ip}]:{c.laddr.port}" if ":" in c.laddr.ip else
+            f"{c.laddr.ip}:{c.laddr.port}"
+            for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN]
 
 
 def test_the_listening_check_sees_a_wildcard_bind() -> None:
@@ -201,6 +187,7 @@ def test_children_listen_on_loopback_only_and_hold_no_router_descriptor(keyed: R
     assert keyed.client.post("/models/load", headers=keyed.headers,
                              json={"model": "tiny-s"}).status_code in (200, 400)
     keyed.events.wait_for("tiny-s", "loaded", timeout=30)
+    # Descriptor targets from /proc: psutil shows no pipe's identity, nor a socket's inode.
     router_sockets = {os.readlink(fd) for fd in Path(f"/proc/{keyed.proc.pid}/fd").iterdir()
                       if os.readlink(fd).startswith("socket:")}
     for pid in _child_pids(keyed, 2):
@@ -222,10 +209,8 @@ def _start(tmp_path: Path, tiny_models: Any, *extra: str, child_cmd: str | None 
 
 def _gone_within(pids: set[int], bound: float) -> float:
     t0 = time.monotonic()
-    while any(alive(p) for p in pids):
-        assert time.monotonic() - t0 < bound, f"children still alive after {bound} s: " \
-            f"{[p for p in pids if alive(p)]}"
-        time.sleep(0.02)
+    left = wait_gone(pids, bound)
+    assert not left, f"children still alive after {bound} s: {left}"
     return time.monotonic() - t0
 
 

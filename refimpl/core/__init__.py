@@ -6,7 +6,6 @@ from .events import (ChildExited, ChildOutput, ClientGone, DownloadAsked, Event,
                      RemoveAsked, RequestArrived, ResponseEnded, RouterStarted, TimerFired,
                      UnloadAsked)
 from .lifecycle import IllegalTransition, Status
-from .mutants import MUTANTS
 from .router import RouterCore
 
 __all__ = [
@@ -14,5 +13,5 @@ __all__ = [
     "DEFAULT_POLICY", "POLICIES", "ModelSpec", "RouterConfig",
     "ChildExited", "ChildOutput", "ClientGone", "Event", "LoadAsked", "RequestArrived",
     "ResponseEnded", "RouterStarted", "TimerFired", "UnloadAsked", "DownloadAsked", "RemoveAsked",
-    "IllegalTransition", "Status", "MUTANTS", "RouterCore",
+    "IllegalTransition", "Status", "RouterCore",
 ]

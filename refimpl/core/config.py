@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-from .mutants import check_mutants
-
 POLICIES = ("fifo", "naive-lru", "drain-timeout")
 DEFAULT_POLICY = "fifo"
 
@@ -21,7 +19,8 @@ class ModelSpec:
     """One model the router can load.
 
     ``memory`` is the model's need in bytes per device, estimated before its first load; a device it
-    does not name costs it nothing.
+    does not name costs it nothing. ``launch`` says what is started for it (file, flags): when a
+    catalog change alters it, a running child of the model is stale and is unloaded.
     """
 
     name: str
@@ -29,6 +28,7 @@ class ModelSpec:
     memory: Mapping[str, int] = field(default_factory=dict)
     stop_timeout: float = 10.0
     load_on_startup: bool = False
+    launch: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory", _frozen(self.memory))
@@ -40,7 +40,7 @@ class ModelSpec:
     def __repr__(self) -> str:
         return (f"ModelSpec(name={self.name!r}, aliases={self.aliases!r}, "
                 f"memory={dict(self.memory)!r}, stop_timeout={self.stop_timeout!r}, "
-                f"load_on_startup={self.load_on_startup!r})")
+                f"load_on_startup={self.load_on_startup!r}, launch={self.launch!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +57,9 @@ class RouterConfig:
     autoload: bool = True
     policy: str = DEFAULT_POLICY
     drain_timeout: float = 30.0
-    mutants: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "devices", _frozen(self.devices))
-        object.__setattr__(self, "mutants", check_mutants(frozenset(self.mutants)))
         if self.models_max < 0:
             raise ValueError("models_max must be >= 0 (0 means unlimited)")
         if self.policy not in POLICIES:
@@ -76,5 +74,4 @@ class RouterConfig:
     def __repr__(self) -> str:
         return (f"RouterConfig(models={self.models!r}, models_max={self.models_max!r}, "
                 f"devices={dict(self.devices)!r}, autoload={self.autoload!r}, "
-                f"policy={self.policy!r}, drain_timeout={self.drain_timeout!r}, "
-                f"mutants={self.mutants!r})")
+                f"policy={self.policy!r}, drain_timeout={self.drain_timeout!r})")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Union
 
+from .config import ModelSpec
+
 
 @dataclass(frozen=True, slots=True)
 class RouterStarted:
@@ -73,6 +75,20 @@ class RemoveAsked:
 
 
 @dataclass(frozen=True, slots=True)
+class CatalogChanged:
+    """The model sources say something new (``GET /models?reload=1``, or a finished download's
+    spec with its memory estimate): each of ``specs`` is added or replaces the known model's spec,
+    and the models named in ``removed`` vanished. A running model whose ``launch`` changed, or that
+    vanished, is unloaded; other changes take effect at its next load. A name or alias that would
+    belong to two models refuses the whole change (nothing changes; 400 to ``req`` when given).
+    ``req``: the API call to answer, ``None`` for a change nobody asked for."""
+
+    specs: tuple[ModelSpec, ...]
+    removed: tuple[str, ...] = ()
+    req: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ChildOutput:
     """Bytes read from a child's stdout, in whatever chunks the pipe gave them."""
 
@@ -94,8 +110,8 @@ class TimerFired:
 
 
 Event = Union[RouterStarted, RequestArrived, ClientGone, ResponseEnded, LoadAsked, UnloadAsked,
-              DownloadAsked, RemoveAsked, ChildOutput, ChildExited, TimerFired]
+              DownloadAsked, RemoveAsked, CatalogChanged, ChildOutput, ChildExited, TimerFired]
 
 EVENT_TYPES: tuple[type, ...] = (RouterStarted, RequestArrived, ClientGone, ResponseEnded,
-                                 LoadAsked, UnloadAsked, DownloadAsked, RemoveAsked, ChildOutput,
-                                 ChildExited, TimerFired)
+                                 LoadAsked, UnloadAsked, DownloadAsked, RemoveAsked,
+                                 CatalogChanged, ChildOutput, ChildExited, TimerFired)

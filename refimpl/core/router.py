@@ -24,11 +24,10 @@ from typing import Any
 from . import errors
 from .commands import Command, Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
 from .config import ModelSpec, RouterConfig
-from .events import (ChildExited, ChildOutput, ClientGone, DownloadAsked, Event, LoadAsked,
-                     RemoveAsked, RequestArrived, ResponseEnded, RouterStarted, TimerFired,
-                     UnloadAsked)
+from .events import (CatalogChanged, ChildExited, ChildOutput, ClientGone, DownloadAsked, Event,
+                     LoadAsked, RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
+                     TimerFired, UnloadAsked)
 from .lifecycle import Status, check_transition
-from .mutants import forced
 from .protocol import (DownloadProgress, DownloadResult, LineReader, LoadingState, LogLine,
                        Overlong, ReadyState, Rejection, SleepingState, parse_line)
 from .scheduler import Scheduler
@@ -62,6 +61,7 @@ class Model:
     load_after_download: bool = False  # POST /models/load came while it was downloading
     download_result: bool | None = None  # what the download child reported, if it did
     removing: list[int] = field(default_factory=list)  # DELETE /models calls for it
+    vanished: bool = False  # gone from the sources: forgotten once its child has exited
 
     @property
     def busy(self) -> bool:
@@ -90,7 +90,6 @@ class RouterCore:
 
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        self.mutants = config.mutants | forced()
         self.models: dict[str, Model] = {}
         self.names: dict[str, str] = {}  # name or alias -> model name
         for spec in config.models:
@@ -118,16 +117,67 @@ class RouterCore:
         for name in (spec.name, *spec.aliases):
             self.names[name] = spec.name
 
-    def remove_model(self, name: str) -> bool:
-        """Forget a model that is not running and that no request waits for; False otherwise."""
-        model = self.models.get(name)
-        if model is None:
-            return True
-        if model.instance is not None or name in self.scheduler.queue \
-                or any(r.model == name for r in self.requests.values()):
-            return False
-        self._forget(model)
-        return True
+    def _catalog_clash(self, event: CatalogChanged) -> str | None:
+        """Why ``event`` cannot be applied (a name or alias of two models), or None."""
+        changed = {spec.name for spec in event.specs} | set(event.removed)
+        owners: dict[str, str] = {}
+        for name, model in self.models.items():
+            if name not in changed or model.downloading:
+                for alias in (name, *model.spec.aliases):
+                    owners[alias] = name
+        for spec in event.specs:
+            known = self.models.get(spec.name)
+            if known is not None and known.status is Status.DOWNLOADING:
+                continue
+            for alias in (spec.name, *spec.aliases):
+                owner = owners.setdefault(alias, spec.name)
+                if owner != spec.name:
+                    return (f"name {alias!r} of model {spec.name!r} already belongs to model "
+                            f"{owner!r}")
+        return None
+
+    def _on_catalog(self, event: CatalogChanged, now: float, out: list[Command]) -> None:
+        clash = self._catalog_clash(event)
+        if clash is not None:
+            if event.req is not None:
+                out.append(Reply(event.req, 400, errors.INVALID_REQUEST, clash))
+            return
+        for spec in event.specs:  # their names are given anew below (the clash check passed)
+            changing = self.models.get(spec.name)
+            if changing is not None and changing.status is not Status.DOWNLOADING:
+                for alias in (spec.name, *changing.spec.aliases):
+                    if self.names.get(alias) == spec.name:
+                        del self.names[alias]
+        for name in event.removed:
+            model = self.models.get(name)
+            if model is None or model.downloading:
+                continue
+            for alias in (name, *model.spec.aliases):  # no new request can reach it
+                if self.names.get(alias) == name:
+                    del self.names[alias]
+            entry = self.scheduler.queue.pop(name, None)
+            if entry is not None:
+                self.fail_waiters(entry.waiters, 404, errors.REMOVED,
+                                  f"model {name!r} is no longer in the model sources", out)
+            model.vanished = True
+            if model.instance is None:
+                self._forget(model)
+                out.append(Publish(name, "model_remove", {}))
+            else:
+                self.stop(model, now, out)
+        for spec in event.specs:
+            model = self.models.get(spec.name)
+            if model is not None and model.status is Status.DOWNLOADING:
+                continue  # its download child says how it ends
+            old = model.spec if model is not None else None
+            self.add_model(spec)
+            model = self.models[spec.name]
+            model.vanished = False
+            if old is not None and old.launch != spec.launch and model.usable:
+                self.stop(model, now, out)  # a stale child: the next load starts the new one
+        if event.req is not None:
+            out.append(Reply(event.req, 200, errors.OK))
+        self.scheduler.run(now, out)
 
     def _forget(self, model: Model) -> None:
         name = model.spec.name
@@ -172,6 +222,8 @@ class RouterCore:
             self._on_download_asked(event, now, out)
         elif isinstance(event, RemoveAsked):
             self._on_remove_asked(event, now, out)
+        elif isinstance(event, CatalogChanged):
+            self._on_catalog(event, now, out)
         elif isinstance(event, RouterStarted):
             for model in self.models.values():
                 if model.spec.load_on_startup and model.status is Status.UNLOADED:
@@ -204,7 +256,7 @@ class RouterCore:
             self.requests[req] = Request(req, name, "download")
             model.after_download.append(req)
             return
-        if inst is not None and (not inst.stopping or "Z9" in self.mutants) and (
+        if inst is not None and not inst.stopping and (
                 name not in self.scheduler.draining or not autoload):
             if model.status is Status.LOADING:
                 self.requests[req] = Request(req, name, "waiting")
@@ -218,7 +270,7 @@ class RouterCore:
             return
         self.requests[req] = Request(req, name, "queued")
         self.scheduler.enqueue(name, req)
-        self.scheduler.run(now, out, arrival=True)
+        self.scheduler.run(now, out)
 
     def forward(self, req: int, model: Model, now: float, out: list[Command]) -> None:
         assert model.instance is not None
@@ -295,7 +347,7 @@ class RouterCore:
             return
         self.scheduler.enqueue(name, None)
         out.append(Reply(event.req, 200, errors.OK))
-        self.scheduler.run(now, out, arrival=True)
+        self.scheduler.run(now, out)
 
     def _on_unload_asked(self, event: UnloadAsked, now: float, out: list[Command]) -> None:
         name = self.resolve(event.model)
@@ -379,7 +431,7 @@ class RouterCore:
         if inst is None or inst.stopping:
             return
         inst.stopping = True
-        if model.status is Status.LOADING and "Z6" not in self.mutants:
+        if model.status is Status.LOADING:  # it may read stdin only once loaded (#21814)
             out.append(Kill(inst.id))
         else:
             out.append(SendExit(inst.id))
@@ -403,8 +455,6 @@ class RouterCore:
         elif isinstance(parsed, LogLine):
             out.append(Log(inst.id, parsed.text))
         elif isinstance(parsed, Rejection):
-            if "Z14" in self.mutants and parsed.reason.startswith("unknown state"):
-                raise RuntimeError(f"router abort: {parsed.reason}")
             out.append(Log(inst.id, f"ignored child message: {parsed.reason}"))
         elif isinstance(parsed, LoadingState):
             if model.status is Status.LOADING:
@@ -453,8 +503,6 @@ class RouterCore:
         for req in inst.exit_replies:
             out.append(Reply(req, 200, errors.OK))
         if model.status is Status.DOWNLOADED and not model.removing:
-            if "Z15" in self.mutants:
-                return  # the bug: the entry stays DOWNLOADED until a reload erases it
             # Replaced by a fresh entry: an ordinary cache model, loaded for whoever waited.
             self._set_status(model, Status.UNLOADED, out)
             waiting, model.after_download = model.after_download, []
@@ -464,7 +512,7 @@ class RouterCore:
             if model.load_after_download:
                 model.load_after_download = False
                 self.scheduler.enqueue(model.spec.name, None)
-            self.scheduler.run(now, out, arrival=True)
+            self.scheduler.run(now, out)
             return
         # Failed, cancelled or crashed: nothing of it stays, files included.
         if model.download_result is None and model.status is Status.DOWNLOADING:
@@ -489,20 +537,11 @@ class RouterCore:
         model.last_used = now
         if not first:
             return
-        if "Z1" in self.mutants:
-            # The bug: the waiters are dispatched after the scheduler ran, and held no reference.
-            waiters, model.waiters = model.waiters, []
-            self.scheduler.run(now, out)
-            for req in waiters:
-                self._dispatch_again(req, model, now, out)
-            return
+        # The waiters keep the model busy until they are forwarded (to this child, or queued
+        # again when it is already stopping): only then may the scheduler look at it.
         waiters, model.waiters = model.waiters, []
-        if inst.stopping:
-            for req in waiters:
-                self._dispatch_again(req, model, now, out)
-        else:
-            for req in waiters:
-                self.forward(req, model, now, out)
+        for req in waiters:
+            self._dispatch_again(req, model, now, out)
         self.scheduler.run(now, out)
 
     def _dispatch_again(self, req: int, model: Model, now: float, out: list[Command]) -> None:
@@ -519,19 +558,21 @@ class RouterCore:
         if inst is None:
             return
         for line in inst.reader.finish():
-            self._on_line(inst, line, now, out)
+            parsed = parse_line(line)
+            if inst.download or isinstance(parsed, (LogLine, Rejection)):
+                self._on_line(inst, line, now, out)
+            else:  # a child that has exited is not ready, loading or asleep any more
+                out.append(Log(inst.id, f"ignored a message from a child that exited: {parsed!r}"))
         model = self.models[inst.model]
         if model.instance is not inst:  # pragma: no cover - one child per model at a time
             return
         if inst.download:
             self._on_download_exit(inst, model, code, now, out)
             return
-        if "Z5" in self.mutants and model.status is Status.LOADING and not inst.stopping:
-            return  # the bug: the model stays LOADING and its waiters wait forever
         model.instance = None
         model.exit_code = code
         requested = inst.stopping
-        model.failed = code != 0 and (not requested or "Z18" in self.mutants)
+        model.failed = code != 0 and not requested
         self._set_status(model, Status.UNLOADED, out, exit_code=code, failed=model.failed)
         waiters, model.waiters = model.waiters, []
         if requested:
@@ -541,6 +582,9 @@ class RouterCore:
         self.fail_waiters(waiters, 503, errors.LOAD_FAILED, why, out)
         if model.removing:
             self._finish_remove(model, out)
+        elif model.vanished:
+            self._forget(model)
+            out.append(Publish(model.spec.name, "model_remove", {}))
         # Forwarded requests end through ResponseEnded from the proxy; their refs go with them.
         self.scheduler.run(now, out)
 

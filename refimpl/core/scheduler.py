@@ -41,16 +41,13 @@ class Scheduler:
         self.queue: dict[str, Entry] = {}  # insertion order is arrival order
         self.drain_deadline: float | None = None
         self.draining: set[str] = set()  # busy models that take no new requests until evicted
-        config, mutants = core.config, core.mutants
-        self.evict_busy = config.policy == "naive-lru" or "Z2" in mutants
-        self.evict_loading = "Z8" in mutants
-        self.drain_fallback = config.policy == "drain-timeout" or "Z19" in mutants
+        config = core.config
+        self.evict_busy = config.policy == "naive-lru"
+        self.drain_fallback = config.policy == "drain-timeout"
         self.block_draining = config.policy == "fifo"
         self.drain_timeout = config.drain_timeout
-        unlimited = config.models_max == 0 and "Z17" not in mutants
-        self.models_max: int | None = None if unlimited else config.models_max
+        self.models_max: int | None = config.models_max or None  # 0 means unlimited
         self.devices = config.devices
-        self._alone: dict[str, bool] = {}  # model -> fits on every device when alone
 
     # -- the queue ---------------------------------------------------------------------------
 
@@ -75,17 +72,14 @@ class Scheduler:
 
     def _counted(self, projected: bool) -> list[Model]:
         """The models whose children take capacity now (or, projected, once stopping ones exit)."""
-        core, mutants = self.core, self.core.mutants
+        core = self.core
         out = []
         for inst in core.instances.values():
             if inst.download:  # a download child never takes a slot
                 continue
-            model = core.models[inst.model]
-            if inst.stopping and (projected or "Z4" in mutants):
+            if inst.stopping and projected:  # a stop frees its slot only once the child exits
                 continue
-            if "Z3" in mutants and model.status is Status.LOADING:
-                continue
-            out.append(model)
+            out.append(core.models[inst.model])
         return out
 
     def _fits(self, model: Model, running: list[Model]) -> bool:
@@ -98,11 +92,8 @@ class Scheduler:
         return True
 
     def fits_alone(self, model: Model) -> bool:
-        fits = self._alone.get(model.spec.name)
-        if fits is None:
-            fits = self._alone[model.spec.name] = all(
-                model.spec.memory.get(d, 0) <= cap for d, cap in self.devices.items())
-        return fits
+        """The model fits on every device with nothing else loaded (its spec may change)."""
+        return all(model.spec.memory.get(d, 0) <= cap for d, cap in self.devices.items())
 
     def _victims(self, *, busy_too: bool) -> list[Model]:
         """Eviction candidates, least recently used first."""
@@ -112,9 +103,9 @@ class Scheduler:
             model = models[inst.model]
             if inst.stopping or inst.download or model.instance is not inst:
                 continue
-            if model.status is Status.LOADING and not self.evict_loading:
+            if model.status is Status.LOADING:  # loaded for its waiters: it serves them first
                 continue
-            if model.busy and not busy_too and model.status is not Status.LOADING:
+            if model.busy and not busy_too:
                 continue
             out.append(model)
         out.sort(key=lambda m: m.last_used)
@@ -122,16 +113,15 @@ class Scheduler:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def run(self, now: float, out: list[Command], *, arrival: bool = False) -> None:
+    def run(self, now: float, out: list[Command]) -> None:
         """Spawn what fits, in queue order; then evict what the blocked entries need."""
-        if not self.queue or ("Z7" in self.core.mutants and not arrival):
+        if not self.queue:
             self.draining.clear()
+            self.drain_deadline = None  # nothing is blocked any more
             return
         self._spawn_heads(now, out)
-        before = len(out)
+        # The victims' slots free up when their children exit, and the exit runs this again.
         blocked = self._plan_evictions(now, out) if self.queue else False
-        if self.queue and len(out) > before:
-            self._spawn_heads(now, out)  # a stop frees nothing until its child exits (but Z4)
         if blocked and self.drain_fallback:
             if self.drain_deadline is None:
                 self.drain_deadline = now + self.drain_timeout
@@ -183,27 +173,18 @@ class Scheduler:
             running.append(model)
         for victim in chosen:
             self._evict(victim, now, out)
-        if blocked_entry is not None and "Z10" in self.core.mutants and not chosen:
-            if not any(i.stopping for i in self.core.instances.values()):
-                entry = self.queue.pop(blocked_entry)
-                self.core.fail_waiters(entry.waiters, 500, errors.LIMIT_REACHED,
-                                       "model limit reached, try again later", out)
-                return False
         return blocked_entry is not None
 
     def _mark_draining(self, model: Model, running: list[Model]) -> None:
-        """Pick the LRU busy models whose eviction would let ``model`` fit, and drain them."""
-        busy = [m for m in self._victims(busy_too=True) if m in running]
+        """Pick the LRU busy or loading models whose eviction would let ``model`` fit, and drain
+        them: a loading one serves the requests it was loaded for, then none that came later."""
+        busy = sorted((m for m in running if m.instance is not None), key=lambda m: m.last_used)
         while busy and not self._fits(model, running):
             victim = busy.pop(0)
             running.remove(victim)
             self.draining.add(victim.spec.name)
 
     def _evict(self, victim: Model, now: float, out: list[Command]) -> None:
-        if victim.status is Status.LOADING:  # only the Z8 mutant gets here
-            waiters, victim.waiters = victim.waiters, []
-            self.core.fail_waiters(waiters, 500, errors.LOAD_FAILED,
-                                   "could not establish connection", out)
         self.core.stop(victim, now, out)
 
     def on_timer(self, now: float, out: list[Command]) -> None:

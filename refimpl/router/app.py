@@ -25,7 +25,6 @@ from refimpl.core import errors
 from refimpl.core.commands import Command, Publish, RemoveFiles, Reply
 from refimpl.core.config import ModelSpec
 from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
-from refimpl.core.lifecycle import Status
 
 from .driver import Driver
 from .options import RouterOptions
@@ -75,8 +74,8 @@ class RouterApp:
         driver.on_command = self.on_command
         self.entries = entries
         self.load_entries = load_entries or (lambda: list(entries.values()))
-        self.spec_for = spec_for or (lambda e: ModelSpec(e.name, aliases=e.aliases))
-        self.gone: set[str] = set()  # vanished at a reload, forgotten once not running
+        self.spec_for = spec_for or (lambda e: ModelSpec(
+            e.name, aliases=e.aliases, launch=(str(e.path), str(e.mmproj), *e.args())))
         self.options = options
         self.created = int(time.time())
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
@@ -129,41 +128,32 @@ class RouterApp:
 
     async def list_models(self, request: Request) -> Response:
         if request.query_params.get("reload", "").lower() in ("1", "true"):
-            if "Z15" in self.driver.core.mutants:
-                # The bug: the reload waits for finished downloads' entries to go, and only a
-                # reload makes them go.
-                while any(m.status is Status.DOWNLOADED for m in self.driver.core.models.values()):
-                    await anyio.sleep(0.05)
             try:
-                self.reload()
+                reloaded = self.reload()
             except SourceError as exc:
                 return error(400, f"reload failed: {exc}")
+            if reloaded.status != 200:  # the previous catalog stays in force
+                return error(400, f"reload failed: {reloaded.message}")
         data = [self.model_info(name) for name in self.driver.core.models
                 if name in self.entries]
         return JSONResponse({"object": "list", "data": data})
 
-    def reload(self) -> None:
-        """Re-read the sources: new models are added, changed ones updated; a running model that
-        changed or vanished is unloaded, and a vanished one is forgotten once it is not running."""
+    def reload(self) -> Reply:
+        """Re-read the sources and hand them to the core, which decides what changes (a running
+        model that changed or vanished is unloaded; a vanished one is forgotten once it is not
+        running). A refused change (a name of two models) leaves the previous catalog."""
         fresh = {e.name: e for e in self.load_entries()}
         core = self.driver.core
-        for name, old in list(self.entries.items()):
-            if name in core.models and core.models[name].downloading:
-                continue  # not in the cache yet: its download child says how it ends
-            new = fresh.get(name)
-            changed = new is None or (new.path, new.mmproj, new.flags) != (
-                old.path, old.mmproj, old.flags)
-            if changed and core.models[name].usable:
-                self.driver.api(UnloadAsked, name)
-            if new is None:
-                self.gone.add(name)
+        removed = tuple(name for name in self.entries if name not in fresh
+                        and not (name in core.models and core.models[name].downloading))
+        reply = self.driver.change_catalog(tuple(self.spec_for(e) for e in fresh.values()),
+                                           removed)
+        if reply.status == 200:
+            for name in removed:
                 del self.entries[name]
-        for name, entry in fresh.items():
-            self.gone.discard(name)
-            self.entries[name] = entry
-            core.add_model(self.spec_for(entry))
-        self.gone = {name for name in self.gone if not core.remove_model(name)}
-        self.driver.publish("*", "models_reload", {})
+            self.entries.update(fresh)
+            self.driver.publish("*", "models_reload", {})
+        return reply
 
     async def _api(self, request: Request, kind: type[LoadAsked] | type[UnloadAsked]) -> Response:
         body = await _json_body(request)
@@ -248,7 +238,7 @@ class RouterApp:
                 if cached.name == command.model:
                     entry = ModelEntry(cached.name, cached.path, "cache", mmproj=cached.mmproj)
                     self.entries[cached.name] = entry
-                    self.driver.core.add_model(self.spec_for(entry))
+                    self.driver.change_catalog((self.spec_for(entry),), ())
 
     async def sse(self, request: Request) -> Response:
         send, receive = self.driver.subscribe()

@@ -18,7 +18,8 @@ from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
 from refimpl.core.commands import Command, Forward, Kill, Log, Publish, Reply, SendExit, Spawn
-from refimpl.core.events import (ChildExited, ChildOutput, ClientGone, DownloadAsked, Event,
+from refimpl.core.config import ModelSpec
+from refimpl.core.events import (CatalogChanged, ChildExited, ChildOutput, ClientGone, DownloadAsked, Event,
                                  LoadAsked, RemoveAsked, RequestArrived, ResponseEnded,
                                  RouterStarted, TimerFired, UnloadAsked)
 from refimpl.core.protocol import EXIT_COMMAND
@@ -230,6 +231,18 @@ class Driver:
         pending = self._pending[req] = _Pending()
         try:
             self.feed(kind(req, model))
+            assert pending.outcome.reply is not None, "the core answers this call at once"
+            return pending.outcome.reply
+        finally:
+            del self._pending[req]
+
+    def change_catalog(self, specs: tuple[ModelSpec, ...], removed: tuple[str, ...]) -> Reply:
+        """Tell the core what the model sources say now; it answers at once (400 and no change
+        when a name or alias would belong to two models)."""
+        req = next(self.ids)
+        pending = self._pending[req] = _Pending()
+        try:
+            self.feed(CatalogChanged(specs, removed, req))
             assert pending.outcome.reply is not None, "the core answers this call at once"
             return pending.outcome.reply
         finally:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sys
 from typing import Any, AsyncIterator
 
 import anyio
 
 from refimpl.cache import cache_dir
-from refimpl.core import mutants
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.router import RouterCore
 
@@ -57,7 +55,8 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
     def spec_for(e: ModelEntry) -> ModelSpec:
         return ModelSpec(e.name, aliases=e.aliases, memory=estimate_need(e, devices),
                          stop_timeout=e.stop_timeout if e.stop_timeout is not None
-                         else opts.stop_timeout, load_on_startup=e.load_on_startup)
+                         else opts.stop_timeout, load_on_startup=e.load_on_startup,
+                         launch=(str(e.path), str(e.mmproj), *e.args()))
 
     entries = {e.name: e for e in load_entries()}
     devices = device_budget(opts.models_memory_margin, opts.device_memory)
@@ -90,10 +89,6 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
 
 def main(argv: list[str] | None = None) -> int:
     opts = router_options.parse(sys.argv[1:] if argv is None else argv)
-    mutant = os.environ.get("ROUTER_MUTANT", "").strip()
-    if mutant:  # the mutation run checks that the live suite catches the bug zoo too
-        mutants.force(frozenset(mutant.split(",")))
-        log(f"[router] MUTANT {mutant} is on: this router has a known bug")
     if opts.models_dir is None and opts.models_preset is None:
         from fixtures.tiny_models import build_models_dir, default_cache_dir
         log(f"no --models-dir or --models-preset: using generated tiny models in "

@@ -3,14 +3,15 @@
 A model's need is estimated from its GGUF metadata alone (no load): the weights (the file sizes,
 all shards and the mmproj included) plus the KV cache for the context the child will use
 (2 x layers x context x KV width x 2 bytes, f16). This machine's llama.cpp build is CPU only, so
-the one device measured is ``host`` (free memory from /proc/meminfo); ``--device-memory`` declares
+the one device measured is ``host`` (available memory, from psutil); ``--device-memory`` declares
 capacities instead, which is how tests drive memory eviction with tiny models.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+
+import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs without types-psutil
 
 from .sources import SHARD, ModelEntry
 
@@ -19,13 +20,12 @@ F16 = 2
 
 
 def host_available() -> int | None:
-    """Bytes of memory available now, from /proc/meminfo; None where it cannot be read."""
+    """Bytes of memory available now (MemAvailable on Linux); None where it cannot be read."""
     try:
-        text = Path("/proc/meminfo").read_text()
-    except OSError:
+        available: int = psutil.virtual_memory().available
+    except (OSError, RuntimeError):
         return None
-    m = re.search(r"^MemAvailable:\s+(\d+) kB", text, re.MULTILINE)
-    return int(m.group(1)) * 1024 if m else None
+    return available
 
 
 def device_budget(margin_mib: int, declared: dict[str, int]) -> dict[str, int]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +16,31 @@ from typing import IO, Awaitable, Callable
 import anyio
 
 from .sources import ModelEntry
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Loaded here, before any fork: the forked child only calls into it, it never loads a library.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the started process die (SIGKILL) when its parent does.
+
+    ``PR_SET_PDEATHSIG`` is kept across ``exec``, so it holds for llama-server children, fake
+    children and download children alike, even one that ignores SIGTERM, its exit command and
+    stdin EOF. It fires when the *thread* that forked dies, not the process: call ``Popen`` with
+    it from a thread that lives as long as the parent (the router's event loop, a test's main
+    thread), never from a short-lived worker thread. The parent's pid is taken before the fork:
+    if the parent died before ``prctl`` ran, the signal will never come, so the child ends itself.
+    """
+    parent = os.getpid()
+
+    def preexec() -> None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # re-parented already: the death signal was missed
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def free_port() -> int:
@@ -54,6 +81,11 @@ class ChildProcess:
     ``anyio.open_process``: under uvicorn that is uvloop's spawn, which leaves extra copies of the
     child's stdio pipes (and every inheritable descriptor of the router) open in the child, so a
     child that closes its stdout is never seen at EOF (tests/test_faults.py, no-newline).
+
+    A child dies with the router (``die_with_parent``), SIGKILL of the router included. The
+    router starts every child from its event-loop thread (``Driver._run_child`` awaits the
+    spawner; uvicorn runs the loop on the main thread), which lives as long as the router, so the
+    death signal comes only when the router itself dies (tests/test_no_orphans.py).
     """
 
     process: subprocess.Popen[bytes]
@@ -66,7 +98,8 @@ class ChildProcess:
         (``_relay_stderr``); without, stderr shares the stdout pipe."""
         process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT if log is None else subprocess.PIPE,
-                                   env=env, start_new_session=True, close_fds=True, bufsize=0)
+                                   env=env, start_new_session=True, close_fds=True, bufsize=0,
+                                   preexec_fn=die_with_parent())
         assert process.stdin is not None and process.stdout is not None
         os.set_blocking(process.stdin.fileno(), False)
         os.set_blocking(process.stdout.fileno(), False)
@@ -103,7 +136,8 @@ class ChildProcess:
                 await anyio.wait_writable(fd)
 
     def kill(self) -> None:
-        # Never signal a process that has been reaped (its pid may be reused, or be <= 0: Z16).
+        # Never signal a process that has been reaped: its pid may be reused, or be <= 0, which
+        # signals a whole process group (upstream #22452, #24728).
         if self.process.returncode is None and self.process.pid > 0:
             try:
                 self.process.kill()

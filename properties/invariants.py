@@ -111,8 +111,8 @@ def victim_is_lru(trace: Trace, config: RouterConfig) -> list[Violation]:
 def evictions_needed(trace: Trace, config: RouterConfig) -> list[Violation]:
     """The router evicts only for models that wait for a load, and never more children than the
     waiting models need: with a count limit, evictions leave at most as many free slots as models
-    wait; with a memory budget, some waiting model does not fit beside the children that stay
-    (Z7's bound: evictions <= slots needed)."""
+    wait; with a memory budget, the waiting models together do not fit beside the children that
+    stay (Z7's bound: evictions <= slots needed)."""
     out: list[Violation] = []
     for at, replay in _walk(trace, config):
         victim = replay.first_stop(at.what)
@@ -124,8 +124,8 @@ def evictions_needed(trace: Trace, config: RouterConfig) -> list[Violation]:
             config.models_max - len(staying)) >= 1
         by_memory = any(
             sum(c.memory.get(d, 0) for c in staying)
-            + (replay.specs[m].memory.get(d, 0) if m in replay.specs else 0) > cap
-            for m in waiting for d, cap in config.devices.items())
+            + sum(replay.specs[m].memory.get(d, 0) for m in waiting if m in replay.specs) > cap
+            for d, cap in config.devices.items())
         if not (by_count or by_memory):
             out.append(Violation("evictions_needed", at.t, f"evicted {victim.model} while "
                                  f"{sorted(waiting) or 'no model'} waited for a load and "
@@ -143,7 +143,7 @@ def loads_bounded(trace: Trace, config: RouterConfig) -> list[Violation]:
         victim = replay.first_stop(what)
         if victim is not None:
             if replay.stop_reason() == "evicted":
-                others = [t for m, t in replay.demand().items() if m != victim.model]
+                others = [t for m, (t, _) in replay.demand().items() if m != victim.model]
                 evicted_for[victim.model] = min(others, default=at.t)
             else:
                 evicted_for.pop(victim.model, None)
@@ -605,57 +605,25 @@ def no_thrash(trace: Trace, config: RouterConfig) -> list[Violation]:
 
 
 def fifo_between_models(trace: Trace, config: RouterConfig) -> list[Violation]:
-    """Arrival order is respected between models: a model is loaded for its queued requests only
-    when no other model has an older queue entry. A request is queued when the router neither
-    forwards it nor lets it join a load in progress; a model's entry lives while it has queued
-    requests (or a load asked for it) and ends when the model is loaded."""
+    """Arrival order is respected between models: a model is loaded only when no other model has
+    waited longer for a load. A model waits from its oldest request that is neither forwarded
+    nor answered while it has no child taking requests (or from a load asked for it, or from the
+    end of the download its requests waited for)."""
     out: list[Violation] = []
-    replay = Replay(config)
-    entries: dict[str, float] = {}  # model -> when its queue entry was made, in queue order
-    arrived: RequestArrived | None = None  # its commands are still to come
-
-    def settle() -> None:
-        if arrived is None:
-            return
-        r = replay.requests[arrived.req]
-        child = replay.by_model.get(r.model)
-        joined = child is not None and child.stop is None and not child.ready
-        if not r.answered and not joined and r.model not in entries and r.known \
-                and not replay.downloading(r.model):
-            entries[r.model] = r.arrived
-
-    for at in trace:
+    for at, replay in _walk(trace, config):
         what = at.what
-        if isinstance(what, EVENT_TYPES):
-            settle()
-            arrived = what if isinstance(what, RequestArrived) else None
-        if isinstance(what, Spawn) and not what.download:
-            head = next(iter(entries), None)
-            if head is not None and head != what.model and what.model in entries:
-                out.append(Violation("fifo_between_models", at.t, f"loaded {what.model} (queued "
-                                     f"t={entries[what.model]:.6g}) before {head} (queued "
-                                     f"t={entries[head]:.6g})"))
-            entries.pop(what.model, None)
-        elif isinstance(what, RouterStarted):
-            for name in (s.name for s in config.models if s.load_on_startup):
-                entries.setdefault(name, at.t)
-        exited = replay.children.get(what.instance) if isinstance(what, ChildExited) else None
-        replay.step(at)
-        if isinstance(what, Reply):
-            r = replay.requests.get(what.req)
-            if r is not None and r.kind == "load" and what.status == 200 \
-                    and r.model in replay.asked and not replay.downloading(r.model):
-                entries.setdefault(r.model, at.t)
-        elif exited is not None and exited.download and (
-                exited.model in replay.asked or replay.open_for(exited.model)):
-            entries.setdefault(exited.model, at.t)  # done downloading: it joins the queue
-        if isinstance(what, (Forward, Reply, ClientGone)) or (
-                isinstance(what, Publish) and what.event == "model_remove"):
-            model = replay.requests[what.req].model if not isinstance(what, Publish) \
-                and what.req in replay.requests else getattr(what, "model", None)
-            if model in entries and model not in replay.asked \
-                    and not replay.open_for(model):
-                del entries[model]
+        if not isinstance(what, Spawn) or what.download:
+            continue
+        waiting = replay.demand()
+        place = waiting.get(what.model)
+        if place is None:
+            continue  # a load for nobody: coalesced says so
+        older = sorted((t, m) for m, t in waiting.items() if m != what.model and t < place)
+        if older:
+            (t, _), head = older[0]
+            out.append(Violation("fifo_between_models", at.t, f"loaded {what.model} (waiting "
+                                 f"since t={place[0]:.6g}) before {head} (waiting since "
+                                 f"t={t:.6g})"))
     return out
 
 

@@ -77,6 +77,7 @@ class Replay:
         self.children: dict[int, Child] = {}  # alive, stopping ones included
         self.every_child: dict[int, Child] = {}  # exited ones too
         self.last_download: dict[str, Child] = {}  # model -> its newest download child
+        self.downloaded_at: dict[str, float] = {}  # model -> when its download child exited
         self.by_model: dict[str, Child] = {}  # the newest alive child of each model
         self.requests: dict[int, Req] = {}  # requests and API calls
         self.last_used: dict[str, float] = {}  # model -> when it last served or became ready
@@ -115,17 +116,21 @@ class Replay:
                 and not self._flight.get(child.instance) and not self._open.get(child.model)
                 and child.model not in self.asked)
 
-    def demand(self) -> dict[str, float]:
+    def demand(self) -> dict[str, tuple[float, int]]:
         """Models that wait for a load (open requests or an asked load, no usable child, not
-        downloading), each with the arrival of its oldest demand."""
-        out: dict[str, float] = {}
+        downloading), each with its place in the queue: the (time, id) of its oldest demand. A
+        request that waited for a download joins the queue when the download child exits."""
+        out: dict[str, tuple[float, int]] = {}
         for model, reqs in self._open.items():
             live = [self.requests[r] for r in reqs if self.requests[r].kind == "request"]
             if live and self.usable(model) is None and not self.downloading(model):
-                out[model] = min(r.arrived for r in live)
+                joined = self.downloaded_at.get(model, float("-inf"))
+                out[model] = min((max(r.arrived, joined), r.req) for r in live)
         for model, t in self.asked.items():
             if self.usable(model) is None and not self.downloading(model):
-                out[model] = min(out.get(model, t), t)
+                place = (max(t, self.downloaded_at.get(model, float("-inf"))),
+                         self.asked_by.get(model, 0))
+                out[model] = min(out.get(model, place), place)
         return out
 
     def too_big(self, model: str) -> bool:
@@ -294,6 +299,8 @@ class Replay:
             self._flight.pop(what.instance, None)
             if exited is not None:
                 exited.exited_at = at.t
+                if exited.download:
+                    self.downloaded_at[exited.model] = at.t
                 if self.by_model.get(exited.model) is exited:
                     del self.by_model[exited.model]
         elif isinstance(what, RemoveFiles):

@@ -50,6 +50,13 @@ def test_every_core_mutant_has_a_scenario() -> None:
     assert {m.id for m in MUTANTS.values() if m.layer == "core"} == set(SCENARIOS)
 
 
+def test_every_layer_has_tests_to_kill_its_mutants() -> None:
+    from properties.zoo import LAYER_TESTS
+    assert {m.layer for m in MUTANTS.values()} <= set(LAYER_TESTS)
+    for paths in LAYER_TESTS.values():
+        assert paths and all((ROOT / p).exists() for p in paths), paths
+
+
 def test_the_zoo_has_every_row_of_the_spec() -> None:
     spec = (ROOT.parent / "shared" / "spec" / "BUGZOO.md")
     if not spec.exists():

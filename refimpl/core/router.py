@@ -19,7 +19,7 @@ the model is forgotten.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from . import errors
 from .commands import Command, Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
@@ -44,6 +44,7 @@ class Instance:
     kill_at: float | None = None
     download: bool = False  # a download child: no slot, never evicted
     exit_replies: list[int] = field(default_factory=list)  # API calls answered at its exit
+    memory: Mapping[str, int] = field(default_factory=dict)  # its model's need when spawned
 
 
 @dataclass(slots=True)
@@ -83,6 +84,7 @@ class Request:
     req: int
     model: str
     phase: str  # "download" | "queued" | "waiting" | "forwarded"
+    seq: int = 0  # its place in arrival order (a request that waited for a download: its end)
 
 
 class RouterCore:
@@ -268,7 +270,7 @@ class RouterCore:
             out.append(Reply(req, 400, errors.MODEL_NOT_LOADED,
                              f"model {name!r} is not loaded"))
             return
-        self.requests[req] = Request(req, name, "queued")
+        self.requests[req] = Request(req, name, "queued", self.scheduler.next_seq())
         self.scheduler.enqueue(name, req)
         self.scheduler.run(now, out)
 
@@ -416,7 +418,8 @@ class RouterCore:
     # -- children ----------------------------------------------------------------------------
 
     def spawn(self, model: Model, now: float, out: list[Command]) -> None:
-        inst = Instance(self._next_instance, model.spec.name)
+        # It counts with the need its spec says now, whatever a later reload says.
+        inst = Instance(self._next_instance, model.spec.name, memory=model.spec.memory)
         self._next_instance += 1
         self.instances[inst.id] = inst
         self._set_status(model, Status.LOADING, out)
@@ -507,7 +510,8 @@ class RouterCore:
             self._set_status(model, Status.UNLOADED, out)
             waiting, model.after_download = model.after_download, []
             for req in waiting:
-                self.requests[req] = Request(req, model.spec.name, "queued")
+                self.requests[req] = Request(req, model.spec.name, "queued",
+                                             self.scheduler.next_seq())
                 self.scheduler.enqueue(model.spec.name, req)
             if model.load_after_download:
                 model.load_after_download = False
@@ -546,11 +550,11 @@ class RouterCore:
 
     def _dispatch_again(self, req: int, model: Model, now: float, out: list[Command]) -> None:
         """Send ``req`` to its model's child if usable, else back into the queue."""
-        del self.requests[req]
+        seq = self.requests.pop(req).seq
         if model.usable:
             self.forward(req, model, now, out)
-        else:
-            self.requests[req] = Request(req, model.spec.name, "queued")
+        else:  # it keeps its place in arrival order
+            self.requests[req] = Request(req, model.spec.name, "queued", seq)
             self.scheduler.enqueue(model.spec.name, req)
 
     def _on_exit(self, instance: int, code: int, now: float, out: list[Command]) -> None:

@@ -17,7 +17,7 @@ in whether a blocked queue falls back to force eviction:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from . import errors
 from .commands import Command
@@ -33,6 +33,8 @@ class Entry:
 
     waiters: list[int] = field(default_factory=list)
     asked: bool = False
+    place: int = 0  # arrival order of its oldest demand: the queue is sorted by it
+    order: dict[int | None, int] = field(default_factory=dict)  # demand -> its arrival order
 
 
 class Scheduler:
@@ -41,6 +43,8 @@ class Scheduler:
         self.queue: dict[str, Entry] = {}  # insertion order is arrival order
         self.drain_deadline: float | None = None
         self.draining: set[str] = set()  # busy models that take no new requests until evicted
+        self._drained_before: set[str] = set()
+        self._seq = 0
         config = core.config
         self.evict_busy = config.policy == "naive-lru"
         self.drain_fallback = config.policy == "drain-timeout"
@@ -51,22 +55,39 @@ class Scheduler:
 
     # -- the queue ---------------------------------------------------------------------------
 
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
     def enqueue(self, name: str, req: int | None) -> None:
-        """Queue a request for ``name`` (``None``: a load asked through the API or at startup)."""
+        """Queue a request for ``name`` (``None``: a load asked through the API or at startup).
+        A model's entry takes the place of its oldest demand in arrival order."""
         entry = self.queue.get(name)
         if entry is None:
             entry = self.queue[name] = Entry()
         if req is None:
             entry.asked = True
+            seq = entry.order.setdefault(None, self.next_seq())
         else:
             entry.waiters.append(req)
+            seq = entry.order[req] = self.core.requests[req].seq
+        self._place(entry, min(entry.order.values()))
 
     def dequeue(self, name: str, req: int) -> None:
-        """A queued client left: it leaves the queue and costs nobody their slot."""
+        """A queued client left: it leaves the queue and costs nobody their slot, and its
+        model's entry moves back to the place of the oldest demand it still has."""
         entry = self.queue[name]
         entry.waiters.remove(req)
+        del entry.order[req]
         if not entry.waiters and not entry.asked:
             del self.queue[name]
+        else:
+            self._place(entry, min(entry.order.values()))
+
+    def _place(self, entry: Entry, place: int) -> None:
+        if len(entry.order) == 1 or place != entry.place:
+            entry.place = place
+            self.queue = dict(sorted(self.queue.items(), key=lambda item: item[1].place))
 
     # -- capacity ----------------------------------------------------------------------------
 
@@ -86,10 +107,16 @@ class Scheduler:
         if self.models_max is not None and len(running) + 1 > self.models_max:
             return False
         for device, capacity in self.devices.items():
-            used = sum(m.spec.memory.get(device, 0) for m in running)
+            used = sum(self._need(m).get(device, 0) for m in running)
             if used + model.spec.memory.get(device, 0) > capacity:
                 return False
         return True
+
+    @staticmethod
+    def _need(model: Model) -> Mapping[str, int]:
+        """What a model takes: its child's need at spawn, or its spec's for a planned load."""
+        inst = model.instance
+        return inst.memory if inst is not None and not inst.download else model.spec.memory
 
     def fits_alone(self, model: Model) -> bool:
         """The model fits on every device with nothing else loaded (its spec may change)."""
@@ -115,8 +142,11 @@ class Scheduler:
 
     def run(self, now: float, out: list[Command]) -> None:
         """Spawn what fits, in queue order; then evict what the blocked entries need."""
+        # The plan below marks afresh what the blocked entry needs, keeping the models it
+        # drained before: a drain that moved to whichever model was least recently used at
+        # each step might never finish while traffic goes on.
+        self._drained_before, self.draining = self.draining, set()
         if not self.queue:
-            self.draining.clear()
             self.drain_deadline = None  # nothing is blocked any more
             return
         self._spawn_heads(now, out)
@@ -161,24 +191,32 @@ class Scheduler:
             model = self.core.models[name]
             if not self.fits_alone(model):
                 continue
+            if model.usable and model in running:
+                continue  # a draining model: its child takes these requests when they come up
+            taken: list[Model] = []
             while not self._fits(model, running) and victims:
                 victim = victims.pop(0)
-                chosen.append(victim)
+                taken.append(victim)
                 running.remove(victim)
             if not self._fits(model, running):
                 blocked_entry = name
                 if self.block_draining:
+                    # The idle ones taken are not enough alone, so none is evicted yet; they
+                    # take no new requests meanwhile, like the busy ones that must drain.
+                    self.draining.update(victim.spec.name for victim in taken)
                     self._mark_draining(model, running)
                 break
+            chosen.extend(taken)
             running.append(model)
         for victim in chosen:
             self._evict(victim, now, out)
         return blocked_entry is not None
 
     def _mark_draining(self, model: Model, running: list[Model]) -> None:
-        """Pick the LRU busy or loading models whose eviction would let ``model`` fit, and drain
-        them: a loading one serves the requests it was loaded for, then none that came later."""
-        busy = sorted((m for m in running if m.instance is not None), key=lambda m: m.last_used)
+        """Pick the LRU busy models whose eviction would let ``model`` fit, and drain them. A
+        loading model is not drained: requests that come while it loads share its load."""
+        busy = [m for m in self._victims(busy_too=True) if m in running]
+        busy.sort(key=lambda m: m.spec.name not in self._drained_before)  # stable: LRU after
         while busy and not self._fits(model, running):
             victim = busy.pop(0)
             running.remove(victim)

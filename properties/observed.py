@@ -72,6 +72,8 @@ class Observed:
         instance: dict[str, int] = {}  # model -> its current synthetic child
         running: set[str] = set()
         next_instance = 1
+        calls = 0
+        ready: set[str] = set()  # models whose synthetic child is loaded
         unloading: set[str] = set()
         crashed: set[str] = set()
         for t, _, kind, d in self.in_causal_order():
@@ -81,6 +83,11 @@ class Observed:
             elif kind == "answer":
                 if d["status"] < 400:
                     items.append(Forward(d["req"], d["model"], instance.get(d["model"], 0)))
+                elif d["model"] in ready:
+                    # Its model was loaded: the router forwarded it and the child failed it (a
+                    # router never refuses a request for a loaded model of its own accord).
+                    items += [Forward(d["req"], d["model"], instance[d["model"]]),
+                              ResponseEnded(d["req"], ok=False)]
                 else:
                     items.append(Reply(d["req"], d["status"], "http", d.get("message", "error")))
             elif kind == "end":
@@ -105,12 +112,18 @@ class Observed:
                     failed = data.get("failed", model not in unloading
                                       and data.get("exit_code", 0) != 0)
                     if model not in crashed and not failed:
-                        if model in unloading:
-                            items.append(UnloadAsked(0, model))
+                        if model in unloading:  # the test's unload, answered: the stop's cause
+                            calls -= 1  # an id no request of the test has
+                            call = calls
+                            items += [UnloadAsked(call, model), Reply(call, 200, "ok")]
                         items.append(SendExit(inst))
                     items.append(ChildExited(inst, data.get("exit_code", 0)))
                     unloading.discard(model)
                     crashed.discard(model)
+                if status in ("loaded", "sleeping") and model in running:
+                    ready.add(model)
+                elif status is not None:
+                    ready.discard(model)
                 if status is not None:
                     items.append(Publish(model, "status_change", dict(data)))
             out.extend(At(t, item) for item in items)

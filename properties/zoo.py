@@ -51,6 +51,7 @@ class Outcome:
     by: str  # the first failing test, "-" when all passed, or why the run did not finish
     seconds: float
     failures: int
+    why: str = ""  # the first assertion or error line of the first failure
 
     @property
     def passed(self) -> bool:
@@ -77,7 +78,9 @@ def run_tests(mutant: str | None, paths: list[str], *, first_only: bool,
     if not failed:  # an error outside any test: show pytest's last words
         tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] or ["pytest failed"]
         return Outcome(True, f"(run error) {tail[0]}", seconds, 0)
-    return Outcome(True, failed[0], seconds, len(failed))
+    why = next((line[1:].strip() for line in proc.stdout.splitlines() if line.startswith("E ")),
+               "")
+    return Outcome(True, failed[0], seconds, len(failed), why[:300])
 
 
 def stale() -> list[str]:
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         outcome = run_tests(None, paths, first_only=True, timeout=args.timeout)
         baselines[frozenset(paths)] = outcome
-        verdict = "passed" if outcome.passed else f"FAILED: {outcome.by}"
+        verdict = "passed" if outcome.passed else f"FAILED: {outcome.by} ({outcome.why})"
         say(f"- `{' '.join(paths)}`: {verdict} in {outcome.seconds:.1f} s")
     say()
     green = {paths for paths, o in baselines.items() if o.passed}

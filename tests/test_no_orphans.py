@@ -64,8 +64,9 @@ def children(router: Router, count: int, timeout: float = 60.0) -> list[psutil.P
         time.sleep(0.02)
 
 
-def stream_started(router: Router, model: str, max_tokens: int) -> threading.Event:
-    """Start a streamed chat for ``model`` on a thread; the event is set at its first chunk."""
+def stream_started(router: Router, model: str, max_tokens: int) -> threading.Thread:
+    """A streamed chat for ``model`` on a thread, returned once its first chunk has come (a
+    real tiny-m takes about 15 s for 400 tokens, a slow-stream fake 0.2 s a chunk)."""
     first = threading.Event()
     body = {"model": model, "stream": True, "max_tokens": max_tokens, "logit_bias": NO_STOP,
             "messages": [{"role": "user", "content": "count"}]}
@@ -80,13 +81,18 @@ def stream_started(router: Router, model: str, max_tokens: int) -> threading.Eve
         except httpx.HTTPError:
             pass  # the router dies under it
 
-    threading.Thread(target=run, daemon=True).start()
-    return first
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert first.wait(60), f"no chunk of {model} in 60 s\n{router.log()}"
+    return thread
 
 
-def kill_router_and_wait(router: Router, procs: list[psutil.Process]) -> None:
-    """SIGKILL the router; every child must be gone within BOUND seconds."""
+def kill_router_and_wait(router: Router, procs: list[psutil.Process],
+                         stream: threading.Thread | None = None) -> None:
+    """SIGKILL the router (while ``stream`` is still going); every child must be gone within
+    BOUND seconds."""
     pids = {p.pid for p in procs}
+    assert stream is None or stream.is_alive(), "the stream ended before the router was killed"
     router.proc.send_signal(signal.SIGKILL)
     t0 = time.monotonic()
     left = wait_gone(pids, timeout=BOUND)
@@ -97,30 +103,27 @@ def kill_router_and_wait(router: Router, procs: list[psutil.Process]) -> None:
     print(f"{len(pids)} children gone {took:.2f} s after the router's SIGKILL")
 
 
-def loading(router: Router, models: list[str]) -> list[psutil.Process]:
-    """Load ``models`` and return their children once each is LOADING (not yet loaded)."""
+def loading(router: Router, models: list[str]) -> None:
+    """Ask for ``models`` to load; return once the router says each is LOADING."""
     for m in models:
         assert router.client.post("/models/load", json={"model": m}).status_code == 200
     for m in models:
         router.events.wait_for(m, "loading", timeout=30)
-    return children(router, len(models))
 
 
 @pytest.mark.parametrize("phase", ["loading", "streaming", "both"])
 def test_real_children_die_with_the_router(start: Start, tiny_models: Any, phase: str) -> None:
-    """Real children, loading (tiny-l, tiny-m), streaming (tiny-m), or one of each."""
+    """Real children, loading (tiny-l, tiny-s), streaming (tiny-m), or one of each. A real load
+    takes about a second, so a real child is killed early in its load (once the router said
+    LOADING); the fakes below stay LOADING for a minute."""
     router = start(["--models-dir", str(tiny_models.root), "--models-max", "4"])
-    procs = []
+    stream = None
     if phase in ("streaming", "both"):
         assert router.tracked("tiny-m")[0] == 200
-        assert stream_started(router, "tiny-m", 400).wait(60), router.log()
-        procs = children(router, 1)
+        stream = stream_started(router, "tiny-m", 400)
     if phase in ("loading", "both"):
-        wanted = ["tiny-l"] if phase == "both" else ["tiny-l", "tiny-s"]
-        procs = loading(router, wanted)
-        if phase == "both":
-            procs = children(router, 2)
-    kill_router_and_wait(router, procs)
+        loading(router, ["tiny-l"] if phase == "both" else ["tiny-l", "tiny-s"])
+    kill_router_and_wait(router, children(router, 1 if phase == "streaming" else 2), stream)
 
 
 @pytest.mark.parametrize("phase", ["loading", "streaming", "both"])
@@ -133,16 +136,14 @@ def test_fake_children_that_ignore_eof_die_with_the_router(start: Start, tiny_mo
     for name in (FAKE_LOADING, FAKE_STREAMING):
         (root / f"{name}.gguf").symlink_to(tiny_models["tiny-xs"].path)
     router = start(["--models-dir", str(root), "--models-max", "4"], child_cmd=FAKE)
-    procs = []
+    stream = None
     if phase in ("streaming", "both"):
         assert router.tracked(FAKE_STREAMING)[0] == 200
-        assert stream_started(router, FAKE_STREAMING, 300).wait(30), router.log()
-        procs = children(router, 1)
+        stream = stream_started(router, FAKE_STREAMING, 300)
     if phase in ("loading", "both"):
-        procs = loading(router, [FAKE_LOADING])
-        if phase == "both":
-            procs = children(router, 2)
-    kill_router_and_wait(router, procs)
+        loading(router, [FAKE_LOADING])
+        assert router.status(FAKE_LOADING) == "loading"
+    kill_router_and_wait(router, children(router, 1 if phase != "both" else 2), stream)
 
 
 def test_download_child_dies_with_the_router(start: Start, tmp_path: Path) -> None:

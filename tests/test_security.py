@@ -236,8 +236,7 @@ def test_router_killed_leaves_no_child(tmp_path: Path, tiny_models: Any,
 def test_sigterm_kills_a_child_that_ignores_its_exit_command(tmp_path: Path,
                                                             tiny_models: Any) -> None:
     """A child that ignores the exit command and EOF is killed stop-timeout seconds after
-    SIGTERM. (After SIGKILL of the router such a child is orphaned, as with llama-server: see
-    docs/RELIABILITY.md.)"""
+    SIGTERM. (After SIGKILL of the router the death signal ends it: tests/test_no_orphans.py.)"""
     router = _start(tmp_path, tiny_models, "--stop-timeout", "1",
                     child_cmd=f"{FAKE} --fault hang-on-exit")
     try:

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from refimpl.core.commands import Forward, Kill, Publish, RemoveFiles, Reply, SendExit, Spawn
+from refimpl.core.commands import Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
 from refimpl.core.config import ModelSpec, RouterConfig
-from refimpl.core.events import (EVENT_TYPES, CatalogChanged, ChildExited, ClientGone,
+from refimpl.core.events import (EVENT_TYPES, CatalogChanged, ChildExited, ChildOutput, ClientGone,
                                  DownloadAsked, LoadAsked, RemoveAsked, RequestArrived,
                                  ResponseEnded, RouterStarted, UnloadAsked)
 from refimpl.core.trace import At, Item
@@ -198,7 +198,13 @@ class Replay:
     def step(self, at: At) -> None:
         self.now = at.t
         what = at.what
-        if isinstance(what, EVENT_TYPES):
+        kind = type(what)
+        if kind is ChildOutput:  # most of a trace: what a child wrote changes nothing here
+            self.cause = what
+            return
+        if kind is Log or kind is RemoveFiles:
+            return
+        if kind in EVENT_TYPES:
             self.cause = what
         if isinstance(what, RequestArrived):
             known = bool(what.model) and what.model in self.names
@@ -303,8 +309,6 @@ class Replay:
                     self.downloaded_at[exited.model] = at.t
                 if self.by_model.get(exited.model) is exited:
                     del self.by_model[exited.model]
-        elif isinstance(what, RemoveFiles):
-            pass
 
     def _on_api_reply(self, r: Req, reply: Reply) -> None:
         if r.kind == "load" and reply.status == 200:

@@ -17,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import write_section  # noqa: E402
+import hypothesis  # noqa: E402
 from hypothesis import settings  # noqa: E402
 from hypothesis.stateful import run_state_machine_as_test  # noqa: E402
 
@@ -55,7 +56,8 @@ def main() -> int:
     if a.write:
         section = (f"## Thrash counterexamples found by hypothesis\n\nCommand: "
                    f"`python bench/find_thrash.py --write` (one slot, three models, derandomized; "
-                   f"times are wall seconds)\n\n{table}\n\n" + "\n\n".join(programs))
+                   f"times are wall seconds; hypothesis {hypothesis.__version__}, pinned in the "
+                   f"dev extras: another version searches and shrinks differently)\n\n{table}\n\n" + "\n\n".join(programs))
         print(f"written to {write_section(MARK, section)}")
     return 0
 

@@ -51,7 +51,7 @@ from bench.report import write_section  # noqa: E402
 from fixtures.procs import alive, children_of, popen, wait_healthy  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
 from properties.invariants import CHECKS, check_all  # noqa: E402
-from properties.mutants import environment, parse  # noqa: E402
+from properties import mutants  # noqa: E402
 from properties.observed import OBSERVABLE, Observed, check_observed  # noqa: E402
 from refimpl.core.config import ModelSpec, RouterConfig  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
@@ -425,7 +425,7 @@ def run_router(name: str, binary: str | None, s: Settings, log_dir: Path) -> Res
             command += ["--child-cmd", s.child_cmd]
     env = dict(os.environ)  # an inherited mutant stays: the zoo sets it for the whole tree
     if s.mutant and not binary:
-        env = environment(parse(s.mutant), env)  # the router process applies it at start
+        env = mutants.environment(mutants.parse(s.mutant), env)  # applied at its start
     print(f"{name}: {shlex.join(command)}", flush=True)
     try:
         run = Run(name, command, names, s, env, log_dir / f"load-{name.split()[0]}.log")

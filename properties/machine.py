@@ -43,7 +43,7 @@ GARBAGE = st.one_of(
 
 def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
                    ) -> type[RuleBasedStateMachine]:
-    """A state machine class checking ``config`` (policy, limits, mutants) against every guarantee."""
+    """A state machine class checking ``config`` (policy, limits, devices) against every guarantee."""
     names = [spec.name for spec in config.models]
     aliases = sorted({a for spec in config.models for a in spec.aliases} | {"x-alias"})
     model = st.sampled_from(names)

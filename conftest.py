@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from properties import mutants
 
@@ -25,9 +25,9 @@ settings.register_profile("ci", max_examples=100, derandomize=True,  # type: ign
 settings.register_profile("nightly", max_examples=2000, **_COMMON)  # type: ignore[arg-type]
 # The mutmut run (python -m properties.mutation): the same examples every run and no example
 # database, so a mutant's verdict depends on the mutant alone; few examples, since every mutant
-# reruns the tests that reach it.
+# reruns the tests that reach it; no shrinking, since a failure is all a mutant's run needs.
 settings.register_profile("mutation", max_examples=20, derandomize=True,  # type: ignore[arg-type]
-                          database=None, **_COMMON)
+                          database=None, phases=[Phase.explicit, Phase.generate], **_COMMON)
 # The bug zoo (python -m properties.zoo): ci's examples, and no example database, so that what one
 # mutant's run found does not help the next one.
 settings.register_profile("zoo", max_examples=100, derandomize=True,  # type: ignore[arg-type]

@@ -222,6 +222,30 @@ def test_delete_removes_a_cache_model_only(start_router: Callable[..., Router], 
     assert router.chat("tiny-xs").status_code == 200
 
 
+def test_delete_never_follows_a_link_out_of_the_cache(start_router: Callable[..., Router],
+                                                      cache: Path, hub: LocalHub,
+                                                      tmp_path: Path) -> None:
+    """DELETE /models removes a cache model's files and links, never what a link planted in the
+    cache points to outside it"""
+    from huggingface_hub import hf_hub_download
+
+    hf_hub_download(REPO_XS, "tiny-xs-F16.gguf", cache_dir=cache, endpoint=hub.url)
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    for victim in (outside / "victim-F16.gguf", outside / "sub" / "deep-F16.gguf"):
+        victim.write_bytes(b"precious")
+    folder = cache / ("models--" + REPO_XS.replace("/", "--"))
+    (folder / "snapshots" / "evil").symlink_to(outside, target_is_directory=True)
+    router = start_router()
+    assert MODEL_XS in router.models()
+    r = router.client.delete("/models", params={"model": MODEL_XS}, headers=router.headers)
+    assert r.status_code == 200, r.text
+    assert MODEL_XS not in router.models()
+    assert not [f for f in files_of(cache, REPO_XS) if f.endswith(".gguf")]
+    assert (outside / "victim-F16.gguf").read_bytes() == b"precious"
+    assert (outside / "sub" / "deep-F16.gguf").read_bytes() == b"precious"
+
+
 def test_reload_after_a_finished_download(start_router: Callable[..., Router], cache: Path
                                           ) -> None:
     """GET /models?reload=1 after a finished download completes promptly (Z15)"""

@@ -105,3 +105,35 @@ def test_sleep_idle_seconds_reaches_the_children(start_router: Callable[..., Rou
     assert router.tracked("tiny-xs")[0] == 200  # a request wakes it
     router.events.wait_for("tiny-xs", "loaded", timeout=15)
     router.check(models_max=4)
+
+
+def test_reload_with_a_name_of_two_models_keeps_the_catalog(
+        start_router: Callable[..., Router], target: Any, tiny_models: Any,
+        tmp_path: Path) -> None:
+    """Section 4: a reload that would give one name to two models answers 400 with a message and
+    leaves the previous catalog in force; a reload after the file is fixed answers 200"""
+    if target.binary:
+        pytest.skip("the answer to a broken reload is the reference router's (issue 12)")
+    (tmp_path / "empty").mkdir()
+    model = tiny_models["tiny-xs"].path
+    preset = tmp_path / "models.ini"
+    preset.write_text(f"[a]\nmodel = {model}\nalias = first\n\n[b]\nmodel = {model}\n")
+    router = start_router("--models-preset", str(preset), models_dir=tmp_path / "empty")
+    assert set(router.models()) == {"a", "b"}
+    preset.write_text(f"[a]\nmodel = {model}\nalias = first\n\n[b]\nmodel = {model}\n"
+                      f"alias = first\n\n[c]\nmodel = {model}\n")
+    for _ in range(2):  # and again: a refused reload leaves nothing half-done behind
+        r = router.client.get("/models", params={"reload": "1"}, headers=router.headers)
+        assert r.status_code == 400, r.text
+        message = r.json()["error"]["message"]
+        assert "first" in message and "[b]" in message, message
+    models = router.models()
+    assert set(models) == {"a", "b"} and models["b"]["aliases"] == [], models
+    assert router.chat("first").status_code == 200  # still routed to a
+    assert router.status("a") == "loaded"
+    preset.write_text(f"[a]\nmodel = {model}\nalias = first\n\n[b]\nmodel = {model}\n"
+                      f"alias = second\n\n[c]\nmodel = {model}\n")
+    r = router.client.get("/models", params={"reload": "1"}, headers=router.headers)
+    assert r.status_code == 200, r.text
+    models = {m["id"]: m for m in r.json()["data"]}
+    assert set(models) == {"a", "b", "c"} and models["b"]["aliases"] == ["second"], models

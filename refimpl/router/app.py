@@ -344,11 +344,13 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def _hub_files(repo: str) -> list[str]:
     """The file names of ``repo`` on the hub ``HF_ENDPOINT`` names; LookupError if none."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
     try:
         info = HfApi().model_info(repo)
     except RepositoryNotFoundError:
         raise LookupError(f"model repo {repo!r} not found on the hub") from None
+    except HFValidationError as exc:  # split_name takes what the library takes: a 400 anyway
+        raise LookupError(f"model repo {repo!r} is not a hub name: {exc}") from None
     return [s.rfilename for s in info.siblings or []]
 
 

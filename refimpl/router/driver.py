@@ -9,6 +9,7 @@ check stop timeouts and force kills in virtual time with trio's MockClock).
 from __future__ import annotations
 
 import itertools
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol
@@ -25,6 +26,24 @@ from refimpl.core.events import (CatalogChanged, ChildExited, ChildOutput, Clien
 from refimpl.core.protocol import EXIT_COMMAND
 from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
+
+# What a log line may not carry as it is: C0 and C1 controls but the tab (a newline would forge a
+# line, an escape sequence would drive the reader's terminal) and the Unicode line separators.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """``text`` with its control characters escaped (``\\n``, ``\\x1b``, ``\\u2028``), so that a
+    model name, a child's output or anything a client sent is one log line whatever it holds.
+    Backslashes stay as they are, so escaping twice is escaping once. The router's log function
+    (``main.log``) and the driver's own logging pass every line through it."""
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    c = match[0]
+    return _NAMED.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
 
 
 class Child(Protocol):
@@ -81,7 +100,7 @@ class Driver:
         self._subscribers: set[MemoryObjectSendStream[dict[str, Any]]] = set()
         self._wake = anyio.Event()
         self._tg: TaskGroup | None = None
-        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.log = log or (lambda line: print(printable(line), file=sys.stderr, flush=True))
         self.spawn_failures: list[str] = []
         self.closing = anyio.Event()  # set at shutdown: long-lived streams end
 
@@ -139,7 +158,7 @@ class Driver:
                     self._subscribers.discard(subscriber)  # too slow or gone: drop it
         elif isinstance(command, Log):
             child = self.children.get(command.instance)
-            self.log(f"[{child.port if child else command.instance}] {command.text}")
+            self.log(f"[{child.port if child else command.instance}] {printable(command.text)}")
 
     async def _send_exit(self, child: Child) -> None:
         try:

@@ -15,14 +15,16 @@ from refimpl.core.router import RouterCore
 
 from . import options as router_options
 from .app import RouterApp
-from .driver import Driver
+from .driver import Driver, printable
 from .memory import device_budget, estimate_need, gguf_metadata
 from .processes import make_download_spawner, make_spawner
 from .sources import ModelEntry, SourceError, load_sources
 
 
 def log(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """The router's log: one line to stderr, its control characters escaped (a model name with a
+    newline in it cannot forge a second line)."""
+    print(printable(line), file=sys.stderr, flush=True)
 
 
 def example_model(entries: dict[str, ModelEntry]) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shlex
 import signal
 import socket
@@ -50,26 +51,31 @@ def free_port() -> int:
         return port
 
 
+# Filled in one pass: a value (a file named x$port.gguf) is never read again for placeholders.
+PLACEHOLDERS = re.compile(r"\{python\}|\$(?:model|port|host|alias)")
+
+
 def child_command(template: str, entry: ModelEntry, port: int) -> list[str]:
     """Fill the child command template (seed 003 style: $model, $port, $host, $alias).
 
     Without ``$model`` in it, the model, port and host flags are appended as llama-server takes
-    them; the model's own flags always follow.
+    them; the model's own flags always follow. Paths are made absolute, so that a file named like
+    a flag (``-v.gguf``, ``--host=0.0.0.0.gguf``) starts with '/' and is never read as one; a
+    name that starts with '-' is appended as ``--alias=NAME``, the one form an argparse child
+    (ours) cannot read as a flag (llama.cpp's parser takes the next word as the value whatever
+    it is, but not ``--alias=``: such a name fails to load there, as a flag it would not).
     """
     assert entry.path is not None
-    values = {"$model": str(entry.path), "$port": str(port), "$host": "127.0.0.1",
-              "$alias": entry.name}
-    words = [w.replace("{python}", sys.executable) for w in shlex.split(template)]
-    filled = []
-    for word in words:
-        for key, value in values.items():
-            word = word.replace(key, value)
-        filled.append(word)
+    model = os.path.abspath(entry.path)
+    values = {"{python}": sys.executable, "$model": model, "$port": str(port),
+              "$host": "127.0.0.1", "$alias": entry.name}
+    filled = [PLACEHOLDERS.sub(lambda m: values[m[0]], word) for word in shlex.split(template)]
     if "$model" not in template:
-        filled += ["-m", str(entry.path), "--port", str(port), "--host", "127.0.0.1",
-                   "--alias", entry.name]
+        alias = [f"--alias={entry.name}"] if entry.name.startswith("-") \
+            else ["--alias", entry.name]
+        filled += ["-m", model, "--port", str(port), "--host", "127.0.0.1", *alias]
     if entry.mmproj is not None and "--mmproj" not in entry.flags:
-        filled += ["--mmproj", str(entry.mmproj)]
+        filled += ["--mmproj", os.path.abspath(entry.mmproj)]
     return filled + entry.args()
 
 

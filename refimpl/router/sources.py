@@ -5,16 +5,24 @@ one for the same name.
 Each source yields :class:`ModelEntry` values: a name, the file to load, and the child flags for it.
 Flags merge with the precedence of ROUTER.md section 5: router command line > the model's preset
 section > the preset's ``[*]`` section.
+
+What the sources say is checked here, before a core is built from it, so that start-up and
+``GET /models?reload=1`` refuse it alike with one line naming the file, section and key
+(:class:`SourceError`): a name or alias of two models, a preset number that is not finite or out
+of its range.
 """
 
 from __future__ import annotations
 
 import configparser
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from refimpl.cache import list_cached
+
+from .options import MAX_SECONDS, number_problem
 
 SHARD = re.compile(r"^(?P<base>.+)-(?P<n>\d{5})-of-(?P<total>\d{5})\.gguf$")
 PRESET_ONLY = {"load-on-startup", "stop-timeout", "dedup-cache-models"}
@@ -39,6 +47,7 @@ class ModelEntry:
     aliases: tuple[str, ...] = ()
     stop_timeout: float | None = None
     load_on_startup: bool = False
+    aliases_from: str = ""  # where the aliases were read: file, section and key, for errors
 
     def args(self) -> list[str]:
         out: list[str] = []
@@ -95,6 +104,13 @@ def _key_to_flag(key: str) -> str:
 def scan_models_dir(folder: Path) -> list[ModelEntry]:
     if not folder.is_dir():
         raise SourceError(f"--models-dir {folder}: not a folder")
+    try:
+        return _scan_models_dir(folder)
+    except OSError as exc:
+        raise SourceError(f"--models-dir {folder}: {exc}") from None
+
+
+def _scan_models_dir(folder: Path) -> list[ModelEntry]:
     out: list[ModelEntry] = []
     for item in sorted(folder.iterdir()):
         if item.is_file() and item.suffix == ".gguf" and not item.name.startswith("mmproj"):
@@ -132,14 +148,16 @@ def read_preset(path: Path) -> tuple[dict[str, str | None], list[ModelEntry]]:
             parser.read_file(f)
     except FileNotFoundError:
         raise SourceError(f"--models-preset {path}: no such file") from None
-    except (configparser.Error, UnicodeDecodeError) as exc:
-        raise SourceError(f"--models-preset {path}: {exc}") from None
+    except (configparser.Error, UnicodeDecodeError, OSError) as exc:
+        # configparser's messages take several lines: one line here, like every other error
+        raise SourceError(f"--models-preset {path}: {_one_line(str(exc))}") from None
     common: dict[str, str | None] = {}
     entries: list[ModelEntry] = []
     for section in parser.sections():
         items = dict(parser.items(section))
+        where = f"--models-preset {path}: [{section}]"
         if section == "*":
-            common = {_key_to_flag(k): _flag_value(v) for k, v in items.items()
+            common = {_key_to_flag(k): _checked_value(where, k, v) for k, v in items.items()
                       if k not in PRESET_ONLY}
             continue
         entry = ModelEntry(section, None, "preset")
@@ -148,23 +166,49 @@ def read_preset(path: Path) -> tuple[dict[str, str | None], list[ModelEntry]]:
                 entry.path = (path.parent / value).resolve() if not Path(value).is_absolute() \
                     else Path(value)
             elif key == "load-on-startup":
-                entry.load_on_startup = _truthy(value, section, key)
+                entry.load_on_startup = _truthy(value, f"{where} {key}")
             elif key == "stop-timeout":
-                try:
-                    entry.stop_timeout = float(value)
-                except ValueError:
-                    raise SourceError(f"--models-preset {path}: [{section}] stop-timeout "
-                                      f"{value!r} is not a number of seconds") from None
+                entry.stop_timeout = _seconds(value, f"{where} {key}")
             elif key in ("alias", "aliases"):
-                entry.aliases = tuple(a.strip() for a in value.split(",") if a.strip())
+                named = [a.strip() for a in value.split(",") if a.strip()]
+                # its own name, or twice, is no second model: said once
+                entry.aliases = tuple(dict.fromkeys(
+                    a for a in (*entry.aliases, *named) if a != section))
+                entry.aliases_from = f"{where} {key}"
             elif key == "mmproj":
                 entry.mmproj = Path(value)
             elif key not in PRESET_ONLY:
-                flag_value = _flag_value(value)
+                flag_value = _checked_value(where, key, value)
                 if flag_value != "\x00off":
                     entry.flags[_key_to_flag(key)] = flag_value
         entries.append(entry)
     return common, entries
+
+
+def _one_line(text: str) -> str:
+    return re.sub(r"\s*\n\s*", " ", text).strip()
+
+
+def _seconds(value: str, where: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_SECONDS):
+        raise SourceError(f"{where} = {value!r} is not a number of seconds from 0 to "
+                          f"{MAX_SECONDS}")
+    return seconds
+
+
+def _checked_value(where: str, key: str, value: str) -> str | None:
+    """The child flag value of a preset key, refused if the flag takes a number and this is
+    none (or not a finite one)."""
+    flag_value = _flag_value(value)
+    if flag_value is not None and flag_value != "\x00off":
+        problem = number_problem(_key_to_flag(key), flag_value)
+        if problem is not None:
+            raise SourceError(f"{where} {key}: {problem}")
+    return flag_value
 
 
 def _flag_value(value: str) -> str | None:
@@ -176,13 +220,13 @@ def _flag_value(value: str) -> str | None:
     return value.strip()
 
 
-def _truthy(value: str, section: str, key: str) -> bool:
+def _truthy(value: str, where: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ("true", "1", "yes", "on"):
         return True
     if lowered in ("false", "0", "no", "off"):
         return False
-    raise SourceError(f"[{section}] {key} = {value!r} is not true or false")
+    raise SourceError(f"{where} = {value!r} is not true or false")
 
 
 def scan_cache(root: Path) -> list[ModelEntry]:
@@ -209,9 +253,10 @@ def load_sources(models_dir: str | None, models_preset: str | None,
                 entry.mmproj = entry.mmproj or base.mmproj
                 entry.source = base.source if entry.path == base.path else "preset"
             if entry.path is None:
-                raise SourceError(f"--models-preset: [{entry.name}] names no model file "
-                                  "(add 'model = path/to/file.gguf')")
+                raise SourceError(f"--models-preset {models_preset}: [{entry.name}] names no "
+                                  "model file (add 'model = path/to/file.gguf')")
             entries[entry.name] = entry
+    _check_names(entries)
     router_flags = flags_from_args(router_args)
     for entry in entries.values():
         merged = {k: v for k, v in common.items() if v != "\x00off"}
@@ -220,3 +265,17 @@ def load_sources(models_dir: str | None, models_preset: str | None,
         entry.flags = {k: v for k, v in merged.items()
                        if k not in ROUTER_ONLY and k != "--model" and v != "\x00off"}
     return list(entries.values())
+
+
+def _check_names(entries: dict[str, ModelEntry]) -> None:
+    """Every name and alias belongs to one model: the core refuses a catalog that says
+    otherwise, so it is refused here first, with the file, section and key that said it."""
+    owners = {name: name for name in entries}
+    for entry in entries.values():
+        for alias in entry.aliases:
+            owner = owners.setdefault(alias, entry.name)
+            if owner != entry.name:
+                what = f"the name of model {owner!r} (source {entries[owner].source})" \
+                    if alias == owner else f"an alias of model {owner!r}"
+                raise SourceError(f"{entry.aliases_from or entry.name}: alias {alias!r} is "
+                                  f"already {what}")

@@ -73,7 +73,6 @@ class Observed:
         running: set[str] = set()
         next_instance = 1
         calls = 0
-        ready: set[str] = set()  # models whose synthetic child is loaded
         unloading: set[str] = set()
         crashed: set[str] = set()
         for t, _, kind, d in self.in_causal_order():
@@ -83,9 +82,11 @@ class Observed:
             elif kind == "answer":
                 if d["status"] < 400:
                     items.append(Forward(d["req"], d["model"], instance.get(d["model"], 0)))
-                elif d["model"] in ready:
-                    # Its model was loaded: the router forwarded it and the child failed it (a
-                    # router never refuses a request for a loaded model of its own accord).
+                elif d["model"] in running:
+                    # Its model runs: the child failed it (a router refuses a request for a
+                    # running model of its own accord only in ways these checks do not judge).
+                    # Its "loaded" event may be noted after the answer (another thread), so
+                    # "running", not "loaded", decides.
                     items += [Forward(d["req"], d["model"], instance[d["model"]]),
                               ResponseEnded(d["req"], ok=False)]
                 else:
@@ -120,10 +121,6 @@ class Observed:
                     items.append(ChildExited(inst, data.get("exit_code", 0)))
                     unloading.discard(model)
                     crashed.discard(model)
-                if status in ("loaded", "sleeping") and model in running:
-                    ready.add(model)
-                elif status is not None:
-                    ready.discard(model)
                 if status is not None:
                     items.append(Publish(model, "status_change", dict(data)))
             out.extend(At(t, item) for item in items)

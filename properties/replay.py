@@ -184,6 +184,8 @@ class Replay:
         for name in what.removed:
             if not self.downloading(name):
                 self._forget_names(name)
+                self.asked.pop(name, None)  # its queue entry goes with it
+                self.asked_by.pop(name, None)
         for spec in what.specs:
             child = self.by_model.get(spec.name)
             if child is not None and child.download and not child.results:

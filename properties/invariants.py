@@ -247,12 +247,16 @@ def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, fl
             model = replay.model_of(at.what.model)
             asked = [(replay.asked[model], replay.asked_by[model])] if model in replay.asked \
                 else []
-            place[at.what.req] = min([(at.t, at.what.req), *asked,
-                                      *((r.arrived, r.req) for r in replay.open_for(model))])
+            child = replay.by_model.get(model)
+            if child is not None and not child.ready and child.stop is None \
+                    and not child.download:  # it joins a load in progress: the load's place
+                asked.append((child.spawned, child.seq))
+            place[at.what.req] = min([(at.t, replay.index + 1), *asked,
+                                      *((r.arrived, r.seq) for r in replay.open_for(model))])
     keys: dict[int, tuple[float, int]] = {}
     for r in h.requests.values():
         start = start_of(r)
-        keys[r.req] = (start, r.req) if start > r.arrived else place.get(r.req, (r.arrived, r.req))
+        keys[r.req] = (start, r.seq) if start > r.arrived else place.get(r.req, (r.arrived, r.seq))
     starts = {req: key[0] for req, key in keys.items()}
     reqs = sorted(h.requests.values(), key=lambda r: keys[r.req])
     out: list[tuple[Req, float]] = []

@@ -40,6 +40,7 @@ class Child:
     waiters: set[int] = field(default_factory=set)  # requests it was loaded for (open at spawn)
     served: set[int] = field(default_factory=set)  # requests whose response ended ok
     download: bool = False  # a download child: no slot, no requests, never evicted
+    seq: int = 0  # the index of its spawn in the trace
     results: int = 0  # download_finished / download_failed published for it
 
     @property
@@ -66,6 +67,7 @@ class Req:
     gone: bool = False  # its client left
     reply: Reply | None = None
     ok: bool | None = None  # for a forwarded request: did its response end ok
+    seq: int = 0  # its index in the trace: with the time, its place in arrival order
 
 
 class Replay:
@@ -77,17 +79,19 @@ class Replay:
         self.children: dict[int, Child] = {}  # alive, stopping ones included
         self.every_child: dict[int, Child] = {}  # exited ones too
         self.last_download: dict[str, Child] = {}  # model -> its newest download child
-        self.downloaded_at: dict[str, float] = {}  # model -> when its download child exited
+        # model -> (time, index) of its download child's exit: its waiters join the queue then
+        self.downloaded_at: dict[str, tuple[float, int]] = {}
         self.by_model: dict[str, Child] = {}  # the newest alive child of each model
         self.requests: dict[int, Req] = {}  # requests and API calls
         self.last_used: dict[str, float] = {}  # model -> when it last served or became ready
         self.asked: dict[str, float] = {}  # model -> when a load was asked for it (not yet spawned)
-        self.asked_by: dict[str, int] = {}  # model -> the load call that asked (0: start-up)
+        self.asked_by: dict[str, int] = {}  # model -> index of the asked load's reply
         self._open: dict[str, set[int]] = {}  # model -> requests not yet forwarded or answered
         self._flight: dict[int, set[int]] = {}  # instance -> requests forwarded, not ended
         self._catalog_undo: tuple[int, dict[str, ModelSpec], dict[str, str]] | None = None
         self.cause: Item | None = None  # the event the current commands answer
         self.now = 0.0
+        self.index = 0  # entries stepped so far: with the time, a place in the trace
 
     # -- questions the invariants ask --------------------------------------------------------
 
@@ -118,18 +122,18 @@ class Replay:
 
     def demand(self) -> dict[str, tuple[float, int]]:
         """Models that wait for a load (open requests or an asked load, no usable child, not
-        downloading), each with its place in the queue: the (time, id) of its oldest demand. A
+        downloading), each with its place in the queue: the (time, trace index) of its oldest demand. A
         request that waited for a download joins the queue when the download child exits."""
         out: dict[str, tuple[float, int]] = {}
+        never = (float("-inf"), 0)
         for model, reqs in self._open.items():
             live = [self.requests[r] for r in reqs if self.requests[r].kind == "request"]
             if live and self.usable(model) is None and not self.downloading(model):
-                joined = self.downloaded_at.get(model, float("-inf"))
-                out[model] = min((max(r.arrived, joined), r.req) for r in live)
+                joined = self.downloaded_at.get(model, never)
+                out[model] = min(max((r.arrived, r.seq), joined) for r in live)
         for model, t in self.asked.items():
             if self.usable(model) is None and not self.downloading(model):
-                place = (max(t, self.downloaded_at.get(model, float("-inf"))),
-                         self.asked_by.get(model, 0))
+                place = max((t, self.asked_by.get(model, 0)), self.downloaded_at.get(model, never))
                 out[model] = min(out.get(model, place), place)
         return out
 
@@ -199,6 +203,7 @@ class Replay:
 
     def step(self, at: At) -> None:
         self.now = at.t
+        self.index += 1
         what = at.what
         kind = type(what)
         if kind is ChildOutput:  # most of a trace: what a child wrote changes nothing here
@@ -212,7 +217,7 @@ class Replay:
             known = bool(what.model) and what.model in self.names
             model = self.model_of(what.model)
             self.requests[what.req] = Req(what.req, model, at.t, name=what.model, known=known,
-                                          autoload=what.autoload)
+                                          autoload=what.autoload, seq=self.index)
             if known:
                 self._open.setdefault(model, set()).add(what.req)
         elif type(what) in API_KINDS:
@@ -264,12 +269,13 @@ class Replay:
             for spec in self.specs.values():
                 if spec.load_on_startup:
                     self.asked.setdefault(spec.name, at.t)
-                    self.asked_by.setdefault(spec.name, 0)
+                    self.asked_by.setdefault(spec.name, self.index)
         elif isinstance(what, Spawn):
             need = self.specs.get(what.model)
             child = Child(what.instance, what.model, at.t, download=what.download,
                           memory=dict(need.memory) if need is not None and not what.download
                           else {})
+            child.seq = self.index
             self.every_child[what.instance] = child
             if what.download:
                 self.last_download[what.model] = child
@@ -308,14 +314,14 @@ class Replay:
             if exited is not None:
                 exited.exited_at = at.t
                 if exited.download:
-                    self.downloaded_at[exited.model] = at.t
+                    self.downloaded_at[exited.model] = (at.t, self.index)
                 if self.by_model.get(exited.model) is exited:
                     del self.by_model[exited.model]
 
     def _on_api_reply(self, r: Req, reply: Reply) -> None:
         if r.kind == "load" and reply.status == 200:
             self.asked.setdefault(r.model, self.now)
-            self.asked_by.setdefault(r.model, r.req)
+            self.asked_by.setdefault(r.model, self.index)
         elif r.kind == "download" and reply.status == 200:
             self.specs.setdefault(r.model, ModelSpec(r.model))
             self.names[r.model] = r.model

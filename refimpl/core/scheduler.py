@@ -1,14 +1,18 @@
 """The one place that decides loads and evictions: a FIFO queue with one entry per wanted model.
 
-The head of the queue claims a free slot (count and memory on every device, children still
-stopping included). When it does not fit, the least-recently-used *idle* models are evicted, and
-only as many as the queued entries need. Policies differ only in which models may be victims and
-in whether a blocked queue falls back to force eviction:
+The queue is in arrival order: an entry's place is its oldest demand's (a client that leaves
+takes its place with it). The head claims a free slot (count and memory on every device,
+children still stopping included). When it does not fit, the least-recently-used *idle* models
+are evicted, only as many as the queued entries need, and only when that makes room. Policies
+differ only in which models may be victims and in whether a blocked queue falls back to force
+eviction:
 
 - ``fifo`` (default): victims are LOADED or SLEEPING, with no in-flight or waiting requests.
-  When no idle victim is enough, the least-recently-used busy models needed are marked
-  *draining*: new requests for them queue behind the blocked entry instead of keeping them busy
-  forever, so they drain in bounded time and are evicted idle (no starvation, no busy eviction).
+  When the idle ones are not enough, they and the least-recently-used busy models needed are
+  marked *draining*: new requests for them queue behind the blocked entry instead of keeping
+  them busy forever, so they drain in bounded time and are evicted idle (no starvation, no busy
+  eviction). The drain keeps the models it chose until the entry has its room. A loading model
+  is not drained: requests that come while it loads share its load.
 - ``naive-lru``: the original router: any LOADED or SLEEPING model, busy or not.
 - ``drain-timeout``: seed 004: idle victims, but after ``drain_timeout`` seconds blocked, the LRU
   busy model is force-evicted.
@@ -40,7 +44,7 @@ class Entry:
 class Scheduler:
     def __init__(self, core: RouterCore) -> None:
         self.core = core
-        self.queue: dict[str, Entry] = {}  # insertion order is arrival order
+        self.queue: dict[str, Entry] = {}  # sorted by place: arrival order
         self.drain_deadline: float | None = None
         self.draining: set[str] = set()  # busy models that take no new requests until evicted
         self._drained_before: set[str] = set()

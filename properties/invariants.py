@@ -250,7 +250,7 @@ def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, fl
             child = replay.by_model.get(model)
             if child is not None and not child.ready and child.stop is None \
                     and not child.download:  # it joins a load in progress: the load's place
-                asked.append((child.spawned, child.seq))
+                asked.append(child.place)
             place[at.what.req] = min([(at.t, replay.index + 1), *asked,
                                       *((r.arrived, r.seq) for r in replay.open_for(model))])
     keys: dict[int, tuple[float, int]] = {}

@@ -41,6 +41,7 @@ class Child:
     served: set[int] = field(default_factory=set)  # requests whose response ended ok
     download: bool = False  # a download child: no slot, no requests, never evicted
     seq: int = 0  # the index of its spawn in the trace
+    place: tuple[float, int] = (0.0, 0)  # the queue place of the demand it was loaded for
     results: int = 0  # download_finished / download_failed published for it
 
     @property
@@ -126,9 +127,11 @@ class Replay:
         request that waited for a download joins the queue when the download child exits."""
         out: dict[str, tuple[float, int]] = {}
         never = (float("-inf"), 0)
+        known = set(self.names.values())  # a removed model's requests wait for their error
         for model, reqs in self._open.items():
             live = [self.requests[r] for r in reqs if self.requests[r].kind == "request"]
-            if live and self.usable(model) is None and not self.downloading(model):
+            if live and model in known and self.usable(model) is None \
+                    and not self.downloading(model):
                 joined = self.downloaded_at.get(model, never)
                 out[model] = min(max((r.arrived, r.seq), joined) for r in live)
         for model, t in self.asked.items():
@@ -281,6 +284,7 @@ class Replay:
                 self.last_download[what.model] = child
             if not what.download:
                 child.waiters = {r.req for r in self.open_for(what.model)}
+                child.place = self.demand().get(what.model, (at.t, self.index))
                 self.asked.pop(what.model, None)
                 self.asked_by.pop(what.model, None)
             self.children[what.instance] = child

@@ -185,7 +185,13 @@ class Scheduler:
             core.join(model, entry.waiters, now, out)
 
     def _plan_evictions(self, now: float, out: list[Command]) -> bool:
-        """Evict LRU victims for the queued entries, in order; True if the queue is blocked."""
+        """Evict LRU victims for the queued entries, in order; True if the queue is blocked.
+
+        Victims are evicted only for the entries before the first one that cannot have its
+        room yet. Under ``fifo``, that entry and every one behind it drain, in queue order, what
+        each would need once those ahead have theirs: no model that a waiting request will need
+        takes requests that came after it (the bound of ``properties.invariants.bounded_wait``).
+        """
         running = self._counted(projected=True)
         victims = self._victims(busy_too=self.evict_busy)
         chosen: list[Model] = []
@@ -202,15 +208,19 @@ class Scheduler:
                 victim = victims.pop(0)
                 taken.append(victim)
                 running.remove(victim)
-            if not self._fits(model, running):
+            fits = self._fits(model, running)
+            if fits and blocked_entry is None:
+                chosen.extend(taken)
+            elif not self.block_draining:
                 blocked_entry = name
-                if self.block_draining:
-                    # The idle ones taken are not enough alone, so none is evicted yet; they
-                    # take no new requests meanwhile, like the busy ones that must drain.
-                    self.draining.update(victim.spec.name for victim in taken)
-                    self._mark_draining(model, running)
                 break
-            chosen.extend(taken)
+            else:
+                # Not now: the idle ones it takes wait for it (none is evicted yet), and the
+                # busy ones it needs drain: neither takes new requests meanwhile.
+                blocked_entry = blocked_entry or name
+                self.draining.update(victim.spec.name for victim in taken)
+                if not fits:
+                    self._mark_draining(model, running)
             running.append(model)
         for victim in chosen:
             self._evict(victim, now, out)

@@ -69,6 +69,7 @@ class Req:
     reply: Reply | None = None
     ok: bool | None = None  # for a forwarded request: did its response end ok
     seq: int = 0  # its index in the trace: with the time, its place in arrival order
+    joined: int | None = None  # the child whose load it waits for, if any
 
 
 class Replay:
@@ -129,7 +130,8 @@ class Replay:
         never = (float("-inf"), 0)
         known = set(self.names.values())  # a removed model's requests wait for their error
         for model, reqs in self._open.items():
-            live = [self.requests[r] for r in reqs if self.requests[r].kind == "request"]
+            live = [self.requests[r] for r in reqs if self.requests[r].kind == "request"
+                    and not self._doomed(self.requests[r])]
             if live and model in known and self.usable(model) is None \
                     and not self.downloading(model):
                 joined = self.downloaded_at.get(model, never)
@@ -139,6 +141,11 @@ class Replay:
                 place = max((t, self.asked_by.get(model, 0)), self.downloaded_at.get(model, never))
                 out[model] = min(out.get(model, place), place)
         return out
+
+    def _doomed(self, r: Req) -> bool:
+        """It waits for a load that was stopped: its error comes when that child exits."""
+        child = self.children.get(r.joined) if r.joined is not None else None
+        return child is not None and child.stop is not None and not child.ready
 
     def too_big(self, model: str) -> bool:
         """The model's spec needs more than some device has: it can never load."""
@@ -223,6 +230,10 @@ class Replay:
                                           autoload=what.autoload, seq=self.index)
             if known:
                 self._open.setdefault(model, set()).add(what.req)
+                loading = self.by_model.get(model)
+                if loading is not None and not loading.ready and loading.stop is None \
+                        and not loading.download:
+                    self.requests[what.req].joined = loading.instance
         elif type(what) in API_KINDS:
             assert isinstance(what, (LoadAsked, UnloadAsked, DownloadAsked, RemoveAsked,
                                      CatalogChanged))
@@ -284,6 +295,8 @@ class Replay:
                 self.last_download[what.model] = child
             if not what.download:
                 child.waiters = {r.req for r in self.open_for(what.model)}
+                for r in self.open_for(what.model):
+                    r.joined = what.instance
                 child.place = self.demand().get(what.model, (at.t, self.index))
                 self.asked.pop(what.model, None)
                 self.asked_by.pop(what.model, None)

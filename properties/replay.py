@@ -90,7 +90,9 @@ class Replay:
         self.asked_by: dict[str, int] = {}  # model -> index of the asked load's reply
         self._open: dict[str, set[int]] = {}  # model -> requests not yet forwarded or answered
         self._flight: dict[int, set[int]] = {}  # instance -> requests forwarded, not ended
-        self._catalog_undo: tuple[int, dict[str, ModelSpec], dict[str, str]] | None = None
+        # A catalog change is applied at once and undone if the router refuses it (400).
+        self._catalog_undo: tuple[int, dict[str, ModelSpec], dict[str, str], dict[str, float],
+                                  dict[str, int]] | None = None
         self.cause: Item | None = None  # the event the current commands answer
         self.now = 0.0
         self.index = 0  # entries stepped so far: with the time, a place in the trace
@@ -194,7 +196,8 @@ class Replay:
 
     def _apply_catalog(self, what: CatalogChanged) -> None:
         if what.req is not None:
-            self._catalog_undo = (what.req, dict(self.specs), dict(self.names))
+            self._catalog_undo = (what.req, dict(self.specs), dict(self.names),
+                                  dict(self.asked), dict(self.asked_by))
         for name in what.removed:
             if not self.downloading(name):
                 self._forget_names(name)
@@ -344,7 +347,7 @@ class Replay:
             self.names[r.model] = r.model
         elif r.kind == "catalog" and reply.status != 200 and self._catalog_undo is not None \
                 and self._catalog_undo[0] == r.req:
-            _, self.specs, self.names = self._catalog_undo
+            _, self.specs, self.names, self.asked, self.asked_by = self._catalog_undo
         if r.kind == "catalog":
             self._catalog_undo = None
 

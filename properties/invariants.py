@@ -252,7 +252,8 @@ def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, fl
                     and not child.download:  # it joins a load in progress: the load's place
                 asked.append(child.place)
             place[at.what.req] = min([(at.t, replay.index + 1), *asked,
-                                      *((r.arrived, r.seq) for r in replay.open_for(model))])
+                                      *((r.arrived, r.seq) for r in replay.open_for(model)
+                                        if not replay.doomed(r))])
     keys: dict[int, tuple[float, int]] = {}
     for r in h.requests.values():
         start = start_of(r)

@@ -133,7 +133,7 @@ class Replay:
         known = set(self.names.values())  # a removed model's requests wait for their error
         for model, reqs in self._open.items():
             live = [self.requests[r] for r in reqs if self.requests[r].kind == "request"
-                    and not self._doomed(self.requests[r])]
+                    and not self.doomed(self.requests[r])]
             if live and model in known and self.usable(model) is None \
                     and not self.downloading(model):
                 joined = self.downloaded_at.get(model, never)
@@ -144,7 +144,7 @@ class Replay:
                 out[model] = min(out.get(model, place), place)
         return out
 
-    def _doomed(self, r: Req) -> bool:
+    def doomed(self, r: Req) -> bool:
         """It waits for a load that was stopped: its error comes when that child exits."""
         child = self.children.get(r.joined) if r.joined is not None else None
         return child is not None and child.stop is not None and not child.ready

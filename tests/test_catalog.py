@@ -95,3 +95,14 @@ def test_a_model_too_big_after_a_change_is_refused_and_does_not_block_the_queue(
     assert [c for c in out if isinstance(c, Reply)] == [
         Reply(4, 507, errors.INSUFFICIENT_MEMORY, "model 'A' needs more memory than a device has")]
     assert core.handle(RequestArrived(5, "B"), 4.1)[-1] == Spawn(2, "B")
+
+
+def test_an_alias_moved_to_a_model_listed_before_its_old_owner_stays_with_it() -> None:
+    """Found by the state machine: the old owner, given its new spec after the new one, used to
+    drop the alias it no longer has even though another model now had it."""
+    core = RouterCore(RouterConfig(models=(ModelSpec("A"), ModelSpec("B"), ModelSpec("C"))))
+    core.handle(CatalogChanged((ModelSpec("A", aliases=("x",)), ModelSpec("B"),
+                                ModelSpec("C")), (), 1), 0.0)
+    out = core.handle(CatalogChanged((ModelSpec("B"), ModelSpec("C", aliases=("x",)),
+                                      ModelSpec("A")), (), 2), 0.0)
+    assert Reply(2, 200, errors.OK) in out and core.resolve("x") == "C"

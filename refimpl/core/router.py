@@ -114,7 +114,8 @@ class RouterCore:
             self.models[spec.name] = Model(spec)
         else:
             for alias in old.spec.aliases:
-                self.names.pop(alias, None)
+                if self.names.get(alias) == spec.name:  # it may belong to another model now
+                    del self.names[alias]
             old.spec = spec
         for name in (spec.name, *spec.aliases):
             self.names[name] = spec.name

@@ -171,8 +171,13 @@ def collect() -> dict[str, Mutant]:
 
 def versions() -> dict[str, str]:
     from importlib.metadata import version
-    return {"python": platform.python_version(), "mutmut": version("mutmut"),
-            "hypothesis": version("hypothesis"), "pytest": version("pytest")}
+    found = {"python": platform.python_version(), "mutmut": version("mutmut"),
+             "hypothesis": version("hypothesis"), "pytest": version("pytest")}
+    git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                         text=True)
+    if git.returncode == 0:
+        found["code"] = git.stdout.strip()
+    return found
 
 
 def save(run: Run) -> None:
@@ -320,23 +325,32 @@ def console_table(table: list[Row]) -> str:
 ZOO_MARK = "<!-- properties.zoo -->"
 
 
+ZOO_HEADING = "## The bug zoo"
+
+
 def zoo_section(zoo_table: Path | None, previous: str) -> str:
-    """The bug zoo's part of the document, between the marks ``python -m properties.zoo
-    --write`` rewrites in place: the markdown ``python -m properties.zoo --markdown FILE`` wrote
-    (``--zoo-table FILE``), else the block the previous document had. This is the one place that
-    knows about the zoo."""
+    """The bug zoo's part of the document: its prose, then the block between the marks that
+    ``python -m properties.zoo --write`` rewrites in place. The block is the markdown that
+    ``python -m properties.zoo --markdown FILE`` wrote (``--zoo-table FILE``), else the previous
+    document's; the prose is the previous document's. This is the one place that knows the zoo."""
     try:
         from properties.zoo import MARK as mark
     except Exception:  # the zoo's runner is optional here; its mark is all this needs from it
         mark = ZOO_MARK
+    prose, block = "", ""
+    if mark in previous:
+        before, _, rest = previous.partition(mark)
+        block = rest.partition(mark)[0].strip()
+        if ZOO_HEADING in before:  # a document written here
+            prose = before.rpartition(ZOO_HEADING)[2].strip()
+        else:  # a document the zoo wrote alone: its prose follows the title
+            prose = before.partition("\n")[2].strip()
     if zoo_table is not None:
-        body = zoo_table.read_text().replace(mark, "").strip()
-    elif mark in previous:
-        body = previous.partition(mark)[2].partition(mark)[0].strip()
-    else:
-        body = ("Not part of this run: `python -m properties.zoo --markdown zoo.md`, then "
-                "`--zoo-table zoo.md` here, puts its table in this place.")
-    return f"## The bug zoo\n\n{mark}\n{body}\n{mark}\n"
+        block = zoo_table.read_text().replace(mark, "").strip()
+    if not block:
+        block = ("Not part of this run: `python -m properties.zoo --markdown zoo.md`, then "
+                 "`--zoo-table zoo.md` here, puts its table in this place.")
+    return "\n".join([ZOO_HEADING, "", *([prose, ""] if prose else []), mark, block, mark, ""])
 
 
 def run_section(run: Run, verdicts: dict[str, Verdict], stale: dict[str, str]) -> str:
@@ -370,7 +384,7 @@ def survivor_entry(m: Mutant, verdicts: dict[str, Verdict], stale: dict[str, str
 def survivors_section(first: Run, verdicts: dict[str, Verdict], stale: dict[str, str],
                       later: Run | None) -> str:
     lines = [f"### Every mutant not killed: {first.suite.title.lower()}", "",
-             "Grouped by file and function, each with its diff and its classification"
+             "Grouped by file and function, each with its diff, its classification"
              + (" and its fate under the whole core-level suite." if later else "."), ""]
     for file, mutants in first.by_file().items():
         unkilled = [m for m in mutants if m.status in NOT_KILLED]
@@ -412,7 +426,7 @@ def document(runs: list[Run], verdicts: dict[str, Verdict], stale: dict[str, str
         f"(`{CLASSIFICATION}`), not this file.", "",
         "## mutmut over `refimpl/core`", "",
         f"mutmut {v.get('mutmut', '?')} (Python {v.get('python', '?')}, hypothesis "
-        f"{v.get('hypothesis', '?')}) generates mutants of every function in `refimpl/core/*.py` "
+        f"{v.get('hypothesis', '?')}, code {v.get('code', '?')}) generates mutants of every function in `refimpl/core/*.py` "
         "(not `__main__.py`; configuration: `[tool.mutmut]` in `pyproject.toml`) and runs each "
         "against the tests that reached its function in a clean run, fastest first, stopping "
         f"at the first failure; hypothesis runs under the {profile} profile (`conftest.py`: "

@@ -379,7 +379,8 @@ def errors_have_causes(trace: Trace, config: RouterConfig) -> list[Violation]:
 
 def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]:
     """An API call answered 200 did what it says: a load starts a child for the model (at once,
-    or when its download or the queue lets it, unless an unload or removal came first); an
+    or when its download or the queue lets it, unless an unload, a removal or a reload that
+    made it too big for a device came first); an
     unload leaves the model with no child that takes requests; a download starts a download
     child; a removal publishes ``model_remove`` and removes the files; a catalog change makes
     every new name resolve and leaves no removed or changed model's old child taking requests."""
@@ -453,7 +454,9 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
         elif isinstance(what, Publish) and what.event in ("model_remove", "download_failed"):
             due_load.pop(what.model, None)
         elif isinstance(what, CatalogChanged):
-            for name in what.removed:
+            grown = {s.name for s in what.specs if any(
+                s.memory.get(d, 0) > cap for d, cap in config.devices.items())}
+            for name in (*what.removed, *grown):  # gone, or can never load any more
                 due_load.pop(name, None)
         elif isinstance(what, Reply) and what.status == 200:
             r = replay.requests.get(what.req)

@@ -14,6 +14,7 @@ import bisect
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from refimpl.core import errors
 from refimpl.core.commands import Forward, Kill, Publish, RemoveFiles, Reply, SendExit, Spawn
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.events import (EVENT_TYPES, CatalogChanged, ChildExited, ClientGone,
@@ -304,23 +305,51 @@ def bounded_wait(trace: Trace, config: RouterConfig) -> list[Violation]:
 
 
 def _request_error_cause(r: Req, reply: Reply, replay: Replay,
-                         config: RouterConfig) -> bool:
+                         config: RouterConfig) -> tuple[int, str] | None:
+    """The (status, kind) the trace shows a cause for, if any."""
     cause = replay.cause
     if reply.status == 507 and replay.too_big(r.model):
-        return True
+        return 507, errors.INSUFFICIENT_MEMORY
     if isinstance(cause, RequestArrived) and cause.req == r.req:
-        if not r.name or not r.known:
-            return reply.status in (400, 404)
+        if not r.name:
+            return 400, errors.INVALID_REQUEST
+        if not r.known:
+            return 400, errors.MODEL_NOT_FOUND
         autoload = config.autoload if r.autoload is None else r.autoload
-        return not autoload and replay.usable(r.model) is None and reply.status == 400
+        if not autoload and replay.usable(r.model) is None:
+            return 400, errors.MODEL_NOT_LOADED
+        return None
     if isinstance(cause, ChildExited):
         child = replay.every_child.get(cause.instance)
-        return child is not None and child.model == r.model and reply.status >= 500
-    if isinstance(cause, RemoveAsked):
-        return replay.model_of(cause.model) == r.model or cause.model == r.model
-    if isinstance(cause, CatalogChanged):
-        return r.model in cause.removed and reply.status == 404
-    return False
+        if child is not None and child.model == r.model:
+            return 503, errors.DOWNLOAD_FAILED if child.download else errors.LOAD_FAILED
+        return None
+    if isinstance(cause, RemoveAsked) and r.model in (replay.model_of(cause.model), cause.model):
+        return 404, errors.REMOVED
+    if isinstance(cause, CatalogChanged) and r.model in cause.removed:
+        return 404, errors.REMOVED
+    return None
+
+
+def _call_error_cause(r: Req, reply: Reply, replay: Replay,
+                      clashed: bool) -> tuple[int, str] | None:
+    """The (status, kind) the trace shows a cause for, for an API call."""
+    if r.kind == "catalog":
+        return (400, errors.INVALID_REQUEST) if clashed else None
+    if r.kind == "download":
+        known = r.known or r.model in replay.by_model
+        return (400, errors.ALREADY_EXISTS) if known else None
+    if r.kind == "unload":
+        running = r.known and r.model in replay.by_model
+        return (400, errors.NOT_RUNNING) if not running else None
+    if not r.known:
+        return (404, errors.MODEL_NOT_FOUND) if r.kind in ("load", "remove") else None
+    if r.kind == "load":
+        if replay.usable(r.model) is not None:
+            return 400, errors.ALREADY_RUNNING
+        if replay.too_big(r.model):
+            return 507, errors.INSUFFICIENT_MEMORY
+    return None
 
 
 def _catalog_clash(replay: Replay, event: CatalogChanged) -> bool:
@@ -338,39 +367,37 @@ def errors_have_causes(trace: Trace, config: RouterConfig) -> list[Violation]:
     removed model, autoload off for a model not running, a model too big for a device, or that
     model's own child failing or being unloaded under it; an API call refused only when its
     model is unknown, already running (load), not running (unload) or already exists
-    (download), or when a catalog change names a model twice. Lack of capacity is never a cause,
-    whatever the status or kind (Z10); every error has a message."""
+    (download), or when a catalog change names a model twice. Each error has the status and the
+    kind (``refimpl.core.errors``) of its cause and a message, and a success is 200 ``ok``.
+    Lack of capacity is never a cause, whatever the status or kind (Z10)."""
     out: list[Violation] = []
     catalog: dict[int, bool] = {}  # catalog call -> it clashed
     for at, replay in _walk(trace, config):
         what = at.what
         if isinstance(what, CatalogChanged) and what.req is not None:
             catalog[what.req] = _catalog_clash(replay, what)
-        if not isinstance(what, Reply) or what.status < 400:
+        if not isinstance(what, Reply):
             continue
         r = replay.requests.get(what.req)
         if r is None:
             continue
+        if what.status < 400:
+            if r.kind == "request" or (what.status, what.kind) != (200, errors.OK):
+                out.append(Violation("errors_have_causes", at.t, f"{r.kind} {r.req}: success "
+                                     f"answered {what.status} {what.kind!r}, not 200 'ok' "
+                                     "to an API call"))
+            continue
         if r.kind == "request":
-            ok = _request_error_cause(r, what, replay, config)
-        elif r.kind == "catalog":
-            ok = catalog.get(r.req, False) and what.status == 400
-        elif r.kind == "download":
-            ok = what.status == 400 and (r.known or r.model in replay.by_model)
-        elif not r.known:
-            ok = what.status in (400, 404)
-        elif r.kind == "load":
-            ok = (what.status == 400 and replay.usable(r.model) is not None) or (
-                what.status == 507 and replay.too_big(r.model))
-        elif r.kind == "unload":
-            ok = what.status == 400 and r.model not in replay.by_model
+            want = _request_error_cause(r, what, replay, config)
         else:
-            ok = False
-        if not ok:
+            want = _call_error_cause(r, what, replay, catalog.get(r.req, False))
+        if want != (what.status, what.kind):
             what_ = "request" if r.kind == "request" else f"API call ({r.kind})"
+            shown = f"; its cause calls for {want[0]} {want[1]}" if want else \
+                ", but the trace shows no cause for it"
             out.append(Violation("errors_have_causes", at.t, f"{what_} {r.req} for {r.model} "
-                                 f"refused with {what.status} {what.kind} {what.message!r}, but "
-                                 "the trace shows no cause for it"))
+                                 f"refused with {what.status} {what.kind} {what.message!r}"
+                                 + shown))
         elif not what.message:
             out.append(Violation("errors_have_causes", at.t,
                                  f"request {what.req}: error {what.status} with no message"))

@@ -135,11 +135,12 @@ class Replay:
             live = [self.requests[r] for r in reqs if self.requests[r].kind == "request"
                     and not self.doomed(self.requests[r])]
             if live and model in known and self.usable(model) is None \
-                    and not self.downloading(model):
+                    and not self.downloading(model) and not self.too_big(model):
                 joined = self.downloaded_at.get(model, never)
                 out[model] = min(max((r.arrived, r.seq), joined) for r in live)
         for model, t in self.asked.items():
-            if self.usable(model) is None and not self.downloading(model):
+            if self.usable(model) is None and not self.downloading(model) \
+                    and not self.too_big(model):  # one too big is refused, never loaded
                 place = max((t, self.asked_by.get(model, 0)), self.downloaded_at.get(model, never))
                 out[model] = min(out.get(model, place), place)
         return out

@@ -66,7 +66,7 @@ def find_counterexample(config: RouterConfig, max_steps: int = 5
 @pytest.mark.thrash
 @pytest.mark.parametrize("policy", ["naive-lru", "drain-timeout"])
 def test_historical_policy_thrash_is_caught(policy: str) -> None:
-    notes, steps, found, shrunk = find_counterexample(three_models(1, policy=policy))
+    notes, steps, found, shrunk = find_counterexample(three_models(1, policy=policy), 10)
     print(f"\n{policy}: counterexample found in {found:.1f} s, shrunk to {steps} steps in "
           f"{shrunk:.1f} s\n{notes}")
     assert "busy_never_evicted" in notes or "no_thrash" in notes, notes

@@ -170,3 +170,20 @@ def test_the_download_checks_can_fail() -> None:
              At(1.1, ChildExited(2, 0)),
              At(1.1, Publish(D, "download_failed", {}))]  # no RemoveFiles, no model_remove
     assert download_ends_clean(leaky, ONE)
+
+
+def test_an_unload_during_a_download_cancels_the_load_asked_for_after_it() -> None:
+    """Found by the state machine: the download had finished and its child hung on exit; the
+    unload was answered when the child was killed, and the load asked earlier then started it."""
+    s = sim(ONE)
+    s.api(DownloadAsked, D)
+    child = s.child_of(D)
+    assert child is not None
+    child.hangs = True
+    s.api(LoadAsked, D)
+    s.run_until(10.0)  # the download is done; its child ignores the exit command
+    s.api(UnloadAsked, D)
+    s.run_until(100.0)
+    assert s.trace is not None and not any(
+        isinstance(at.what, Spawn) and at.what.model == D and not at.what.download
+        for at in s.trace)

@@ -360,6 +360,7 @@ class RouterCore:
                              f"model {event.model!r} is not running"))
             return
         if model.instance.download:  # cancel the download; answered once its child is gone
+            model.load_after_download = False  # and the load asked for after it
             model.instance.exit_replies.append(event.req)
             self.stop(model, now, out)
             return

@@ -32,10 +32,8 @@ import platform
 import random
 import shlex
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,11 +46,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
-from fixtures.procs import alive, children_of, popen, wait_healthy  # noqa: E402
+from conformance.process import RouterProcess  # noqa: E402
+from fixtures.procs import alive, children_of  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
 from properties.invariants import CHECKS, check_all  # noqa: E402
 from properties import mutants  # noqa: E402
-from properties.observed import OBSERVABLE, Observed, check_observed  # noqa: E402
+from properties.observed import OBSERVABLE, check_observed  # noqa: E402
 from refimpl.core.config import ModelSpec, RouterConfig  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
 
@@ -151,56 +150,30 @@ def models_dir(n: int) -> tuple[Path, list[str]]:
     return root, names
 
 
-def peak_memory_kib(pid: int) -> int:
-    """The peak resident size (VmHWM), from /proc: psutil has the current size only."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 class Run:
-    """One router under load: its process, the clients, the samplers and what they saw."""
+    """One router under load: its process (``conformance.process.RouterProcess``: log,
+    ``/models/sse``, children, stop), the clients, the ``GET /models`` sampler and what they saw."""
 
     def __init__(self, name: str, command: list[str], names: list[str], s: Settings,
                  env: dict[str, str], log_path: Path) -> None:
         self.name, self.names, self.s = name, names, s
-        self.port = int(command[command.index("--port") + 1])
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc: subprocess.Popen[bytes] = popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=ROOT, env=env, start_new_session=True)
+        self.command, self.env, self.log_path = command, env, log_path
+        self.router: RouterProcess | None = None
         self.result = Result(name)
         self.router_trace: Path | None = None  # set for the reference router
-        self.observed = Observed()
-        self.seen: set[int] = set()
-        self.t0 = time.monotonic()
         self.in_flight = 0
         self._req = 0
-        self._sampling = threading.Event()
 
-    def now(self) -> float:
-        return time.monotonic() - self.t0
+    @property
+    def url(self) -> str:
+        assert self.router is not None
+        return self.router.url
 
     def note(self, kind: str, **data: Any) -> None:
-        self.observed.add(self.now(), kind, **data)
+        assert self.router is not None
+        self.router.note(kind, **data)
 
     # -- samplers --------------------------------------------------------------------------------
-
-    def _sample_children(self) -> None:
-        """A thread: the router's live child processes, every 50 ms (a zombie does not run)."""
-        while not self._sampling.is_set():
-            kids = children_of(self.proc.pid)
-            self.seen |= kids
-            running = sum(1 for p in kids if alive(p))
-            self.result.peak_children = max(self.result.peak_children, running)
-            self.result.child_samples += 1
-            time.sleep(0.05)
 
     async def _sample_models(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -216,39 +189,21 @@ class Run:
             except asyncio.TimeoutError:
                 pass
 
-    async def _listen(self, client: httpx.AsyncClient) -> None:
-        try:
-            async with client.stream("GET", self.url + "/models/sse") as r:
-                async for line in r.aiter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    message = json.loads(line[6:])
-                    data = message.get("data") or {}
-                    if "status" not in data:
-                        continue
-                    self.note("sse", model=message["model"], data=data)
-                    if data["status"] == "loading" and "progress" not in data:
-                        self.result.loads += 1
-                    elif data["status"] == "unloaded":
-                        if data.get("failed"):
-                            self.result.crashes += 1
-                        else:
-                            self.result.evictions += 1
-        except (httpx.HTTPError, ValueError, asyncio.CancelledError):
-            pass
-
     async def _progress(self, stop: asyncio.Event) -> None:
         r = self.result
+        assert self.router is not None
+        router = self.router
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), self.s.progress_every)
             except asyncio.TimeoutError:
                 pass
-            print(f"  [{self.name}] {self.now():5.0f} s: {r.sent} answered, {r.ok} ok, "
+            loads, evictions, _ = router.events.count()
+            print(f"  [{self.name}] {router.now():5.0f} s: {r.sent} answered, {r.ok} ok, "
                   f"{sum(r.errors.values())} errors, {sum(r.lost.values())} lost, "
                   f"{self.in_flight} in flight; children now/peak "
-                  f"{sum(1 for p in children_of(self.proc.pid) if alive(p))}/{r.peak_children}"
-                  f", loads {r.loads}, evictions {r.evictions}", flush=True)
+                  f"{sum(1 for p in children_of(router.proc.pid) if alive(p))}/"
+                  f"{router.peak_children}, loads {loads}, evictions {evictions}", flush=True)
 
     # -- clients ---------------------------------------------------------------------------------
 
@@ -319,12 +274,6 @@ class Run:
 
     # -- the run ---------------------------------------------------------------------------------
 
-    def wait_healthy(self) -> None:
-        why = wait_healthy(self.url, self.proc)
-        if why is not None:
-            raise RuntimeError(f"{self.name} {why}:\n"
-                               + self.log_path.read_text(errors="replace")[-3000:])
-
     async def drive(self) -> None:
         s = self.s
         limits = httpx.Limits(max_connections=s.clients + 8,
@@ -333,8 +282,6 @@ class Run:
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as client, \
                 httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10)) as side:
             stop = asyncio.Event()
-            listener = asyncio.create_task(self._listen(side))
-            await asyncio.sleep(0.3)  # the subscription starts before the first request: no replay
             samplers = [asyncio.create_task(self._sample_models(side, stop)),
                         asyncio.create_task(self._progress(stop))]
             self.t_start = time.monotonic()
@@ -349,28 +296,25 @@ class Run:
                 if task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             self.result.wall = time.monotonic() - self.t_start
-            await asyncio.sleep(0.5)  # late SSE events
             stop.set()
             await asyncio.gather(*samplers)
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
 
     def execute(self) -> Result:
         r = self.result
-        sampler = threading.Thread(target=self._sample_children, daemon=True)
+        self.router = router = RouterProcess(self.command, self.log_path, env=self.env)
         try:
-            self.wait_healthy()
-            sampler.start()
             asyncio.run(self.drive())
+            router.caught_up()  # the late SSE events
         finally:
-            r.peak_memory_kib = peak_memory_kib(self.proc.pid)
-            self.shutdown()
-            self._sampling.set()
-            sampler.join(5)
-            self._log.close()
+            r.peak_memory_kib = router.peak_memory_kib()
+            r.orphans = router.stop(signal.Signals[f"SIG{self.s.stop_signal}"])
+            r.stop_seconds = router.stop_seconds
+            r.children_seen = len(router.seen_children)
+            r.peak_children, r.child_samples = router.peak_children, router.child_samples
+            r.loads, r.evictions, r.crashes = router.events.count()
         config = RouterConfig(models=tuple(ModelSpec(n) for n in self.names),
                               models_max=self.s.models_max)
-        seen = check_observed(self.observed, config)
+        seen = check_observed(router.observed, config)
         r.violations = [str(v) for v in seen if v.guarantee in GATED]
         r.flagged = [str(v) for v in seen if v.guarantee in TIMING_SENSITIVE]
         if self.router_trace is not None:
@@ -380,34 +324,9 @@ class Run:
         if self.s.trace_dir is not None:
             path = self.s.trace_dir / f"trace-{self.name.split()[0]}.jsonl"
             with path.open("w") as out:
-                for t, _, kind, data in self.observed.entries:
+                for t, _, kind, data in router.observed.entries:
                     out.write(json.dumps({"t": round(t, 6), "kind": kind, **data}) + "\n")
         return r
-
-    def shutdown(self) -> None:
-        """SIGTERM (or --stop-signal); then every child ever seen must be gone within 15 s
-        (orphans otherwise, killed here by pid)."""
-        r = self.result
-        self.seen |= children_of(self.proc.pid)
-        t0 = time.monotonic()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.Signals[f"SIG{self.s.stop_signal}"])
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and any(alive(p) for p in self.seen):
-            time.sleep(0.05)
-        r.stop_seconds = time.monotonic() - t0
-        r.children_seen = len(self.seen)
-        r.orphans = sorted(p for p in self.seen if alive(p))
-        for pid in r.orphans:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def run_router(name: str, binary: str | None, s: Settings, log_dir: Path) -> Result:

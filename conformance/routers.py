@@ -3,7 +3,8 @@
 a stopped child for as long as the test wants.
 
 The conformance tests and the differential tool (``python -m conformance.differential``) both
-start routers through this module. Linux only: children are found and watched with psutil, and
+start routers through this module; the process itself (start, log, ``/models/sse``, children,
+stop) is ``conformance.process.RouterProcess``, which ``bench/load.py`` uses too. Linux only: children are found and watched with psutil, and
 what psutil does not show (a socket's unread bytes, a process's pending signals, its stdin's
 unread bytes) is read from /proc. A router and its children die with the test process
 (``fixtures.procs.popen``, the router's own ``die_with_parent``).
@@ -15,26 +16,24 @@ import array
 import ctypes
 import fcntl
 import itertools
-import json
 import os
 import signal
-import subprocess
 import sys
 import termios
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from fixtures.procs import alive, children_of, cmdline, popen, wait_gone, wait_healthy
-from properties.observed import Observed, check_observed
+from fixtures.procs import alive, children_of, cmdline
+from properties.observed import check_observed
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.router.processes import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+from .process import ROOT, Events, RouterProcess  # noqa: F401  (ROOT, Events: re-exported)
 
 
 @dataclass(frozen=True)
@@ -62,27 +61,6 @@ class Target:
                 *extra, *args]
 
 
-@dataclass
-class Events:
-    """``/models/sse`` as a client sees it: (seconds since start, message) pairs."""
-
-    items: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def statuses(self, model: str) -> list[str]:
-        with self.lock:
-            return [m["data"].get("status") for _, m in self.items
-                    if m.get("model") == model and "status" in m.get("data", {})]
-
-    def wait_for(self, model: str, status: str, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if status in self.statuses(model):
-                return
-            time.sleep(0.02)
-        raise AssertionError(f"{model} never became {status}; saw {self.statuses(model)}")
-
-
 @dataclass(frozen=True)
 class Child:
     """A model's child process, as found under its router."""
@@ -91,83 +69,20 @@ class Child:
     port: int
 
 
-class Router:
-    """One router process for one test."""
+class Router(RouterProcess):
+    """One router process for one test (see ``RouterProcess``), with what tests do to it."""
 
     def __init__(self, target: Target, args: list[str], log_path: Path,
                  headers: dict[str, str] | None = None) -> None:
-        self.headers = headers or {}
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.proc: subprocess.Popen[bytes] = popen(
-            target.command(self.port, args), stdout=self._log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=True,
-            env=dict(os.environ, **dict(target.env)))
-        self.seen_children: set[int] = set()
         self.held: list[HeldRequest] = []
-        self._stop = threading.Event()
-        self._watch = threading.Thread(target=self._watch_children, daemon=True)
-        self._watch.start()
+        self._req = itertools.count(1)
+        super().__init__(target.command(free_port(), args), log_path,
+                         env=dict(os.environ, **dict(target.env)), headers=headers)
         # A fresh connection per request: llama-server closes a kept-alive connection after a
         # proxied answer without saying so (U3, docs/CONFORMANCE.md), which would fail whichever
         # test's next request raced the close. test_api checks persistent connections itself.
         self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(120.0, connect=5.0),
                                    limits=httpx.Limits(max_keepalive_connections=0))
-        self.events = Events()
-        self.observed = Observed()
-        self._req = itertools.count(1)
-        try:
-            self._wait_healthy()
-        except AssertionError:
-            self.stop()
-            raise
-        self.t0 = time.monotonic()
-        self._subscribed = threading.Event()
-        self._sse = threading.Thread(target=self._listen, daemon=True)
-        self._sse.start()
-        # There is no replay: wait for the subscription. The reference router subscribes before
-        # it answers /models/sse, so its response headers mean subscribed.
-        if not self._subscribed.wait(30):
-            self.stop()
-            raise AssertionError(f"/models/sse never answered:\n{self.log()}")
-
-    def _watch_children(self) -> None:
-        while not self._stop.is_set():
-            self.seen_children |= children_of(self.proc.pid)
-            time.sleep(0.05)
-
-    def _wait_healthy(self) -> None:
-        why = wait_healthy(self.url, self.proc)
-        if why is not None:
-            raise AssertionError(f"router {why}:\n{self.log()}")
-
-    def _listen(self) -> None:
-        try:
-            with httpx.Client(timeout=httpx.Timeout(None, connect=5.0)) as c, \
-                    c.stream("GET", self.url + "/models/sse", headers=self.headers) as r:
-                self._subscribed.set()
-                for line in r.iter_lines():
-                    if line.startswith("data: "):
-                        message = json.loads(line[6:])
-                        t = time.monotonic() - self.t0
-                        with self.events.lock:
-                            self.events.items.append((t, message))
-                            if "status" in message.get("data", {}):
-                                self.observed.add(t, "sse", model=message["model"],
-                                                  data=message["data"])
-        except (httpx.HTTPError, ValueError):
-            pass
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")[-5000:]
-
-    def models(self) -> dict[str, dict[str, Any]]:
-        data = self.client.get("/models", headers=self.headers).json()["data"]
-        return {m["id"]: m for m in data}
 
     def status(self, model: str) -> str:
         value: str = self.models()[model]["status"]["value"]
@@ -190,14 +105,6 @@ class Router:
         return self.client.post("/v1/chat/completions", headers=self.headers, json={
             "model": model, "messages": [{"role": "user", "content": content}],
             "max_tokens": max_tokens, **extra})
-
-    def now(self) -> float:
-        return time.monotonic() - self.t0
-
-    def note(self, kind: str, **data: Any) -> None:
-        """Record a test's own action (``unload``, ``crash``) in the observed trace."""
-        with self.events.lock:
-            self.observed.add(self.now(), kind, **data)
 
     def tracked(self, model: str, max_tokens: int = 4, stream: bool = False,
                 timeout: float = 120.0, sent: threading.Event | None = None) -> tuple[int, str]:
@@ -254,18 +161,6 @@ class Router:
         held.start()
         return held
 
-    def caught_up(self, timeout: float = 10.0) -> None:
-        """Wait until ``/models/sse`` has caught up with ``GET /models``: every model that has
-        status events has its current status as its last one. A router whose models keep
-        changing (sleep and wake) may never settle; after ``timeout`` this returns anyway."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            now = {name: m.get("status", {}).get("value") for name, m in self.models().items()}
-            if all(not seen or seen[-1] == now[name]
-                   for name in now if (seen := [s for s in self.events.statuses(name) if s])):
-                return
-            time.sleep(0.02)
-
     def check(self, models_max: int) -> None:
         """The invariants on what this test saw (once the late SSE events have arrived)."""
         self.caught_up()
@@ -275,28 +170,12 @@ class Router:
             violations = check_observed(self.observed, config)
         assert not violations, "\n".join(map(str, violations)) + "\n" + self.log()
 
-    def stop(self) -> list[int]:
-        """SIGTERM the router, then make sure no child outlives it; returns leftover pids."""
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> list[int]:
+        """Let held children go on, then stop the router (``RouterProcess.stop``)."""
         for held in self.held:
             held.resume()
         self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._stop.set()
-        self._watch.join(timeout=2)
-        leftovers = wait_gone(self.seen_children, timeout=15)
-        for pid in leftovers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-        return leftovers
+        return super().stop(sig)
 
 
 class InFlight:

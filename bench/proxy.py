@@ -14,20 +14,21 @@ from __future__ import annotations
 
 import argparse
 import platform
-import signal
 import statistics
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
+import psutil  # type: ignore[import-untyped, unused-ignore]
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import write_section  # noqa: E402
-from fixtures.procs import children_of, cmdline, popen  # noqa: E402
+from conformance.process import RouterProcess  # noqa: E402
+from fixtures.procs import children_of, cmdline  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
 
@@ -40,47 +41,46 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def child_port(router_pid: int, model_file: str) -> int:
+def child_of(router_pid: int, model_file: str) -> tuple[int, dict[str, str]]:
+    """The port of the child that serves ``model_file``, and the headers that reach it straight:
+    its own key, which the router gave it in its environment (this user may read it)."""
     for pid in children_of(router_pid):
         args = cmdline(pid)
         if model_file in " ".join(args) and "--port" in args:
-            return int(args[args.index("--port") + 1])
+            try:
+                key = psutil.Process(pid).environ().get("LLAMA_API_KEY")
+            except psutil.Error:
+                key = None
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            return int(args[args.index("--port") + 1]), headers
     raise RuntimeError(f"no child of {router_pid} serves {model_file}")
 
 
 def measure(name: str, cmd: list[str], models_file: str, pairs: int, colds: int) -> dict[str, float]:
     print(f"{name}: starting {' '.join(cmd[:3])} ...", flush=True)
-    router = popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   stdin=subprocess.DEVNULL, cwd=ROOT)
-    port = int(cmd[cmd.index("--port") + 1])
-    url = f"http://127.0.0.1:{port}"
+    with tempfile.NamedTemporaryFile(prefix=f"proxy-{name.split()[0]}-", suffix=".log",
+                                     delete=False) as log:
+        log_path = Path(log.name)
+    router = RouterProcess(cmd, log_path, sse=False)  # healthy once constructed
+    url = router.url
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or router.poll() is not None:
-                raise RuntimeError(f"{name} did not start")
-            time.sleep(0.05)
         with httpx.Client(timeout=60) as c:
             chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
                     "max_tokens": 1}
             assert c.post(url + "/v1/chat/completions", json=chat).status_code == 200
-            direct = f"http://127.0.0.1:{child_port(router.pid, models_file)}"
+            port, straight = child_of(router.proc.pid, models_file)
+            direct = f"http://127.0.0.1:{port}"
             body = {"content": "hello world, a small request"}
             routed = {**body, "model": MODEL}
             for _ in range(20):  # warm both paths
-                c.post(direct + "/tokenize", json=body)
+                c.post(direct + "/tokenize", json=body, headers=straight)
                 c.post(url + "/tokenize", json=routed)
             overhead, direct_t, routed_t = [], [], []
             for i in range(pairs):
                 if i and i % 200 == 0:
                     print(f"  {i}/{pairs} pairs", flush=True)
                 t0 = time.perf_counter()
-                assert c.post(direct + "/tokenize", json=body).status_code == 200
+                assert c.post(direct + "/tokenize", json=body, headers=straight).status_code == 200
                 t1 = time.perf_counter()
                 assert c.post(url + "/tokenize", json=routed).status_code == 200
                 t2 = time.perf_counter()
@@ -100,11 +100,8 @@ def measure(name: str, cmd: list[str], models_file: str, pairs: int, colds: int)
                 assert c.post(url + "/v1/chat/completions", json=chat).status_code == 200
                 cold.append(time.perf_counter() - t0)
     finally:
-        router.send_signal(signal.SIGTERM)
-        try:
-            router.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            router.kill()
+        router.stop()
+        log_path.unlink()
     return {"overhead_p50": pct(overhead, 0.5) * 1e3, "overhead_p99": pct(overhead, 0.99) * 1e3,
             "direct_p50": pct(direct_t, 0.5) * 1e3, "routed_p50": pct(routed_t, 0.5) * 1e3,
             "cold_p50": statistics.median(cold) * 1e3, "cold_max": max(cold) * 1e3}

@@ -53,6 +53,7 @@ from typing import Any, Callable, Sequence
 
 import httpx
 
+from bench.report import write_section
 from fixtures.tiny_models import ModelsDir, build_models_dir, default_cache_dir
 from properties.mutants import UnknownMutant, variables
 
@@ -418,16 +419,9 @@ DOC_END = "<!-- END DIFFERENTIAL {sides} -->"
 def write_doc(doc: Path, sides: str, text: str) -> None:
     """Put ``text`` in a code block between the two marker lines for ``sides`` (added at the
     end of the file the first time)."""
-    begin, end = DOC_BEGIN.format(sides=sides), DOC_END.format(sides=sides)
-    content = doc.read_text() if doc.exists() else ""
-    block = f"{begin}\n```text\n$ python -m conformance.differential --left " \
-            f"{sides.replace(' | ', ' --right ')}\n{text}\n```\n{end}"
-    if begin in content and end in content:
-        head, rest = content.split(begin, 1)
-        content = head + block + rest.split(end, 1)[1]
-    else:
-        content = content.rstrip("\n") + "\n\n" + block + "\n"
-    doc.write_text(content)
+    command = f"$ python -m conformance.differential --left {sides.replace(' | ', ' --right ')}"
+    write_section(DOC_BEGIN.format(sides=sides), f"```text\n{command}\n{text}\n```", doc,
+                  DOC_END.format(sides=sides))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.report import write_section
+
 from .mutants import LAYERS, MUTANTS, StaleMutant, apply, environment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,14 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_doc(table: str, command: str) -> None:
     """Put this run's table between the two marks in docs/MUTANTS.md (or at its end)."""
-    section = f"{MARK}\nCommand: `{command}`\n\n{table}\n{MARK}"
-    text = DOC.read_text() if DOC.exists() else "# Mutants\n"
-    if MARK in text:
-        head, _, rest = text.partition(MARK)
-        text = head + section + rest.partition(MARK)[2]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    DOC.write_text(text)
+    write_section(MARK, f"Command: `{command}`\n\n{table}", DOC)
 
 
 if __name__ == "__main__":

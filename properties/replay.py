@@ -41,7 +41,7 @@ class Child:
     served: set[int] = field(default_factory=set)  # requests whose response ended ok
     download: bool = False  # a download child: no slot, no requests, never evicted
     seq: int = 0  # the index of its spawn in the trace
-    place: tuple[float, int] = (0.0, 0)  # the queue place of the demand it was loaded for
+    place: tuple[float, float] = (0.0, 0)  # the queue place of the demand it was loaded for
     results: int = 0  # download_finished / download_failed published for it
 
     @property
@@ -82,17 +82,17 @@ class Replay:
         self.every_child: dict[int, Child] = {}  # exited ones too
         self.last_download: dict[str, Child] = {}  # model -> its newest download child
         # model -> (time, index) of its download child's exit: its waiters join the queue then
-        self.downloaded_at: dict[str, tuple[float, int]] = {}
+        self.downloaded_at: dict[str, tuple[float, float]] = {}
         self.by_model: dict[str, Child] = {}  # the newest alive child of each model
         self.requests: dict[int, Req] = {}  # requests and API calls
         self.last_used: dict[str, float] = {}  # model -> when it last served or became ready
         self.asked: dict[str, float] = {}  # model -> when a load was asked for it (not yet spawned)
-        self.asked_by: dict[str, int] = {}  # model -> index of the asked load's reply
+        self.asked_by: dict[str, float] = {}  # model -> index of the asked load's reply
         self._open: dict[str, set[int]] = {}  # model -> requests not yet forwarded or answered
         self._flight: dict[int, set[int]] = {}  # instance -> requests forwarded, not ended
         # A catalog change is applied at once and undone if the router refuses it (400).
         self._catalog_undo: tuple[int, dict[str, ModelSpec], dict[str, str], dict[str, float],
-                                  dict[str, int]] | None = None
+                                  dict[str, float]] | None = None
         self.cause: Item | None = None  # the event the current commands answer
         self.now = 0.0
         self.index = 0  # entries stepped so far: with the time, a place in the trace
@@ -124,11 +124,11 @@ class Replay:
                 and not self._flight.get(child.instance) and not self._open.get(child.model)
                 and child.model not in self.asked)
 
-    def demand(self) -> dict[str, tuple[float, int]]:
+    def demand(self) -> dict[str, tuple[float, float]]:
         """Models that wait for a load (open requests or an asked load, no usable child, not
         downloading), each with its place in the queue: the (time, trace index) of its oldest demand. A
         request that waited for a download joins the queue when the download child exits."""
-        out: dict[str, tuple[float, int]] = {}
+        out: dict[str, tuple[float, float]] = {}
         never = (float("-inf"), 0)
         known = set(self.names.values())  # a removed model's requests wait for their error
         for model, reqs in self._open.items():
@@ -284,10 +284,11 @@ class Replay:
                 if server is not None and (what.ok or server.stop is None):
                     server.served.add(done.req)
         elif isinstance(what, RouterStarted):
-            for spec in self.specs.values():
-                if spec.load_on_startup:
-                    self.asked.setdefault(spec.name, at.t)
-                    self.asked_by.setdefault(spec.name, self.index)
+            # The startup loads queue in the configuration's order, all before the next entry.
+            startup = [spec.name for spec in self.specs.values() if spec.load_on_startup]
+            for k, name in enumerate(startup):
+                self.asked.setdefault(name, at.t)
+                self.asked_by.setdefault(name, self.index + k / len(startup))
         elif isinstance(what, Spawn):
             need = self.specs.get(what.model)
             child = Child(what.instance, what.model, at.t, download=what.download,

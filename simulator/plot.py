@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 from xml.sax.saxutils import escape
 
+from properties.replay import Replay
 from refimpl.core.commands import Forward, Kill, Publish, Reply, SendExit, Spawn
 from refimpl.core.config import RouterConfig
-from refimpl.core.events import (EVENT_TYPES, ChildExited, ClientGone, RequestArrived,
-                                 ResponseEnded, UnloadAsked)
+from refimpl.core.events import ChildExited, ClientGone, RequestArrived, ResponseEnded
 from refimpl.core.trace import At
 
 # No reds and no greens: red means a violation or an error, green a served request.
@@ -79,12 +79,11 @@ def _digest(trace: Sequence[At], config: RouterConfig) -> _Digest:
     loading: dict[str, _Child] = {}  # the child whose "loaded" Publish is still awaited
     busy: set[int] = set()
     requests: dict[int, _Request] = {}
-    cause: object = None
+    replay = Replay(config)  # why a child was stopped: the invariants' own reading
     for entry in trace:
+        replay.step(entry)
         t, item = entry.t, entry.what
         kind = type(item)
-        if kind in EVENT_TYPES:
-            cause = item
         if kind is Spawn:
             assert isinstance(item, Spawn)
             lane = 0
@@ -110,7 +109,7 @@ def _digest(trace: Sequence[At], config: RouterConfig) -> _Digest:
             # A Kill after an unanswered SendExit is the same stop, not a second one.
             if stopping is not None and stopping.stopped is None:
                 stopping.stopped = t
-                stopping.evicted = not isinstance(cause, UnloadAsked)
+                stopping.evicted = replay.every_child[item.instance].stop == "evicted"
         elif kind is ChildExited:
             assert isinstance(item, ChildExited)
             gone = alive.pop(item.instance, None)

@@ -49,9 +49,10 @@ from bench.report import write_section  # noqa: E402
 from conformance.process import RouterProcess  # noqa: E402
 from fixtures.procs import alive, children_of  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
-from properties.invariants import CHECKS, check_all  # noqa: E402
 from properties import mutants  # noqa: E402
+from properties.invariants import CHECKS, check_all  # noqa: E402
 from properties.observed import OBSERVABLE, check_observed  # noqa: E402
+from properties.replay import history  # noqa: E402
 from refimpl.core.config import ModelSpec, RouterConfig  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
 
@@ -173,6 +174,21 @@ class Run:
         assert self.router is not None
         self.router.note(kind, **data)
 
+    def config(self) -> RouterConfig:
+        return RouterConfig(models=tuple(ModelSpec(n) for n in self.names),
+                            models_max=self.s.models_max)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(loads, evictions, crashes) in what the clients saw, read by the invariants' own
+        replay (``properties.replay``) of the observed trace: a load is a child started, an
+        eviction a child stopped for room, a crash a child that ended without being stopped."""
+        assert self.router is not None
+        with self.router.events.lock:
+            trace = self.router.observed.trace()
+        children = history(trace, self.config()).children.values()
+        return (len(children), sum(1 for c in children if c.stop == "evicted"),
+                sum(1 for c in children if c.exited_at is not None and c.stop is None))
+
     # -- samplers --------------------------------------------------------------------------------
 
     async def _sample_models(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
@@ -198,7 +214,7 @@ class Run:
                 await asyncio.wait_for(stop.wait(), self.s.progress_every)
             except asyncio.TimeoutError:
                 pass
-            loads, evictions, _ = router.events.count()
+            loads, evictions, _ = self.counts()
             print(f"  [{self.name}] {router.now():5.0f} s: {r.sent} answered, {r.ok} ok, "
                   f"{sum(r.errors.values())} errors, {sum(r.lost.values())} lost, "
                   f"{self.in_flight} in flight; children now/peak "
@@ -311,9 +327,8 @@ class Run:
             r.stop_seconds = router.stop_seconds
             r.children_seen = len(router.seen_children)
             r.peak_children, r.child_samples = router.peak_children, router.child_samples
-            r.loads, r.evictions, r.crashes = router.events.count()
-        config = RouterConfig(models=tuple(ModelSpec(n) for n in self.names),
-                              models_max=self.s.models_max)
+            r.loads, r.evictions, r.crashes = self.counts()
+        config = self.config()
         seen = check_observed(router.observed, config)
         r.violations = [str(v) for v in seen if v.guarantee in GATED]
         r.flagged = [str(v) for v in seen if v.guarantee in TIMING_SENSITIVE]

@@ -51,22 +51,6 @@ class Events:
             time.sleep(0.02)
         raise AssertionError(f"{model} never became {status}; saw {self.statuses(model)}")
 
-    def count(self) -> tuple[int, int, int]:
-        """(loads, evictions, crashes) as ``/models/sse`` told them: a ``loading`` without
-        progress starts a load; an ``unloaded`` is a crash when ``failed``, else a stop."""
-        loads = stops = crashes = 0
-        with self.lock:
-            for _, m in self.items:
-                data = m.get("data") or {}
-                if data.get("status") == "loading" and "progress" not in data:
-                    loads += 1
-                elif data.get("status") == "unloaded":
-                    if data.get("failed"):
-                        crashes += 1
-                    else:
-                        stops += 1
-        return loads, stops, crashes
-
 
 class RouterProcess:
     """A router started from ``command`` (which names its ``--port``), ready once constructed:

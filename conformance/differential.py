@@ -56,6 +56,7 @@ import httpx
 from bench.report import write_section
 from fixtures.tiny_models import ModelsDir, build_models_dir, default_cache_dir
 from properties.mutants import UnknownMutant, variables
+from properties.observed import unload_failed
 
 from .routers import ROOT, HeldRequest, Router, Target
 
@@ -164,7 +165,7 @@ def normalize_transitions(items: Sequence[tuple[float, dict[str, Any]]]) -> dict
         status = data.get("status")
         if status is None or message.get("model") in (None, "*"):
             continue
-        if status == "unloaded" and data.get("failed", data.get("exit_code", 0) != 0):
+        if status == "unloaded" and unload_failed(data):
             status = "unloaded (failed)"
         seq = out.setdefault(message["model"], [])
         if not seq or seq[-1] != status:

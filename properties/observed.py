@@ -24,6 +24,14 @@ OBSERVABLE = ("limits_held", "legal_transitions", "answered_once", "every_reques
               "busy_never_evicted", "no_thrash", "coalesced")
 
 
+def unload_failed(data: dict[str, Any], asked: bool = False) -> bool:
+    """Whether an ``unloaded`` event's payload says the child failed (died on its own: a crash,
+    not a stop): its ``failed`` flag, or, from a router whose events carry only the exit code
+    (llama-server; ``GET /models`` derives "failed" from it), a non-zero code for a stop nobody
+    ``asked`` for."""
+    return bool(data.get("failed", not asked and data.get("exit_code", 0) != 0))
+
+
 @dataclass
 class Observed:
     """Append-only log of what a client saw, with times in seconds from a common start."""
@@ -108,10 +116,7 @@ class Observed:
                 elif status == "unloaded" and model in running:
                     running.discard(model)
                     inst = instance[model]
-                    # "failed" means the child died on its own: a crash, not a stop. llama-server's
-                    # events carry only the exit code; GET /models derives "failed" from it.
-                    failed = data.get("failed", model not in unloading
-                                      and data.get("exit_code", 0) != 0)
+                    failed = unload_failed(data, asked=model in unloading)
                     if model not in crashed and not failed:
                         if model in unloading:  # the test's unload, answered: the stop's cause
                             calls -= 1  # an id no request of the test has

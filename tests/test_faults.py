@@ -287,7 +287,8 @@ def test_port_already_taken(router: Router) -> None:
 def test_every_fault_has_a_test() -> None:
     covered = {"crash-loading", "crash-streaming", "crash-idle", "hang-on-exit", "close-stdout",
                "garbage", "overlong-line", "split-lines", "unknown-state", "out-of-order",
-               "no-newline", "ready-early", "slow-load", "slow-stream", "port-taken"}
+               "no-newline", "ready-early", "slow-load", "slow-stream", "port-taken",
+               "flood-output", "long-stderr-line"}  # these two: tests/test_hardening.py
     assert covered == set(FAULTS)
 
 

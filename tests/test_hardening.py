@@ -18,6 +18,7 @@ Unit tests first; the live ones use fake children (``fixtures/fake_child.py``) a
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -427,3 +428,278 @@ def test_post_models_never_answers_5xx_to_a_malformed_name(hub_router: Router, n
         split_name(name)
     except BadName:
         assert r.status_code == 400, (name, r.text)
+
+
+# -- SSE: a subscriber that falls behind --------------------------------------------------------
+
+def test_an_sse_subscriber_that_falls_behind_gets_a_last_event_and_its_stream_ends() -> None:
+    """A child writing 1000 ``loading`` lines at once used to overflow a subscriber's buffer:
+    it was dropped silently and its stream stayed open for ever. Now it reads what was buffered,
+    then ``stream_overflow``, then the end of its stream, so it can reconnect."""
+    import anyio
+
+    from refimpl.core.config import RouterConfig
+    from refimpl.core.router import RouterCore
+    from refimpl.router import app as router_app
+    from refimpl.router.driver import SSE_BUFFER, Driver
+
+    driver = Driver(RouterCore(RouterConfig(models=())), spawner=None)  # type: ignore[arg-type]
+    app = router_app.RouterApp(driver, {}, options.RouterOptions()).app
+    body = bytearray()
+
+    async def main() -> None:
+        async def receive() -> dict[str, Any]:
+            await anyio.sleep_forever()
+            raise AssertionError
+
+        first = anyio.Event()
+        go = anyio.Event()
+        done = anyio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.body":
+                body.extend(message.get("body", b""))
+                if not first.is_set():
+                    first.set()
+                    await go.wait()  # fall behind: read nothing until every event is out
+                if not message.get("more_body", False):
+                    done.set()
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": "/models/sse",
+                 "raw_path": b"/models/sse", "query_string": b"", "root_path": "",
+                 "headers": [], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+        async with anyio.create_task_group() as tg:
+            await tg.start(driver.run)
+            tg.start_soon(app, scope, receive, send)
+            with anyio.fail_after(5):
+                await first.wait()
+            for i in range(4 * SSE_BUFFER):  # 1000 `loading` lines at once
+                driver.publish("m", "loading", {"n": i})
+            go.set()
+            with anyio.fail_after(5):  # before the fix: open for ever
+                await done.wait()
+            tg.cancel_scope.cancel()
+
+    anyio.run(main)
+    events = [json.loads(line[len("data: "):]) for line in body.decode().split("\n\n")
+              if line.startswith("data: ")]
+    assert [e["data"].get("n") for e in events[:-1]] == list(range(SSE_BUFFER))
+    assert events[-1]["event"] == "stream_overflow" and "reconnect" in events[-1]["data"]["message"]
+    assert not driver.overflowed  # forgotten once its stream ended
+
+
+# -- each child its own key ---------------------------------------------------------------------
+
+@pytest.mark.live
+def test_a_child_answers_only_with_its_own_key(tiny_models: Any, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child's port is in its world-readable command line: before, anyone on the machine got
+    answers from it without the router's key. Now each child gets a random key of its own in
+    its environment (LLAMA_API_KEY, as llama-server reads it; never in argv) and the router
+    proxies with it: the port answers 401 to anyone else."""
+    import httpx
+    import psutil  # type: ignore[import-untyped, unused-ignore]
+
+    monkeypatch.setenv("LLAMA_API_KEY", "router-secret")
+    router = Router(Target(None, None), ["--models-dir", str(tiny_models.root), "--offline"],
+                    tmp_path / "router.log", headers={"Authorization": "Bearer router-secret"})
+    try:
+        keys = []
+        for model in ("tiny-xs", "tiny-s"):
+            r = router.chat(model)
+            assert r.status_code == 200, r.text
+        for pid in children_of(router.proc.pid):
+            words = cmdline(pid)
+            port = words[words.index("--port") + 1]
+            key = psutil.Process(pid).environ()["LLAMA_API_KEY"]
+            assert key != "router-secret" and len(key) >= 32
+            assert not any(key in word for word in words)
+            keys.append(key)
+            url = f"http://127.0.0.1:{port}"
+            chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+            for credentials in ({}, {"Authorization": "Bearer router-secret"},
+                                {"Authorization": f"Bearer {key}x"}):
+                r = httpx.post(url + "/v1/chat/completions", json=chat, headers=credentials)
+                assert r.status_code == 401, (credentials, r.text)
+                assert r.json()["error"]["type"] == "authentication_error"
+            assert httpx.get(url + "/props").status_code == 401
+            assert httpx.get(url + "/health").status_code == 200  # as llama-server's
+            r = httpx.post(url + "/v1/chat/completions", json=chat,
+                           headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+        assert len(keys) == 2 and len(set(keys)) == 2, keys
+    finally:
+        _stop(router)
+
+
+# -- a child's output flood ---------------------------------------------------------------------
+
+@pytest.mark.live
+def test_a_child_flooding_its_output_neither_floods_the_log_nor_slows_the_router(
+        tiny_models: Any, tmp_path: Path) -> None:
+    """A child writing log lines as fast as it can, on stdout and stderr, used to slow /health
+    to 3.2 s and write 216 MB of router log. Now what it may log is a token bucket per child
+    (``refimpl/router/loglimit.py``): the rest is counted in a summary line, and the driver
+    yields to the event loop after each chunk it reads."""
+    import time
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "flood-output.gguf").symlink_to(tiny_models["tiny-xs"].path)
+    (folder / "tiny-xs.gguf").symlink_to(tiny_models["tiny-xs"].path)
+    log = tmp_path / "router.log"
+    router = _router(["--models-dir", str(folder), "--offline"], log,
+                     child_cmd=FAKE + " --faults-from-name")
+    try:
+        assert router.chat("flood-output").status_code == 200
+        start_size, t0 = log.stat().st_size, time.monotonic()
+        latencies = []
+        for _ in range(100):
+            t = time.monotonic()
+            assert router.client.get("/health").status_code == 200
+            latencies.append(time.monotonic() - t)
+        assert router.chat("tiny-xs").status_code == 200  # other models are served
+        elapsed, grown = time.monotonic() - t0, log.stat().st_size - start_size
+    finally:
+        _stop(router)
+    latencies.sort()
+    print(f"\n/health while a child floods: p50 {latencies[50]:.4f} s, p99 {latencies[98]:.4f} s; "
+          f"log grew {grown} bytes in {elapsed:.2f} s")
+    # before: 3.2 to 4.7 s; the margin is for a loaded CI machine (measured: under 0.1 s)
+    assert latencies[98] < 1.0, f"/health p99 {latencies[98]:.3f} s while a child floods"
+    # two buckets (stdout, stderr) of 256 KiB, refilled at 64 KiB/s each
+    assert grown < 2 * (256 * 1024 + 64 * 1024 * (elapsed + 1)), (grown, elapsed)
+    assert "of this child's output not logged" in log.read_text(errors="replace")
+
+
+@pytest.mark.live
+def test_an_over_long_stderr_line_is_logged_cut(tiny_models: Any, tmp_path: Path) -> None:
+    """A 200 MB stderr line without a newline used to write 105 MB of log: now its first 8 KiB,
+    and the rest up to its newline is dropped unread."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "long-stderr-line.gguf").symlink_to(tiny_models["tiny-xs"].path)
+    log = tmp_path / "router.log"
+    router = _router(["--models-dir", str(folder), "--offline"], log,
+                     child_cmd=FAKE + " --faults-from-name")
+    try:
+        assert router.chat("long-stderr-line").status_code == 200
+    finally:
+        _stop(router)
+    text = log.read_text(errors="replace")
+    assert log.stat().st_size < 64 * 1024, log.stat().st_size
+    assert "[cut: the rest of this line is not logged]" in text
+
+
+# -- GGUF headers: bounded, off the event loop --------------------------------------------------
+
+def hostile_gguf(path: Path, entries: int = 1_000_000) -> Path:
+    """A GGUF header (no tensors) with a string array of ``entries`` before the scalars the
+    memory estimate needs, as a hostile or just odd models-dir file may have."""
+    import struct
+
+    def string(text: bytes) -> bytes:
+        return struct.pack("<Q", len(text)) + text
+
+    def u32(key: str, value: int) -> bytes:
+        return string(key.encode()) + struct.pack("<II", 4, value)
+
+    items = [string(b"general.architecture") + struct.pack("<I", 8) + string(b"llama"),
+             string(b"tokenizer.ggml.tokens") + struct.pack("<IIQ", 9, 8, entries)
+             + b"".join(string(b"t%d" % (i % 10)) for i in range(entries)),
+             string(b"tokenizer.ggml.scores") + struct.pack("<IIQ", 9, 6, 10 * entries)
+             + bytes(40 * entries),
+             u32("llama.block_count", 2), u32("llama.embedding_length", 64),
+             u32("llama.context_length", 128), u32("llama.attention.head_count", 4)]
+    path.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 0, len(items)) + b"".join(items))
+    return path
+
+
+def test_gguf_metadata_skips_huge_arrays_unread(tmp_path: Path) -> None:
+    """A 1M-entry array took the gguf package's reader 24 s; arrays are now skipped by their
+    lengths alone (0.2 s here), and reading stops at META_SECONDS / META_BYTES whatever."""
+    import time
+
+    from refimpl.router.memory import gguf_metadata, kv_cache_bytes
+    path = hostile_gguf(tmp_path / "hostile.gguf")
+    t0 = time.monotonic()
+    meta = gguf_metadata(path)
+    assert time.monotonic() - t0 < 2.0
+    assert meta == {"general.architecture": "llama", "llama.block_count": 2,
+                    "llama.embedding_length": 64, "llama.context_length": 128,
+                    "llama.attention.head_count": 4}
+    assert kv_cache_bytes(path, None) == 2 * 2 * 128 * 64 * 2
+    # bounded: with no time left, or a byte limit inside the array, what came before it
+    assert gguf_metadata(path, seconds=0).keys() <= {"general.architecture"}
+    assert gguf_metadata(path, limit=1024) == {"general.architecture": "llama"}
+    # cut short anywhere: the keys before the cut, never an exception
+    data = path.read_bytes()
+    for end in (4, 8, 30, 60, len(data) // 2, len(data) - 3):
+        (tmp_path / "cut.gguf").write_bytes(data[:end])
+        try:
+            assert set(gguf_metadata(tmp_path / "cut.gguf")) <= set(meta)
+        except ValueError:
+            assert end < 8  # no version: not a GGUF file
+    with pytest.raises(ValueError):
+        gguf_metadata(_write(tmp_path / "x.gguf", b"GGML" + data[4:]))
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.live
+def test_a_huge_gguf_header_neither_slows_start_up_nor_blocks_reload(tiny_models: Any,
+                                                                     tmp_path: Path) -> None:
+    """Such a file in --models-dir made start-up take 26 s and stopped the whole router for 12 s
+    on every ``GET /models?reload=1``: headers are read bounded, and on a worker thread."""
+    import threading
+    import time
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    hostile_gguf(folder / "hostile.gguf")
+    (folder / "tiny-xs.gguf").symlink_to(tiny_models["tiny-xs"].path)
+    t0 = time.monotonic()
+    router = _router(["--models-dir", str(folder), "--offline"], tmp_path / "router.log")
+    try:
+        assert time.monotonic() - t0 < 15, "start-up"
+        reloads: list[int] = []
+
+        def reload() -> None:
+            for _ in range(5):
+                reloads.append(router.client.get("/models?reload=1").status_code)
+
+        thread = threading.Thread(target=reload)
+        thread.start()
+        latencies = []
+        while thread.is_alive():
+            t = time.monotonic()
+            assert router.client.get("/health").status_code == 200
+            latencies.append(time.monotonic() - t)
+        thread.join()
+        assert reloads == [200] * 5
+        print(f"\n/health during 5 reloads: {len(latencies)} probes, max {max(latencies):.4f} s")
+        # before: blocked for the whole read (12 s for this file with the gguf package)
+        assert max(latencies) < 2.0, f"/health took {max(latencies):.2f} s during a reload"
+        assert router.chat("tiny-xs").status_code == 200
+    finally:
+        _stop(router)
+
+
+def test_log_limit_is_a_token_bucket_with_a_summary() -> None:
+    """The bucket alone, in made-up time: a burst gets through, the rest is counted, the rate
+    refills it, and the summary reports (and resets) what was dropped."""
+    from refimpl.router.loglimit import MAX_LOG_LINE, LogLimit, cut
+
+    limit = LogLimit(burst=3, burst_bytes=1000, rate=1, byte_rate=100)
+    assert [limit.take(10, 0.0) for _ in range(5)] == [True, True, True, False, False]
+    assert limit.summary() == ("2 line(s) (20 bytes) of this child's output not logged: over 1 "
+                               "lines or 100 bytes a second")
+    assert limit.summary() is None
+    assert not limit.take(10, 0.5) and limit.take(10, 1.0)  # one line a second
+    assert limit.take(900, 100.0) and not limit.take(200, 100.0)  # bytes bound too
+    assert LogLimit(burst=10, burst_bytes=50).take(60, 0.0) is False
+    assert cut("x" * (MAX_LOG_LINE + 5)).endswith(f"[cut: {MAX_LOG_LINE + 5} characters]")

@@ -31,6 +31,7 @@ sleeping model; ``/health``, ``/props`` and ``/v1/models`` never wake it (as in 
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -163,6 +164,18 @@ def _as_json(scope: Scope, body: bytes) -> Scope:
     return dict(scope, headers=headers)
 
 
+# What llama-server answers without its key (tools/server: public_endpoints)
+_PUBLIC_PATHS = {"/health", "/v1/health", "/v1/models"}
+
+
+def _bearer_is(scope: Scope, key: str) -> bool:
+    given = b""
+    for name, value in scope.get("headers", []):
+        if name == b"authorization" and value.startswith(b"Bearer "):
+            given = value[len(b"Bearer "):]
+    return hmac.compare_digest(given, key.encode())  # constant time
+
+
 class ChildGate:
     """ASGI middleware: path aliases, body checks, the loading gate and wake-on-request."""
 
@@ -178,6 +191,9 @@ class ChildGate:
         if path != scope["path"]:
             scope = dict(scope, path=path, raw_path=path.encode())
         runtime = self.runtime
+        key = runtime.options.api_key
+        if key is not None and path not in _PUBLIC_PATHS and not _bearer_is(scope, key):
+            return await error_response(401, "Invalid API Key")(scope, receive, send)
         if runtime.state is ChildState.LOADING:
             return await error_response(503, "Loading model")(scope, receive, send)
         if runtime.state is ChildState.FAILED:  # on its way out

@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 ROUTER_PORT_ENV = "LLAMA_SERVER_ROUTER_PORT"
+API_KEY_ENV = "LLAMA_API_KEY"
 
 # Flags a router must not hand to a child. Each maps to the reason shown when one shows up anyway.
 _REFUSED = {
-    "--api-key": "the router authenticates clients and strips --api-key from its children",
-    "--api-key-file": "the router authenticates clients and strips --api-key-file from its children",
+    "--api-key": "a command line is world-readable; the router passes the child's key in "
+                 "LLAMA_API_KEY",
+    "--api-key-file": "the router passes the child's key in LLAMA_API_KEY",
     "--ssl-key-file": "children serve plain HTTP on 127.0.0.1; TLS belongs to the router",
     "--ssl-cert-file": "children serve plain HTTP on 127.0.0.1; TLS belongs to the router",
 }
@@ -43,6 +45,9 @@ class ChildOptions:
     mmproj: Path | None
     sleep_idle_seconds: float  # < 0: never sleep
     verbose: bool
+    # LLAMA_API_KEY, as llama-server reads it: the router gives each child a random key of its
+    # own and proxies with it, so no one reaches a child's port around the router's own key
+    api_key: str | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
             "HTTP: GET /health, /props, /v1/models (/models); POST /v1/chat/completions "
             "(/chat/completions), /v1/completions, /completion (/completions), /tokenize, "
             "/detokenize. Errors are {\"error\": {\"code\", \"message\", \"type\"}}. "
-            "--api-key is refused: a router child is reached only through its router."
+            "With LLAMA_API_KEY set, every endpoint but /health and /v1/models needs "
+            "'Authorization: Bearer KEY' (--api-key is refused: argv is world-readable)."
         ),
         allow_abbrev=False,  # '--mod' must not silently mean '--model'
     )
@@ -145,6 +151,7 @@ def parse_options(argv: Sequence[str] | None = None) -> ChildOptions:
         mmproj=ns.mmproj,
         sleep_idle_seconds=ns.sleep_idle_seconds if ns.sleep_idle_seconds > 0 else -1.0,
         verbose=ns.verbose,
+        api_key=os.environ.get(API_KEY_ENV) or None,
     )
 
 

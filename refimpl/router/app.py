@@ -10,10 +10,12 @@ import hmac
 import json
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
+from urllib.parse import quote
 
 import anyio
 import httpx
+import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -43,7 +45,18 @@ MAX_BODY = 100 * 1024 * 1024
 # A request body that stalls this long between two pieces is refused with 408, so a client that
 # never finishes its body does not hold its connection and its memory for ever.
 BODY_IDLE_TIMEOUT = 60.0
+# Bytes of request bodies held at once, all requests together (BodyBudget): room for two bodies
+# at the limit and some more. With each body held once (found "model" without building the
+# document, sent on in slices), the router's memory for bodies stays within about this.
+BODY_BUDGET = 256 * 1024 * 1024
+UPLOAD_SLICE = 1024 * 1024  # a body is sent on to its child in slices of this
 
+
+# The last event of a /models/sse stream whose reader fell too far behind (driver.SSE_BUFFER
+# events): the stream ends after it; reconnect and read GET /models for the state now.
+OVERFLOW = {"model": "*", "event": "stream_overflow",
+            "data": {"message": "this subscriber fell too far behind and missed events; "
+                                "reconnect and read GET /models for the current state"}}
 
 MAX_MESSAGE = 300  # an error message echoes what the client sent (a name, a path): only so much
 
@@ -68,8 +81,15 @@ class RouterApp:
                  options: RouterOptions, lifespan: Any = None,
                  load_entries: Callable[[], list[ModelEntry]] | None = None,
                  spec_for: Callable[[ModelEntry], ModelSpec] | None = None,
-                 cache: Path | None = None) -> None:
+                 cache: Path | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 blocking: Callable[..., Awaitable[Any]] | None = None,
+                 hub_files: Callable[[str], list[str]] | None = None) -> None:
         self.driver = driver
+        self.hub_files = hub_files or _hub_files  # a repo's file names on the hub
+        # How work that blocks (reading the sources, asking the hub) is kept off the event loop:
+        # a worker thread; the whole-router simulation runs it inline, in virtual time.
+        self.blocking = blocking or anyio.to_thread.run_sync
         self.cache = cache  # the hub-layout cache that downloads fill; None: no downloads
         driver.on_command = self.on_command
         self.entries = entries
@@ -78,8 +98,11 @@ class RouterApp:
             e.name, aliases=e.aliases, launch=(str(e.path), str(e.mmproj), *e.args())))
         self.options = options
         self.created = int(time.time())
+        # ``transport``: how the proxy reaches the children (default: TCP on 127.0.0.1); the
+        # whole-router simulation gives an in-memory network (simulator/whole.py).
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
-                                        limits=httpx.Limits(max_connections=1000))
+                                        limits=httpx.Limits(max_connections=1000),
+                                        transport=transport)
         routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/models", self.list_models, methods=["GET"]),
@@ -96,6 +119,7 @@ class RouterApp:
                              exception_handlers={HTTPException: _http_error,
                                                  Exception: _server_error})
         self.app.add_middleware(_ApiKey, key=options.api_key)
+        self.bodies = BodyBudget(BODY_BUDGET)
 
     # -- the router's own endpoints --------------------------------------------------------------
 
@@ -129,7 +153,7 @@ class RouterApp:
     async def list_models(self, request: Request) -> Response:
         if request.query_params.get("reload", "").lower() in ("1", "true"):
             try:
-                reloaded = self.reload()
+                reloaded = await self.reload()
             except SourceError as exc:
                 return error(400, f"reload failed: {exc}")
             if reloaded.status != 200:  # the previous catalog stays in force
@@ -138,25 +162,31 @@ class RouterApp:
                 if name in self.entries]
         return JSONResponse({"object": "list", "data": data})
 
-    def reload(self) -> Reply:
+    async def reload(self) -> Reply:
         """Re-read the sources and hand them to the core, which decides what changes (a running
         model that changed or vanished is unloaded; a vanished one is forgotten once it is not
-        running). A refused change (a name of two models) leaves the previous catalog."""
-        fresh = {e.name: e for e in self.load_entries()}
+        running). A refused change (a name of two models) leaves the previous catalog.
+
+        The folders, the preset and every GGUF header are read on a worker thread (a models-dir
+        file with a huge metadata array used to stop the router for 12 s on every reload)."""
+        fresh, specs = await self.blocking(self._read_sources)
         core = self.driver.core
         removed = tuple(name for name in self.entries if name not in fresh
                         and not (name in core.models and core.models[name].downloading))
-        reply = self.driver.change_catalog(tuple(self.spec_for(e) for e in fresh.values()),
-                                           removed)
+        reply = self.driver.change_catalog(specs, removed)
         if reply.status == 200:
-            for name in removed:
-                del self.entries[name]
+            for name in removed:  # one that was not running is gone already (on_command)
+                self.entries.pop(name, None)
             self.entries.update(fresh)
             self.driver.publish("*", "models_reload", {})
         return reply
 
+    def _read_sources(self) -> tuple[dict[str, ModelEntry], tuple[ModelSpec, ...]]:
+        fresh = {e.name: e for e in self.load_entries()}
+        return fresh, tuple(self.spec_for(e) for e in fresh.values())
+
     async def _api(self, request: Request, kind: type[LoadAsked] | type[UnloadAsked]) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, self.bodies)
         if isinstance(body, Response):
             return body
         model = body.get("model")
@@ -179,7 +209,7 @@ class RouterApp:
         start a download child and answer at once; progress goes to ``/models/sse``."""
         if self.cache is None or self.options.offline:
             return error(400, "downloads are off (--offline)")
-        body = await _json_body(request)
+        body = await _json_body(request, self.bodies)
         if isinstance(body, Response):
             return body
         try:
@@ -187,7 +217,7 @@ class RouterApp:
         except BadName as exc:
             return error(400, str(exc))
         try:
-            files = await anyio.to_thread.run_sync(_hub_files, repo)
+            files = await self.blocking(self.hub_files, repo)
         except LookupError as exc:
             return error(400, str(exc))
         except Exception as exc:  # noqa: BLE001 - the hub is down, slow or says something odd
@@ -249,6 +279,8 @@ class RouterApp:
                 async with receive:
                     async for message in receive:
                         yield b"data: " + json.dumps(message).encode() + b"\n\n"
+                if send in self.driver.overflowed:
+                    yield b"data: " + json.dumps(OVERFLOW).encode() + b"\n\n"
             finally:
                 self.driver.unsubscribe(send)
 
@@ -258,9 +290,15 @@ class RouterApp:
     # -- the proxy -------------------------------------------------------------------------------
 
     async def proxy(self, request: Request) -> Response:
-        body = await read_body(request)
+        body = await read_body(request, budget=self.bodies)
         if isinstance(body, Response):
             return body
+        try:
+            return await self._proxy(request, body)
+        finally:
+            self.bodies.give(len(body))
+
+    async def _proxy(self, request: Request, body: bytearray) -> Response:
         if request.method == "GET":
             model: str | None = request.query_params.get("model")
         else:
@@ -271,6 +309,16 @@ class RouterApp:
             if value is not None and not isinstance(value, str):
                 return error(400, "\"model\" must be a string")
             model = value
+        # The path as the client sent it, percent-escapes kept: decoded, a %0a would be dropped
+        # on the way (URLs lose tabs and newlines) and a %00 could not be sent at all.
+        raw_path = request.scope.get("raw_path")
+        query = request.url.query
+        target = (raw_path.decode("latin-1") if raw_path else quote(request.url.path)) \
+            + (f"?{query}" if query else "")
+        try:  # before routing: a path no child can be sent must not hold a model
+            httpx.URL(f"http://127.0.0.1{target}")
+        except httpx.InvalidURL as exc:
+            return error(400, f"the path cannot be forwarded: {exc}")
         autoload = _autoload(request.query_params.get("autoload"))
         req, outcome = await self.driver.route(model, autoload, request.is_disconnected)
         if outcome.reply is not None:
@@ -279,17 +327,36 @@ class RouterApp:
                 "invalid_request_error" if reply.status < 500 else "server_error")
             return error(reply.status, reply.message or reply.kind, kind)
         assert outcome.forward is not None
-        child = self.driver.children.get(outcome.forward.instance)
+        try:
+            return await self._forward(request, body, req, outcome.forward.instance, target)
+        except BaseException:
+            # Routed and not answered: the core must hear that it ended, or its model stays
+            # busy for ever (the driver ignores a second end of one request).
+            self.driver.ended(req, ok=False)
+            raise
+
+    async def _forward(self, request: Request, body: bytearray, req: int, instance: int,
+                       target: str) -> Response:
+        """Send a routed request to its child and relay the answer; the driver hears when the
+        answer has ended."""
+        child = self.driver.children.get(instance)
         if child is None:
             self.driver.ended(req, ok=False)
             return error(502, "the model's child process is gone", "server_error")
-        query = request.url.query
-        url = httpx.URL(f"http://127.0.0.1:{child.port}{request.url.path}"
-                        + (f"?{query}" if query else ""))
-        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP]
+        url = httpx.URL(f"http://127.0.0.1:{child.port}{target}")
+        # As bytes: a header value may hold any byte but CR, LF and NUL (found by
+        # tests/test_fuzz_http.py: a latin-1 value as str could not be sent on, a 500)
+        headers = [(k, v) for k, v in request.headers.raw
+                   if k.decode("latin-1").lower() not in HOP_BY_HOP]
+        key = getattr(child, "api_key", None)  # a real child's own key (processes.py)
+        if key:
+            headers.append((b"authorization", f"Bearer {key}".encode()))
+        if body:  # sized, sent in slices: no second copy of a large body
+            headers.append((b"content-length", str(len(body)).encode()))
         try:
             upstream = await self.client.send(
-                self.client.build_request(request.method, url, headers=headers, content=body),
+                self.client.build_request(request.method, url, headers=headers,
+                                          content=_slices(body) if body else b""),
                 stream=True)
         except httpx.HTTPError as exc:
             self.driver.ended(req, ok=False)
@@ -359,53 +426,120 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     return error(500, f"internal error of the router: {type(exc).__name__}", "server_error")
 
 
-def _parse(body: bytes) -> dict[str, Any] | Response:
+class _ModelField(msgspec.Struct):
+    """The one field of a request body the router reads; every other value is skipped as it is
+    parsed, never built (a body of a million ``{}`` costs no more than its bytes)."""
+
+    model: str | None = None
+
+
+_MODEL_FIELD = msgspec.json.Decoder(_ModelField)
+
+
+def _parse(body: bytes | bytearray) -> dict[str, Any] | Response:
+    """``{"model": ...}`` of a JSON object body (``{}`` when it names none), or the 400 to
+    answer. The whole body is checked to be JSON (strict: no NaN), but only "model" is built."""
     if not body:
         return {}
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[...]]]]
-        return error(400, "the request body is not valid JSON")
-    if not isinstance(value, dict):
+        found = _MODEL_FIELD.decode(body)
+    except msgspec.ValidationError as exc:
+        if "$.model" in str(exc):
+            return error(400, "\"model\" must be a string")
         return error(400, "the request body must be a JSON object")
-    return value
+    except (msgspec.DecodeError, RecursionError):  # RecursionError: [[[[...]]]]
+        return error(400, "the request body is not valid JSON")
+    return {} if found.model is None else {"model": found.model}
 
 
-async def _json_body(request: Request) -> dict[str, Any] | Response:
-    body = await read_body(request)
-    return body if isinstance(body, Response) else _parse(body)
+async def _json_body(request: Request, budget: BodyBudget | None = None
+                     ) -> dict[str, Any] | Response:
+    body = await read_body(request, budget=budget)
+    if isinstance(body, Response):
+        return body
+    if budget is not None:
+        budget.give(len(body))  # parsed at once: only "model" is kept
+    return _parse(body)
+
+
+class BodyBudget:
+    """Bytes of request bodies the router holds at once. A body is read whole (its "model"
+    decides where it goes, and it is sent on with a Content-Length), so without a cap a few
+    clients sending 90 MB each would hold that many times 90 MB: past ``limit`` a new body gets
+    503 (at once when its Content-Length says so, else when its bytes pass it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+
+
+def _busy_bodies(budget: BodyBudget) -> Response:
+    response = error(503, f"the router holds {budget.held} bytes of request bodies, near its "
+                          f"limit of {budget.limit}; retry shortly", "unavailable_error")
+    response.headers["Retry-After"] = "1"
+    return response
 
 
 async def read_body(request: Request, limit: int | None = None,
-                    idle_timeout: float | None = None) -> bytes | Response:
+                    idle_timeout: float | None = None,
+                    budget: BodyBudget | None = None) -> bytearray | Response:
     """The whole request body, or the error to answer instead: 413 past ``limit`` bytes (told by
     Content-Length before reading, or counted while reading), 408 when it stalls for
-    ``idle_timeout`` seconds, 499 when the client went away."""
+    ``idle_timeout`` seconds, 499 when the client went away, 503 when ``budget`` has no room
+    for it. A body returned is taken from ``budget``: the caller gives back its length."""
     limit = MAX_BODY if limit is None else limit
     idle_timeout = BODY_IDLE_TIMEOUT if idle_timeout is None else idle_timeout
     too_big = f"the request body is larger than the limit of {limit} bytes"
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         return error(413, too_big)
-    pieces: list[bytes] = []
-    size = 0
+    taken = 0
+    if budget is not None and length.isdigit():
+        if not budget.take(int(length)):
+            return _busy_bodies(budget)
+        taken = int(length)
+    body = bytearray()
+    done = False
     stream = request.stream().__aiter__()
-    while True:
-        with anyio.move_on_after(idle_timeout) as waited:
-            try:
-                piece = await stream.__anext__()
-            except StopAsyncIteration:
-                break
-            except ClientDisconnect:
-                return error(499, "the client closed the request")
-        if waited.cancelled_caught:
-            return error(408, f"the request body stalled: nothing arrived for "
-                              f"{idle_timeout:g} seconds")
-        size += len(piece)
-        if size > limit:
-            return error(413, too_big)
-        pieces.append(piece)
-    return b"".join(pieces)
+    try:
+        while True:
+            with anyio.move_on_after(idle_timeout) as waited:
+                try:
+                    piece = await stream.__anext__()
+                except StopAsyncIteration:
+                    break
+                except ClientDisconnect:
+                    return error(499, "the client closed the request")
+            if waited.cancelled_caught:
+                return error(408, f"the request body stalled: nothing arrived for "
+                                  f"{idle_timeout:g} seconds")
+            if len(body) + len(piece) > limit:
+                return error(413, too_big)
+            if budget is not None and len(body) + len(piece) > taken:
+                if not budget.take(len(body) + len(piece) - taken):
+                    return _busy_bodies(budget)
+                taken = len(body) + len(piece)
+            body += piece
+        done = True
+        return body
+    finally:
+        if budget is not None:  # all of it unless a body is returned
+            budget.give(taken - len(body) if done else taken)
+
+
+async def _slices(body: bytearray) -> AsyncIterator[bytes]:
+    view = memoryview(body)
+    for start in range(0, len(body), UPLOAD_SLICE):
+        yield bytes(view[start:start + UPLOAD_SLICE])
 
 
 def _autoload(value: str | None) -> bool | None:

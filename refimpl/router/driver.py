@@ -27,6 +27,8 @@ from refimpl.core.protocol import EXIT_COMMAND
 from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
 
+from .loglimit import LogLimit, cut
+
 # What a log line may not carry as it is: C0 and C1 controls but the tab (a newline would forge a
 # line, an escape sequence would drive the reader's terminal) and the Unicode line separators.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
@@ -64,6 +66,7 @@ class Child(Protocol):
     async def wait(self) -> int: ...
 
 
+SSE_BUFFER = 256  # events a /models/sse subscriber may fall behind before it is dropped
 Spawner = Callable[[int, str], Awaitable[Child]]  # (instance, model) -> a started child
 ApiCall = type[LoadAsked] | type[UnloadAsked] | type[DownloadAsked] | type[RemoveAsked]
 
@@ -94,10 +97,18 @@ class Driver:
         # cache in step with downloads and removals (RemoveFiles is done there).
         self.on_command = on_command
         self.children: dict[int, Child] = {}
+        # Spawned children whose spawner has not returned yet, with the stops (SendExit, Kill)
+        # the core asked for meanwhile: carried out as soon as the child is there, or a child
+        # unloaded while it starts would run for ever (found by simulator/whole.py).
+        self._starting: dict[int, list[SendExit | Kill]] = {}
+        self._forwarded: set[int] = set()  # requests forwarded whose response has not ended
         self.ids = itertools.count(1)
         self.trace: list[At] | None = [] if record else None
         self._pending: dict[int, _Pending] = {}
         self._subscribers: set[MemoryObjectSendStream[dict[str, Any]]] = set()
+        # subscribers dropped for falling SSE_BUFFER events behind, until they unsubscribe
+        self.overflowed: set[MemoryObjectSendStream[dict[str, Any]]] = set()
+        self._log_limits: dict[int, LogLimit] = {}  # per child instance
         self._wake = anyio.Event()
         self._tg: TaskGroup | None = None
         self.log = log or (lambda line: print(printable(line), file=sys.stderr, flush=True))
@@ -131,6 +142,8 @@ class Driver:
     def _execute(self, command: Command) -> None:
         assert self._tg is not None, "Driver.run() is not running"
         if isinstance(command, (Forward, Reply)):
+            if isinstance(command, Forward):
+                self._forwarded.add(command.req)
             pending = self._pending.get(command.req)
             if pending is not None:
                 if isinstance(command, Forward):
@@ -139,26 +152,40 @@ class Driver:
                     pending.outcome.reply = command
                 pending.done.set()
         elif isinstance(command, Spawn):
+            self._starting[command.instance] = []
             self._tg.start_soon(self._run_child, command.instance, command.model,
                                 command.download)
-        elif isinstance(command, SendExit):
+        elif isinstance(command, (SendExit, Kill)):
             child = self.children.get(command.instance)
-            if child is not None:
+            if child is None:
+                self._starting.get(command.instance, []).append(command)
+            elif isinstance(command, SendExit):
                 self._tg.start_soon(self._send_exit, child)
-        elif isinstance(command, Kill):
-            child = self.children.get(command.instance)
-            if child is not None:
+            else:
                 child.kill()
         elif isinstance(command, Publish):
             message = {"model": command.model, "event": command.event, "data": command.data}
             for subscriber in list(self._subscribers):
                 try:
                     subscriber.send_nowait(message)
-                except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self._subscribers.discard(subscriber)  # too slow or gone: drop it
+                except anyio.WouldBlock:
+                    # Too slow: its stream ends after what it has buffered, with a last event
+                    # saying so (app.py ``sse``), so that it reconnects rather than waits.
+                    self._subscribers.discard(subscriber)
+                    self.overflowed.add(subscriber)
+                    subscriber.close()
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self._subscribers.discard(subscriber)  # gone
         elif isinstance(command, Log):
-            child = self.children.get(command.instance)
-            self.log(f"[{child.port if child else command.instance}] {printable(command.text)}")
+            # A child's output, bounded per child (loglimit.py): a flood is counted, not logged.
+            limit = self._log_limits.setdefault(command.instance, LogLimit())
+            if limit.take(len(command.text), anyio.current_time()):
+                child = self.children.get(command.instance)
+                prefix = f"[{child.port if child else command.instance}]"
+                summary = limit.summary()
+                if summary is not None:
+                    self.log(f"{prefix} [router] {summary}")
+                self.log(f"{prefix} {printable(cut(command.text))}")
 
     async def _send_exit(self, child: Child) -> None:
         try:
@@ -173,11 +200,14 @@ class Driver:
                 raise RuntimeError("this router has no download child command")
             child = await spawner(instance, model)
         except Exception as exc:  # noqa: BLE001 - any failure to start is the child's exit
+            self._starting.pop(instance, None)
             self.log(f"[router] could not start a child for {model}: {exc}")
             self.spawn_failures.append(f"{model}: {exc}")
             self.feed(ChildExited(instance, 127))
             return
         self.children[instance] = child
+        for stop in self._starting.pop(instance, []):
+            self._execute(stop)
         try:
             last = b""
             while True:
@@ -193,6 +223,10 @@ class Driver:
             code = await child.wait()
         finally:
             self.children.pop(instance, None)
+            limit = self._log_limits.pop(instance, None)
+            summary = limit.summary() if limit is not None else None
+            if summary is not None:
+                self.log(f"[{child.port}] [router] {summary}")
         self.feed(ChildExited(instance, code))
 
     async def _timer_loop(self) -> None:
@@ -241,7 +275,10 @@ class Driver:
             pending.outcome.reply = Reply(req, 499, "client_gone", "client closed the request")
 
     def ended(self, req: int, ok: bool) -> None:
-        self.feed(ResponseEnded(req, ok))
+        """The proxied response of ``req`` ended; said once, however often it is called."""
+        if req in self._forwarded:
+            self._forwarded.discard(req)
+            self.feed(ResponseEnded(req, ok))
 
     def api(self, kind: type[LoadAsked] | type[UnloadAsked] | type[DownloadAsked],
             model: str) -> Reply:
@@ -282,12 +319,13 @@ class Driver:
 
     def subscribe(self) -> tuple[MemoryObjectSendStream[dict[str, Any]], Any]:
         """A new ``/models/sse`` subscriber: it sees events from now on, no replay."""
-        send, receive = anyio.create_memory_object_stream[dict[str, Any]](256)
+        send, receive = anyio.create_memory_object_stream[dict[str, Any]](SSE_BUFFER)
         self._subscribers.add(send)
         return send, receive
 
     def unsubscribe(self, send: MemoryObjectSendStream[dict[str, Any]]) -> None:
         self._subscribers.discard(send)
+        self.overflowed.discard(send)
         send.close()
 
     def publish(self, model: str, event: str, data: dict[str, Any]) -> None:

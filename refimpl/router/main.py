@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import resource
 import sys
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import anyio
 
@@ -75,7 +76,7 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
             await tg.start(driver.run)
             log(f"router listening on http://{opts.host}:{opts.port} with {len(entries)} "
                 f"model(s): {', '.join(entries) or 'none'}")
-            example = example_model(entries)
+            example = await anyio.to_thread.run_sync(example_model, dict(entries))
             if example is not None:
                 log(f"try: {example_curl(opts, example)}")
             try:
@@ -87,6 +88,26 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
 
     return RouterApp(driver, entries, opts, lifespan=lifespan, load_entries=load_entries,
                      spec_for=spec_for, cache=cache), driver
+
+
+def concurrency(wanted: int, log: Callable[[str], None]) -> int:
+    """The concurrency limit the descriptors allow: the soft limit on open files is raised to
+    the hard one, and each request may hold two (its client's and its child's connection) with
+    some left for children's pipes and the models' files; past the limit a request gets 503
+    rather than a client being left unaccepted."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    allowed = max(1, (soft - 256) // 2)
+    if wanted > allowed:
+        log(f"[router] --limit-concurrency {wanted} lowered to {allowed}: {soft} open files "
+            "allowed")
+    return min(wanted, allowed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,10 +131,13 @@ def main(argv: list[str] | None = None) -> int:
             driver.close_streams()
             super().handle_exit(sig, frame)
 
-    from .http import PROTOCOL
+    from .http import protocol
 
     config = uvicorn.Config(app.app, host=opts.host, port=opts.port, log_level="warning",
-                            http=PROTOCOL,
+                            http=protocol(opts.timeout_header),
+                            limit_concurrency=concurrency(opts.limit_concurrency, log),
+                            timeout_keep_alive=opts.timeout_keep_alive,  # type: ignore[arg-type]
+                            h11_max_incomplete_event_size=opts.max_header_size,
                             server_header=False, date_header=False, lifespan="on",
                             timeout_graceful_shutdown=5)
     server = Server(config)

@@ -9,7 +9,10 @@ capacities instead, which is how tests drive memory eviction with tiny models.
 
 from __future__ import annotations
 
+import struct
+import time
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs without types-psutil
 
@@ -92,18 +95,136 @@ def kv_cache_bytes(path: Path, n_ctx: int | None) -> int:
     return 2 * layers * ctx * (embd // heads * heads_kv) * F16
 
 
-def gguf_metadata(path: Path) -> dict[str, object]:
-    """The scalar key/value metadata of a GGUF file."""
-    from gguf import GGUFReader  # a heavy import, needed only with a memory budget
+# Reading a GGUF header is bounded: a file can hold arrays of millions of entries (a 1M-entry
+# array took the gguf package's reader 26 s), and only a few scalars are needed here. Arrays are
+# skipped without being built; past these bounds the reading stops with what it has.
+META_SECONDS = 2.0
+META_BYTES = 256 * 1024 * 1024  # of header read or skipped
+META_STRING = 64 * 1024  # a longer string value is skipped, not kept
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
+            11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
 
-    reader = GGUFReader(str(path))
-    out: dict[str, object] = {}
-    for name, field in reader.fields.items():
-        if len(field.data) == 1 and field.types and len(field.types) == 1:
-            part = field.parts[field.data[0]]
-            try:
-                out[name] = part.tobytes().decode() if part.dtype.kind == "u" and \
-                    field.types[0].name == "STRING" else part.tolist()[0]
-            except (UnicodeDecodeError, IndexError):
-                continue
-    return out
+
+class _Truncated(Exception):
+    """The header ends early, is malformed, or is past the bounds."""
+
+
+def gguf_metadata(path: Path, seconds: float = META_SECONDS,
+                  limit: int = META_BYTES) -> dict[str, object]:
+    """The scalar key/value metadata of a GGUF file (numbers, booleans, strings up to
+    META_STRING bytes), read within ``seconds`` and ``limit`` bytes: arrays are skipped unread
+    (fixed-size ones by a seek, strings by their lengths alone). Raises ValueError for a file
+    that is not GGUF; a header cut short or past the bounds gives the keys read before it."""
+    with path.open("rb", buffering=1 << 20) as f:
+        return _GgufHeader(f, time.monotonic() + seconds, limit).read()
+
+
+class _GgufHeader:
+    def __init__(self, f: BinaryIO, deadline: float, limit: int) -> None:
+        self.f = f
+        self.deadline = deadline
+        self.limit = limit
+        self.order = "<"
+        self.wide = True  # v2+: 64-bit counts and lengths
+
+    def read(self) -> dict[str, object]:
+        if self.f.read(4) != b"GGUF":
+            raise ValueError("not a GGUF file")
+        try:
+            version = self._unpack("<I")
+        except _Truncated:
+            raise ValueError("not a GGUF file: too short") from None
+        if version > 0xFFFF:  # a big-endian file
+            self.order = ">"
+            version = int.from_bytes(version.to_bytes(4, "little"), "big")
+        if version not in (1, 2, 3):
+            raise ValueError(f"GGUF version {version} is not known")
+        self.wide = version >= 2
+        out: dict[str, object] = {}
+        try:
+            self._count()  # tensors
+            for _ in range(self._count()):
+                if time.monotonic() > self.deadline or self.f.tell() > self.limit:
+                    break
+                key = self._string(META_STRING)
+                kind = self._unpack("<I")
+                value = self._value(kind)
+                if key is not None and value is not None:
+                    out[key] = value
+        except _Truncated:
+            pass
+        return out
+
+    def _unpack(self, fmt: str) -> Any:
+        fmt = self.order + fmt[1:]
+        size = struct.calcsize(fmt)
+        data = self.f.read(size)
+        if len(data) != size:
+            raise _Truncated
+        return struct.unpack(fmt, data)[0]
+
+    def _count(self) -> int:
+        count: int = self._unpack("<Q" if self.wide else "<I")
+        return count
+
+    def _skip(self, size: int) -> None:
+        if size < 0 or self.f.tell() + size > self.limit:
+            raise _Truncated
+        self.f.seek(size, 1)
+
+    def _string(self, keep: int) -> str | None:
+        size = self._count()
+        if size > keep:
+            self._skip(size)
+            return None
+        data = self.f.read(size)
+        if len(data) != size:
+            raise _Truncated
+        return data.decode("utf-8", errors="replace")
+
+    def _value(self, kind: int) -> object:
+        if kind in _SCALARS:
+            return self._unpack(_SCALARS[kind])
+        if kind == _STRING:
+            return self._string(META_STRING)
+        if kind != _ARRAY:
+            raise _Truncated  # an unknown type: its size cannot be known
+        element, count = self._unpack("<I"), self._count()
+        if element in _SCALARS:
+            self._skip(count * struct.calcsize(_SCALARS[element]))
+            return None
+        if element == _STRING:
+            self._skip_strings(count)
+            return None
+        for i in range(count):  # arrays of arrays: each says its own length
+            if i % 4096 == 0 and (time.monotonic() > self.deadline
+                                  or self.f.tell() > self.limit):
+                raise _Truncated
+            self._value(element)
+        return None
+
+    def _skip_strings(self, count: int) -> None:
+        """Skip ``count`` strings, reading only their lengths, a block at a time."""
+        fmt = self.order + ("Q" if self.wide else "I")
+        width = struct.calcsize(fmt)
+        unpack = struct.Struct(fmt).unpack_from
+        buf, pos = b"", 0
+        while count:
+            if time.monotonic() > self.deadline or self.f.tell() > self.limit:
+                raise _Truncated
+            block = self.f.read(1 << 20)
+            buf, pos = buf[pos:] + block, 0
+            if not block:
+                raise _Truncated
+            end = len(buf)
+            while count and pos + width <= end:
+                size = unpack(buf, pos)[0]
+                if pos + width + size > end:  # reaches past the block: seek over the rest
+                    self._skip(pos + width + size - end)
+                    buf, pos = b"", 0
+                    count -= 1
+                    break
+                pos += width + size
+                count -= 1
+        self.f.seek(pos - len(buf), 1)  # give back what was read past the last string

@@ -127,6 +127,11 @@ class RouterOptions:
     download_cmd: str = DEFAULT_CHILD
     stop_timeout: float = 10.0
     child_args: list[str] = field(default_factory=list)
+    # HTTP limits (refimpl/router/http.py): as a production server sets them
+    limit_concurrency: int = 1000
+    timeout_keep_alive: float = 5.0
+    timeout_header: float = 30.0
+    max_header_size: int = 64 * 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +182,34 @@ def build_parser() -> argparse.ArgumentParser:
                         "in its environment and downloads from $HF_ENDPOINT into the cache "
                         "($LLAMA_CACHE, else the Hugging Face hub cache), e.g. 'llama-server' "
                         "(default: our child)")
+    http = p.add_argument_group("HTTP limits")
+    http.add_argument("--limit-concurrency", type=_whole(1), default=1000, metavar="N",
+                      help="open connections or running requests past which a request gets "
+                           "503 (%(default)s)")
+    http.add_argument("--timeout-keep-alive", type=_positive_seconds, default=5.0,
+                      metavar="SECONDS",
+                      help="an idle kept-alive connection is closed after this (%(default)s)")
+    http.add_argument("--timeout-header", type=_positive_seconds, default=30.0,
+                      metavar="SECONDS",
+                      help="a request's line and headers must arrive within this; 408 if not "
+                           "(%(default)s)")
+    http.add_argument("--max-header-size", type=_header_size, default=64 * 1024, metavar="SIZE",
+                      help="longest request line and headers; 431 past it (64KiB)")
     return p
+
+
+def _header_size(text: str) -> int:
+    size = parse_size(text)
+    if size < 1024:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than 1KiB: no request would fit")
+    return size
+
+
+def _positive_seconds(text: str) -> float:
+    value = parse_seconds(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds above 0")
+    return value
 
 
 def parse(argv: list[str], env: Mapping[str, str] | None = None) -> RouterOptions:
@@ -207,7 +239,9 @@ def parse(argv: list[str], env: Mapping[str, str] | None = None) -> RouterOption
         api_key=known.api_key, sleep_idle_seconds=known.sleep_idle_seconds,
         offline=known.offline, policy=known.policy, child_cmd=known.child_cmd,
         download_cmd=known.download_cmd,
-        stop_timeout=known.stop_timeout, child_args=child_args)
+        stop_timeout=known.stop_timeout, child_args=child_args,
+        limit_concurrency=known.limit_concurrency, timeout_keep_alive=known.timeout_keep_alive,
+        timeout_header=known.timeout_header, max_header_size=known.max_header_size)
 
 
 def _child_args(rest: list[str], parser: argparse.ArgumentParser) -> list[str]:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import secrets
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import IO, Awaitable, Callable
 
 import anyio
+import anyio.lowlevel
 
+from .loglimit import MAX_LOG_LINE, LogLimit, cut
 from .sources import ModelEntry
 
 
@@ -96,6 +100,7 @@ class ChildProcess:
 
     process: subprocess.Popen[bytes]
     port: int
+    api_key: str | None = None  # the child's own key (LLAMA_API_KEY), which the proxy sends
 
     @classmethod
     def start(cls, cmd: list[str], env: dict[str, str], port: int,
@@ -121,6 +126,9 @@ class ChildProcess:
     async def read(self) -> bytes:
         assert self.process.stdout is not None
         fd = self.process.stdout.fileno()
+        # A checkpoint per chunk: a child that writes as fast as it can must not keep the event
+        # loop from everything else (its pipe is always readable; /health took 3.2 s).
+        await anyio.lowlevel.checkpoint()
         while True:
             try:
                 return os.read(fd, 65536)
@@ -164,30 +172,50 @@ class ChildProcess:
         return code
 
 
-MAX_LOG_LINE = 64 * 1024
-
-
-def _relay_stderr(pipe: IO[bytes], prefix: str, log: Callable[[str], None]) -> None:
+def _relay_stderr(pipe: IO[bytes], prefix: str, log: Callable[[str], None],
+                  limit: LogLimit | None = None) -> None:
     """Log a child's stderr, line by line, until EOF (on a thread of its own).
 
     Kept apart from stdout, where the protocol lines come (ROUTER.md 2): in one shared pipe a log
     line written in pieces (llama-server writes its timestamp, then the message) can land in the
-    middle of a protocol line, which then no longer starts with the prefix and is lost."""
+    middle of a protocol line, which then no longer starts with the prefix and is lost.
+
+    What gets logged is bounded (``loglimit``): lines past the child's rate are counted, not
+    logged, and a line longer than MAX_LOG_LINE is logged cut and the rest of it, up to its
+    newline, dropped unread (a 200 MB line without a newline costs 8 KiB of log)."""
     fd = pipe.fileno()
+    limit = LogLimit() if limit is None else limit
     pending = b""
+    skipping = False  # in the rest of an over-long line: dropped up to its newline
+
+    def emit(line: bytes, suffix: str = "") -> None:
+        if limit.take(len(line), time.monotonic()):
+            summary = limit.summary()
+            if summary is not None:
+                log(f"{prefix}[router] {summary}")
+            log(prefix + cut(line.rstrip(b"\r").decode("utf-8", errors="replace")) + suffix)
+
     try:
         while chunk := os.read(fd, 65536):
+            if skipping:
+                newline = chunk.find(b"\n")
+                if newline < 0:
+                    continue
+                chunk, skipping = chunk[newline + 1:], False
             *lines, pending = (pending + chunk).split(b"\n")
-            if len(pending) > MAX_LOG_LINE:
-                lines.append(pending[:MAX_LOG_LINE] + b" [cut]")
-                pending = b""
             for line in lines:
-                log(prefix + line.rstrip(b"\r").decode("utf-8", errors="replace"))
+                emit(line)
+            if len(pending) > MAX_LOG_LINE:
+                emit(pending[:MAX_LOG_LINE], " [cut: the rest of this line is not logged]")
+                pending, skipping = b"", True
     except OSError:
         pass
     finally:
         if pending:
-            log(prefix + pending.decode("utf-8", errors="replace"))
+            emit(pending)
+        summary = limit.summary()
+        if summary is not None:
+            log(f"{prefix}[router] {summary}")
         pipe.close()
 
 
@@ -204,9 +232,13 @@ def make_spawner(template: str, entries: Callable[[str], ModelEntry], router_por
         entry = entries(model)
         port = free_port()
         cmd = child_command(template, entry, port)
-        env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port))
-        env.pop("LLAMA_API_KEY", None)  # children never receive the key
+        # Never the router's key, but one of its own: without it anyone on this machine could
+        # reach the child's port (in its world-readable command line) around the router's key.
+        # In the environment, which only this user can read, not in the command line.
+        key = secrets.token_urlsafe(32)
+        env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port), LLAMA_API_KEY=key)
         child = ChildProcess.start(cmd, env, port, log)
+        child.api_key = key
         log(f"[router] started {model} (pid {child.pid}) on port {port}: {shlex.join(cmd)}")
         return child
 

@@ -352,9 +352,8 @@ def run_router(name: str, binary: str | None, s: Settings, log_dir: Path) -> Res
     trace = log_dir / f"router-trace-{name.split()[0]}.pickle"
     if binary:
         command = [binary, *common]
-    else:  # python -m refimpl, recording its own trace (see serve_traced)
-        command = [sys.executable, str(Path(__file__).resolve()), "--serve-traced", str(trace),
-                   *common]
+    else:  # the reference router, recording its own trace (--trace)
+        command = [sys.executable, "-m", "refimpl", "--trace", str(trace), *common]
         if s.child_cmd:
             command += ["--child-cmd", s.child_cmd]
     env = dict(os.environ)  # an inherited mutant stays: the zoo sets it for the whole tree
@@ -370,26 +369,6 @@ def run_router(name: str, binary: str | None, s: Settings, log_dir: Path) -> Res
         for link in root.iterdir():
             link.unlink()
         root.rmdir()
-
-
-def serve_traced(trace_path: str, argv: list[str]) -> int:
-    """``python -m refimpl ARGS``, with the driver recording the core's events and commands; at
-    shutdown the trace is pickled to ``trace_path``: the router-side truth for the invariants."""
-    from refimpl.router import main as router_main
-    from refimpl.router.driver import Driver
-
-    class TracedDriver(Driver):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, record=True, **kwargs)
-
-        async def shutdown(self, grace: float) -> None:
-            try:
-                await super().shutdown(grace)
-            finally:
-                Path(trace_path).write_bytes(pickle.dumps(self.trace))
-
-    router_main.Driver = TracedDriver  # type: ignore[attr-defined]
-    return router_main.main(argv)
 
 
 def table(results: list[Result], s: Settings) -> str:
@@ -488,9 +467,6 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.Namespace, Settings]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["--serve-traced"]:  # the router process of a run (run_router)
-        return serve_traced(args[1], args[2:])
     a, s = parse(argv)
     log_dir = Path(a.log_dir or tempfile.mkdtemp(prefix="load-logs-"))
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -26,3 +26,5 @@ def test_short_load_run_loses_nothing_and_keeps_the_limit(tmp_path: Path) -> Non
     assert result.failures(s.models_max) == [], report
     assert result.ok >= 10 and result.loads >= 3, report  # it served, and it swapped models
     assert result.peak_children >= 2, report  # the sampler saw the children
+    # The router wrote its own trace (--trace) and every invariant held on it.
+    assert result.router_trace_items > 0 and result.router_violations == [], report

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import resource
 import sys
+from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import anyio
@@ -68,7 +70,8 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
                                    autoload=opts.models_autoload, policy=opts.policy))
     driver = Driver(core, make_spawner(opts.child_cmd, entries.__getitem__, opts.port, log),
                     log=log, download_spawner=make_download_spawner(opts.download_cmd, opts.port,
-                                                                    log))
+                                                                    log),
+                    record=opts.trace is not None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -83,7 +86,12 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
                 yield
             finally:
                 with anyio.CancelScope(shield=True):
-                    await driver.shutdown(grace=opts.stop_timeout)
+                    try:
+                        await driver.shutdown(grace=opts.stop_timeout)
+                    finally:
+                        if opts.trace is not None and driver.trace is not None:
+                            Path(opts.trace).write_bytes(pickle.dumps(driver.trace))
+                            log(f"trace of {len(driver.trace)} entries written to {opts.trace}")
                 tg.cancel_scope.cancel()
 
     return RouterApp(driver, entries, opts, lifespan=lifespan, load_entries=load_entries,

@@ -132,6 +132,7 @@ class RouterOptions:
     timeout_keep_alive: float = 5.0
     timeout_header: float = 30.0
     max_header_size: int = 64 * 1024
+    trace: str | None = None  # where the core's trace goes when the router stops
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="children free their weights after this many idle seconds (-1: never)")
     p.add_argument("--offline", action="store_true",
                    help="never download: POST /models is refused (cached models still load)")
+    p.add_argument("--trace", metavar="FILE",
+                   help="record every event the core is given and every command it returns; "
+                        "when the router stops, write them to FILE (a pickled list of "
+                        "refimpl.core.trace.At) for the invariants of properties/invariants.py")
     p.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
                    help="scheduling policy (%(default)s)")
     p.add_argument("--stop-timeout", type=parse_seconds, default=10.0, metavar="SECONDS",
@@ -241,7 +246,8 @@ def parse(argv: list[str], env: Mapping[str, str] | None = None) -> RouterOption
         download_cmd=known.download_cmd,
         stop_timeout=known.stop_timeout, child_args=child_args,
         limit_concurrency=known.limit_concurrency, timeout_keep_alive=known.timeout_keep_alive,
-        timeout_header=known.timeout_header, max_header_size=known.max_header_size)
+        timeout_header=known.timeout_header, max_header_size=known.max_header_size,
+        trace=known.trace)
 
 
 def _child_args(rest: list[str], parser: argparse.ArgumentParser) -> list[str]:

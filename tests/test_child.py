@@ -13,6 +13,7 @@ import json
 import math
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -326,7 +327,8 @@ def test_health_and_props(http: Any) -> None:
     assert props["model_path"].endswith("tiny-xs.gguf")
     assert props["n_ctx"] == 512 == props["default_generation_settings"]["n_ctx"]
     assert "im_start" in props["chat_template"]
-    assert props["build_info"] and props["is_sleeping"] is False
+    assert re.fullmatch(r"b\d+-[0-9a-f]{7}", props["build_info"])  # llama-server's form
+    assert props["is_sleeping"] is False
     assert props["default_generation_settings"]["params"]["temperature"] == 0.0
 
 
@@ -347,7 +349,8 @@ def test_chat_completion_plain_and_streamed(http: Any) -> None:
     chunks = [json.loads(e) for e in events[:-1]]
     assert len(chunks) >= 3  # role, content..., finish
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
-    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    # llama-server's first delta has "content" too (null): clients read it on every chunk
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
     # The streamed text is not compared with the plain one: llama-cpp-python's streaming drops a
     # multi-byte character that the babbling tiny model splits across tokens.

@@ -47,6 +47,8 @@ def main() -> int:
     announcer = Announcer.for_router() if is_router_child() else Announcer.silent()
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s child[%(process)d] %(levelname)s %(message)s")
+    if options.no_effect and not is_router_child():  # a router has listed them already
+        log.info("accepted, no effect here: %s", " ".join(options.no_effect))
     announcer.send(LoadingState())
     try:
         sock = _listen(options.host, options.port)

@@ -48,12 +48,13 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from refimpl import flags
 from refimpl.child import completion
 from refimpl.child.model import token_bytes
 from refimpl.child.runtime import ChildRuntime, ChildState, NotServing
 
 
-BUILD_INFO = f"refimpl.child on llama-cpp-python {llama_cpp.__version__}"
+BUILD_INFO = flags.BUILD_INFO  # llama-server's "b<build>-<commit>" form
 
 # llama-server's error types by status code.
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",

@@ -1,4 +1,8 @@
-"""The child's command line: a llama-server-like subset, parsed without importing anything heavy.
+"""The child's command line: llama-server's, parsed without importing anything heavy.
+
+Every llama-server flag is accepted with its arity, from the flag table (``refimpl/flags.py``);
+the child acts on those in ``ACTS_ON`` (also from their ``LLAMA_ARG_*`` variables, the command
+line winning) and lists the others once at start as accepted, with no effect here.
 
 Parsing runs before llama_cpp, numpy or FastAPI are imported, so a bad flag costs milliseconds and
 exits with status 2 and a one-line message naming the flag (argparse's own behaviour), never a
@@ -11,9 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import NoReturn
+
+from refimpl import flags
 
 ROUTER_PORT_ENV = "LLAMA_SERVER_ROUTER_PORT"
 API_KEY_ENV = "LLAMA_API_KEY"
@@ -26,6 +34,12 @@ _REFUSED = {
     "--ssl-key-file": "children serve plain HTTP on 127.0.0.1; TLS belongs to the router",
     "--ssl-cert-file": "children serve plain HTTP on 127.0.0.1; TLS belongs to the router",
 }
+
+
+# The llama-server flags this child acts on (the table's names for them).
+ACTS_ON = frozenset({"--model", "--host", "--port", "--alias", "--ctx-size", "--temperature",
+                     "--seed", "--n-predict", "--batch-size", "--parallel", "--threads",
+                     "--n-gpu-layers", "--mmproj", "--sleep-idle-seconds", "--log-verbose"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +62,38 @@ class ChildOptions:
     # LLAMA_API_KEY, as llama-server reads it: the router gives each child a random key of its
     # own and proxies with it, so no one reaches a child's port around the router's own key
     api_key: str | None = None
+    # llama-server flags given that this child does not act on (as written, or their variable)
+    no_effect: tuple[str, ...] = ()
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         # argparse prints usage + message and exits 2; keep that, but point at --help.
         self.exit(2, f"{self.prog}: error: {message}\n(see {self.prog} --help)\n")
+
+
+class _Accept(argparse.Action):
+    """A llama-server flag this child takes and does nothing with: remembered, to be listed."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        namespace.no_effect = [*namespace.no_effect, option_string]
+
+
+class Version(argparse.Action):
+    """--version: llama-server's two lines on stderr, then exit 0."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="show version and build info")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        parser.exit(0, flags.VERSION_TEXT)
+
+
+def _layers(text: str) -> int:
+    """-ngl: a number, or llama-server's 'auto' and 'all' (-1: all, llama-cpp-python's word)."""
+    return -1 if text in ("auto", "all") else int(text)
 
 
 class _Refuse(argparse.Action):
@@ -83,49 +123,78 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         allow_abbrev=False,  # '--mod' must not silently mean '--model'
     )
-    p.add_argument("-m", "--model", required=True, type=Path, metavar="PATH",
-                   help="GGUF model file to serve (required)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080,
-                   help="port to listen on; 0 picks a free one (default: 8080)")
-    p.add_argument("-a", "--alias", default=None, metavar="NAME",
-                   help="model id reported by /v1/models and in the ready message "
-                        "(default: the model file's stem)")
-    p.add_argument("-c", "--ctx-size", type=int, default=512, metavar="N",
-                   help="context size in tokens; 0 takes the model's training context "
-                        "(default: 512)")
-    p.add_argument("--temp", type=float, default=0.8,
-                   help="default sampling temperature for requests that set none (default: 0.8)")
-    p.add_argument("-s", "--seed", type=int, default=-1,
-                   help="default RNG seed for requests that set none; -1 = random (default: -1)")
-    p.add_argument("-n", "--n-predict", type=int, default=-1, metavar="N",
-                   help="default number of tokens to predict; -1 = until end of text or context "
-                        "(default: -1)")
-    p.add_argument("-b", "--batch-size", type=int, default=2048, metavar="N",
-                   help="logical batch size for prompt processing (default: 2048)")
-    p.add_argument("-np", "--parallel", type=int, default=1, metavar="N",
-                   help="number of slots reported; requests are served one at a time "
-                        "behind a lock (default: 1)")
-    p.add_argument("-t", "--threads", type=int, default=None, metavar="N",
-                   help="CPU threads for generation (default: llama-cpp-python's choice)")
-    p.add_argument("-ngl", "--n-gpu-layers", "--gpu-layers", type=int, default=0, metavar="N",
-                   help="layers to offload to a GPU, if llama.cpp was built with one (default: 0)")
-    p.add_argument("--mmproj", type=Path, default=None, metavar="PATH",
-                   help="multimodal projector file; recorded and reported, not used")
-    p.add_argument("--sleep-idle-seconds", type=float, default=-1.0, metavar="S",
-                   help="free the weights after S seconds without a request and reload them on "
-                        "the next one; -1 = never (default: -1)")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="let llama.cpp log what it loads and decodes")
+    def add(key: str, **kwargs: object) -> None:
+        kwargs.setdefault("dest", key[2:].replace("-", "_"))
+        p.add_argument(*flags.BY_KEY[key].names, **kwargs)  # type: ignore[arg-type]
+
+    add("--model", required=True, type=Path, metavar="PATH",
+        help="GGUF model file to serve (required)")
+    add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    add("--port", type=int, default=8080,
+        help="port to listen on; 0 picks a free one (default: 8080)")
+    add("--alias", default=None, metavar="NAME",
+        help="model id reported by /v1/models and in the ready message "
+             "(default: the model file's stem)")
+    add("--ctx-size", type=int, default=512, metavar="N",
+        help="context size in tokens; 0 takes the model's training context (default: 512)")
+    add("--temperature", dest="temp", type=float, default=0.8, metavar="N",
+        help="default sampling temperature for requests that set none (default: 0.8)")
+    add("--seed", type=int, default=-1,
+        help="default RNG seed for requests that set none; -1 = random (default: -1)")
+    add("--n-predict", type=int, default=-1, metavar="N",
+        help="default number of tokens to predict; -1 = until end of text or context "
+             "(default: -1)")
+    add("--batch-size", type=int, default=2048, metavar="N",
+        help="logical batch size for prompt processing (default: 2048)")
+    add("--parallel", type=int, default=1, metavar="N",
+        help="number of slots reported, -1 = auto (1); requests are served one at a time "
+             "behind a lock (default: 1)")
+    add("--threads", type=int, default=None, metavar="N",
+        help="CPU threads for generation, -1 = auto (default: llama-cpp-python's choice)")
+    add("--n-gpu-layers", dest="n_gpu_layers", type=_layers, default=0, metavar="N",
+        help="layers to offload to a GPU, if llama.cpp was built with one; 'auto' and 'all' "
+             "offload all (default: 0)")
+    add("--mmproj", type=Path, default=None, metavar="PATH",
+        help="multimodal projector file; recorded and reported, not used")
+    add("--sleep-idle-seconds", type=float, default=-1.0, metavar="S",
+        help="free the weights after S seconds without a request and reload them on "
+             "the next one; -1 = never (default: -1)")
+    add("--log-verbose", dest="verbose", action="store_true",
+        help="let llama.cpp log what it loads and decodes")
+    p.add_argument("--version", action=Version)
+    p.set_defaults(no_effect=[])
+    for other in flags.FLAGS:
+        names = [n for n in (*other.names, *other.negative) if n not in p._option_string_actions]
+        if other.key in ACTS_ON or other.key in _REFUSED or not names:
+            continue
+        hint = other.value or ""
+        p.add_argument(*names, action=_Accept, dest="no_effect",
+                       nargs=other.arity or 0, default=[],
+                       metavar=tuple(hint.split()) if other.arity == 2 else other.value,
+                       help=argparse.SUPPRESS)
     for flag in _REFUSED:
         p.add_argument(flag, action=_Refuse, help=argparse.SUPPRESS)
     return p
 
 
-def parse_options(argv: Sequence[str] | None = None) -> ChildOptions:
+def parse_options(argv: Sequence[str] | None = None,
+                  env: Mapping[str, str] | None = None) -> ChildOptions:
     parser = build_parser()
-    ns = parser.parse_args(argv)
+    env = os.environ if env is None else env
+    words = [flags.normalize(w) for w in (sys.argv[1:] if argv is None else argv)]
+    try:
+        from_env = flags.from_env(env)
+    except flags.FlagError as exc:
+        parser.error(str(exc))
+    on_cli = {flags.key_of(w.partition("=")[0]) for w in words if w.startswith("-")}
+    # this child's own flags from LLAMA_ARG_*, before the command line so that it wins
+    defaults = [w for g in from_env if g.flag.key in ACTS_ON and g.flag.key not in on_cli
+                for w in (g.flag.names[-1], *g.values)]
+    ns = parser.parse_args(defaults + words)
+    if ns.parallel == -1:  # llama-server's "auto"
+        ns.parallel = 1
+    if ns.threads == -1:
+        ns.threads = None
     for name, minimum in (("ctx_size", 0), ("batch_size", 1), ("parallel", 1),
                           ("n_gpu_layers", -1)):
         if getattr(ns, name) < minimum:
@@ -151,7 +220,10 @@ def parse_options(argv: Sequence[str] | None = None) -> ChildOptions:
         mmproj=ns.mmproj,
         sleep_idle_seconds=ns.sleep_idle_seconds if ns.sleep_idle_seconds > 0 else -1.0,
         verbose=ns.verbose,
-        api_key=os.environ.get(API_KEY_ENV) or None,
+        api_key=env.get(API_KEY_ENV) or None,
+        no_effect=tuple(dict.fromkeys([
+            *ns.no_effect, *(str(g.flag.env) for g in from_env
+                             if g.flag.key not in ACTS_ON and g.flag.key not in _REFUSED)])),
     )
 
 

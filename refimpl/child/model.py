@@ -34,6 +34,7 @@ from typing import Any
 import llama_cpp
 import llama_cpp.llama_cpp as llama_low
 
+from refimpl.child import chat, detokenize
 from refimpl.child.cli import ChildOptions
 
 log = logging.getLogger("refimpl.child")
@@ -170,7 +171,7 @@ def load_llama(options: ChildOptions, on_progress: ProgressFn) -> llama_cpp.Llam
     try:
         with _progress_reported(progress):
             _llama_cpp_log.errors.clear()
-            return llama_cpp.Llama(**kwargs)
+            return chat.like_llama_server(detokenize.linear(llama_cpp.Llama(**kwargs)))
     except Exception as exc:
         if stopped:
             raise LoadAborted() from None

@@ -27,7 +27,9 @@ from refimpl.core import errors
 from refimpl.core.commands import Command, Publish, RemoveFiles, Reply
 from refimpl.core.config import ModelSpec
 from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
+from refimpl.flags import BUILD_INFO
 
+from .debug import FAKE_DELAY
 from .driver import Driver
 from .options import RouterOptions
 from .sources import ModelEntry, SourceError
@@ -37,7 +39,6 @@ from .sources import ModelEntry, SourceError
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade", "content-length", "server", "date",
               "host", "authorization"}
-BUILD_INFO = "refimpl-router 0.1.0"
 SMALL_BODY = 1024 * 1024  # sized answers up to this are relayed in one piece
 # A request body larger than this is refused with 413: llama-server's limit (cpp-httplib's
 # payload maximum), so what one router takes the other takes too (images travel in bodies).
@@ -309,11 +310,12 @@ class RouterApp:
             if value is not None and not isinstance(value, str):
                 return error(400, "\"model\" must be a string")
             model = value
-        # The path as the client sent it, percent-escapes kept: decoded, a %0a would be dropped
-        # on the way (URLs lose tabs and newlines) and a %00 could not be sent at all.
+        # The path as the client sent it, percent-escapes kept (decoded, a %0a would be dropped
+        # on the way, URLs lose tabs and newlines, and a %00 could not be sent at all); a byte
+        # outside printable ASCII is escaped as itself.
         raw_path = request.scope.get("raw_path")
         query = request.url.query
-        target = (raw_path.decode("latin-1") if raw_path else quote(request.url.path)) \
+        target = (quote(raw_path, safe=_PRINTABLE) if raw_path else quote(request.url.path)) \
             + (f"?{query}" if query else "")
         try:  # before routing: a path no child can be sent must not hold a model
             httpx.URL(f"http://127.0.0.1{target}")
@@ -339,6 +341,8 @@ class RouterApp:
                        target: str) -> Response:
         """Send a routed request to its child and relay the answer; the driver hears when the
         answer has ended."""
+        if self.options.debug_fake_timing:  # routed: its model counts as busy meanwhile
+            await anyio.sleep(FAKE_DELAY)
         child = self.driver.children.get(instance)
         if child is None:
             self.driver.ended(req, ok=False)
@@ -406,6 +410,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     response = error(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
     response.headers.update(exc.headers or {})
     return response
+
+
+_PRINTABLE = "".join(map(chr, range(0x21, 0x7f)))  # what a forwarded path keeps as it is
 
 
 def _hub_files(repo: str) -> list[str]:

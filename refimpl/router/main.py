@@ -17,9 +17,10 @@ from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.router import RouterCore
 
 from . import options as router_options
+from .debug import delayed
 from .app import RouterApp
-from .driver import Driver, printable
-from .memory import device_budget, estimate_need, gguf_metadata
+from .driver import Driver, Spawner, printable
+from .memory import device_budget, estimate_need, gguf_complete
 from .processes import make_download_spawner, make_spawner
 from .sources import ModelEntry, SourceError, load_sources
 
@@ -31,14 +32,16 @@ def log(line: str) -> None:
 
 
 def example_model(entries: dict[str, ModelEntry]) -> str | None:
-    """The smallest model whose GGUF header reads: the one the printed curl should name."""
+    """The smallest model whose GGUF file is whole (``gguf_complete``): the one the printed
+    curl should name."""
     readable = []
     for entry in entries.values():
         if entry.path is None or not entry.path.exists():
             continue
         try:
-            gguf_metadata(entry.path)
-        except Exception:  # noqa: BLE001 - an unreadable file makes a bad example, nothing more
+            if not gguf_complete(entry.path):
+                continue
+        except OSError:  # an unreadable file makes a bad example, nothing more
             continue
         readable.append((entry.path.stat().st_size, entry.name))
     return min(readable)[1] if readable else None
@@ -68,9 +71,11 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
     specs = tuple(spec_for(e) for e in entries.values())
     core = RouterCore(RouterConfig(models=specs, models_max=opts.models_max, devices=devices,
                                    autoload=opts.models_autoload, policy=opts.policy))
-    driver = Driver(core, make_spawner(opts.child_cmd, entries.__getitem__, opts.port, log),
-                    log=log, download_spawner=make_download_spawner(opts.download_cmd, opts.port,
-                                                                    log),
+    spawner: Spawner = make_spawner(opts.child_cmd, entries.__getitem__, opts.port, log)
+    download_spawner: Spawner = make_download_spawner(opts.download_cmd, opts.port, log)
+    if opts.debug_fake_timing:  # upstream's test hook: every start (load, download) 2 s late
+        spawner, download_spawner = delayed(spawner), delayed(download_spawner)
+    driver = Driver(core, spawner, log=log, download_spawner=download_spawner,
                     record=opts.trace is not None)
 
     @contextlib.asynccontextmanager
@@ -120,6 +125,11 @@ def concurrency(wanted: int, log: Callable[[str], None]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     opts = router_options.parse(sys.argv[1:] if argv is None else argv)
+    if opts.no_effect:
+        log(f"[router] accepted, no effect here: {' '.join(opts.no_effect)}")
+    if opts.debug_fake_timing:
+        log(f"[router] {router_options.FAKE_TIMING_ENV}: each start and each routed request "
+            "held 2 s")
     if opts.models_dir is None and opts.models_preset is None:
         from fixtures.tiny_models import build_models_dir, default_cache_dir
         log(f"no --models-dir or --models-preset: using generated tiny models in "

@@ -120,6 +120,14 @@ def gguf_metadata(path: Path, seconds: float = META_SECONDS,
         return _GgufHeader(f, time.monotonic() + seconds, limit).read()
 
 
+def gguf_complete(path: Path, seconds: float = META_SECONDS, limit: int = META_BYTES) -> bool:
+    """Whether a GGUF file holds all of its tensor data: its header reads whole within
+    ``seconds`` and ``limit`` bytes, and every tensor it lists ends within the file. A file cut
+    short (a download stopped half-way) does not, though its metadata may read."""
+    with path.open("rb", buffering=1 << 20) as f:
+        return _GgufHeader(f, time.monotonic() + seconds, limit).complete(path.stat().st_size)
+
+
 class _GgufHeader:
     def __init__(self, f: BinaryIO, deadline: float, limit: int) -> None:
         self.f = f
@@ -155,6 +163,42 @@ class _GgufHeader:
         except _Truncated:
             pass
         return out
+
+    def complete(self, size: int) -> bool:
+        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        if self.f.read(4) != b"GGUF":
+            return False
+        try:
+            version = self._unpack("<I")
+            if version > 0xFFFF:
+                self.order = ">"
+                version = int.from_bytes(version.to_bytes(4, "little"), "big")
+            if version not in (1, 2, 3):
+                return False
+            self.wide = version >= 2
+            tensors, alignment = self._count(), 32
+            for _ in range(self._count()):
+                if time.monotonic() > self.deadline or self.f.tell() > self.limit:
+                    return False
+                key = self._string(META_STRING)
+                value = self._value(self._unpack("<I"))
+                if key == "general.alignment" and isinstance(value, int) and value > 0:
+                    alignment = value
+            end = 0  # of the tensor data, from its start
+            for _ in range(tensors):
+                if time.monotonic() > self.deadline or self.f.tell() > self.limit:
+                    return False
+                self._string(0)
+                elements = 1
+                for _ in range(self._unpack("<I")):
+                    elements *= self._count()
+                block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(self._unpack("<I"))]
+                end = max(end, self._unpack("<Q") + elements // block * type_size)
+        except (_Truncated, ValueError, KeyError):
+            return False
+        start = -(-self.f.tell() // alignment) * alignment
+        return start + end <= size
 
     def _unpack(self, fmt: str) -> Any:
         fmt = self.order + fmt[1:]

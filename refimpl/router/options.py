@@ -1,12 +1,20 @@
-"""The router's command line: llama-server's router flags, and every other flag for the children.
+"""The router's command line: llama-server's whole command line, and the harness's own flags.
 
-The router consumes its own flags (``--models-*``, ``--host``, ``--port``, ``--api-key``, ...);
-every flag it does not know is handed to each child unchanged (``-c 1024``, ``--temp 0.5``), as
-llama-server does, so llama.cpp's own router tests can start this router in its place.
+Every llama-server flag is accepted, read from the flag table (``refimpl/flags.py``, generated
+from the pinned llama.cpp's ``--help``) with its arity. The router acts on its own
+(``--models-*``, ``--host``, ``--port``, ``--api-key``, ...) and hands every other one to each
+child unchanged (``-c 1024``, ``--temp 0.5``), except those llama-server's router keeps from its
+children (server-models.cpp, ``unset_reserved_args``: keys, TLS, the models flags, the model and
+its alias, ``--log-file``). A flag that neither the router nor the reference child acts on is
+listed once at start (``no_effect``). ``LLAMA_ARG_*`` variables set the router's own flags as
+llama-server's do, the command line winning; the others reach the children with the
+environment.
 
 Every number is checked here, at start, the way argparse checks a flag (exit code 2, the flag
 named): finite, and in its range. ``LLAMA_API_KEY`` is the key when ``--api-key`` is not given,
 as in llama-server; an empty key is refused rather than taken as "no authentication".
+``LLAMA_SERVER_DEBUG_FAKE_TIMING`` (any non-empty value) turns on upstream's test hook: a delay
+before each load and after a request takes its model (``refimpl/router/debug.py``).
 """
 
 from __future__ import annotations
@@ -18,28 +26,44 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
+from refimpl import flags
+from refimpl.child.cli import ACTS_ON as CHILD_ACTS_ON
+from refimpl.child.cli import Version
 from refimpl.core.config import DEFAULT_POLICY, POLICIES
 
 DEFAULT_CHILD = "{python} -m refimpl.child"
 _SIZES = {"": 1, "b": 1, "k": 1024, "kib": 1024, "kb": 1024, "m": 1024**2, "mib": 1024**2,
           "mb": 1024**2, "g": 1024**3, "gib": 1024**3, "gb": 1024**3}
 
-# Flags that take a value, which the router hands to children; needed so that a value such as
-# "-1" is not mistaken for a flag. Anything else unknown is passed through as it comes.
-CHILD_VALUE_FLAGS = {
-    "-c", "--ctx-size", "--temp", "--seed", "-s", "-n", "--n-predict", "-b", "--batch-size",
-    "-ub", "--ubatch-size", "-np", "--parallel", "-t", "--threads", "-ngl", "--n-gpu-layers",
-    "--top-k", "--top-p", "--min-p", "--repeat-penalty", "--chat-template", "-a", "--alias",
-}
-# Child flags whose value is a number, checked at start (preset values too, see sources.py) so
-# that "nan" or "1e999" is refused with the flag's name rather than failing every load later.
-# Ranges are the child's to check (llama-server takes -1 for several of them).
+# Child flags whose value is a number (by the table's name for them), checked at start (preset
+# values too, see sources.py) so that "nan" or "1e999" is refused with the flag's name rather
+# than failing every load later. Ranges are the child's to check (llama-server takes -1 for
+# several of them).
 NUMERIC_CHILD_FLAGS: dict[str, type[int | float]] = {
-    "-c": int, "--ctx-size": int, "-n": int, "--n-predict": int, "-b": int, "--batch-size": int,
-    "-ub": int, "--ubatch-size": int, "-np": int, "--parallel": int, "-t": int, "--threads": int,
-    "-s": int, "--seed": int, "--top-k": int,
-    "--temp": float, "--top-p": float, "--min-p": float, "--repeat-penalty": float,
+    "--ctx-size": int, "--n-predict": int, "--batch-size": int, "--ubatch-size": int,
+    "--parallel": int, "--threads": int, "--seed": int, "--top-k": int,
+    "--temperature": float, "--top-p": float, "--min-p": float, "--repeat-penalty": float,
 }
+# The llama-server flags the router itself acts on (the table's names; argparse parses them).
+ROUTER_FLAGS = frozenset({"--host", "--port", "--models-dir", "--models-preset", "--models-max",
+                          "--models-autoload", "--api-key", "--sleep-idle-seconds",
+                          "--offline"})
+# What llama-server's router keeps from its children (server-models.cpp: unset_reserved_args,
+# and --log-file); --host, --port and --alias each child gets its own.
+NOT_FORWARDED = (ROUTER_FLAGS - {"--sleep-idle-seconds"}) | {
+    "--api-key-file", "--ssl-key-file", "--ssl-cert-file", "--model", "--mmproj", "--alias",
+    "--hf-repo", "--log-file"}
+# Accepted by llama-server, refused here: taken silently they would leave a router that its
+# user believes authenticated, or encrypted, serving plain and open.
+REFUSED = {
+    "--api-key-file": "the reference router takes one key, from --api-key or LLAMA_API_KEY",
+    "--ssl-key-file": "the reference router serves plain HTTP; put TLS in front of it",
+    "--ssl-cert-file": "the reference router serves plain HTTP; put TLS in front of it",
+}
+# Flags whose variable takes effect though the flag itself does not: huggingface_hub reads
+# HF_TOKEN in the download child, which inherits the router's environment.
+ACTS_FROM_ENV = frozenset({"--hf-token"})
+FAKE_TIMING_ENV = "LLAMA_SERVER_DEBUG_FAKE_TIMING"
 MAX_SECONDS = 7 * 24 * 3600  # a timeout longer than a week is a typo, not a timeout
 MAX_BYTES = 1 << 60  # 1 EiB
 API_KEY_ENV = "LLAMA_API_KEY"
@@ -48,7 +72,7 @@ API_KEY_ENV = "LLAMA_API_KEY"
 def number_problem(flag: str, value: str) -> str | None:
     """Why ``value`` is not a value of the child flag ``flag``; None when it is (or ``flag``
     takes no number)."""
-    kind = NUMERIC_CHILD_FLAGS.get(flag)
+    kind = NUMERIC_CHILD_FLAGS.get(flags.key_of(flag))
     if kind is None:
         return None
     try:
@@ -133,15 +157,21 @@ class RouterOptions:
     timeout_header: float = 30.0
     max_header_size: int = 64 * 1024
     trace: str | None = None  # where the core's trace goes when the router stops
+    # llama-server flags given (argv or environment) that neither this router nor the
+    # reference child acts on: accepted, listed once at start
+    no_effect: list[str] = field(default_factory=list)
+    debug_fake_timing: bool = False  # LLAMA_SERVER_DEBUG_FAKE_TIMING
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="refimpl-router",
+        prog="refimpl-router", allow_abbrev=False,  # '--device X' must not be --device-memory
         description="Reference router for llama-server router mode: one child process per "
                     "model, requests routed by their \"model\", models loaded on demand and "
-                    "evicted under --models-max and a per-device memory budget. Flags it does "
-                    "not know (-c, --temp, --seed, ...) are handed to every child.")
+                    "evicted under --models-max and a per-device memory budget. Every other "
+                    "llama-server flag (-c, --temp, --seed, ...) is accepted and handed to "
+                    "every child, as llama-server's router does.")
+    p.add_argument("--version", action=Version)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
     p.add_argument("--port", type=_whole(1, 65535), default=8080,
                    help="port to listen on (%(default)s)")
@@ -218,14 +248,34 @@ def _positive_seconds(text: str) -> float:
 
 
 def parse(argv: list[str], env: Mapping[str, str] | None = None) -> RouterOptions:
-    """The options of ``argv``, the API key from ``env`` (default: os.environ) when no flag
-    gives one; a bad value exits 2 with argparse's message."""
+    """The options of ``argv`` and of ``env`` (default: os.environ), the command line winning;
+    a bad value exits 2 with argparse's message."""
     parser = build_parser()
-    known, rest = parser.parse_known_args(argv)
-    child_args = _child_args(rest, parser)
+    env = os.environ if env is None else env
+    try:
+        own, given = _split(argv, parser)
+        from_env = flags.from_env(env)
+    except flags.FlagError as exc:
+        parser.error(str(exc))
+    on_cli = {g.flag.key for g in given} | {flags.key_of(w.partition("=")[0]) for w in own
+                                            if w.startswith("-")}
+    # the router's own flags from LLAMA_ARG_*, before the command line so that it wins
+    defaults = [w for g in from_env if g.flag.key in ROUTER_FLAGS - {"--api-key"}
+                and g.flag.key not in on_cli for w in _words(g)]
+    known = parser.parse_args(defaults + own)
+    for g in given:
+        if g.flag.key in REFUSED:
+            parser.error(f"{g.words[0]}: {REFUSED[g.flag.key]}")
+        for value in g.values:
+            problem = number_problem(g.flag.key, value)
+            if problem is not None:
+                parser.error(f"argument {g.words[0].partition('=')[0]}: {problem}")
+    child_args = [w for g in given if g.flag.key not in NOT_FORWARDED for w in g.words]
     if known.sleep_idle_seconds is not None:  # the router takes it, and so does every child
         child_args += ["--sleep-idle-seconds", f"{known.sleep_idle_seconds:g}"]
-    env = os.environ if env is None else env
+    acted = ROUTER_FLAGS | CHILD_ACTS_ON
+    no_effect = [*(g.words[0] for g in given if g.flag.key not in acted),
+                 *(str(g.flag.env) for g in from_env if g.flag.key not in acted | ACTS_FROM_ENV)]
     if known.api_key is None and API_KEY_ENV in env:
         known.api_key, where = env[API_KEY_ENV], API_KEY_ENV
     else:
@@ -247,30 +297,33 @@ def parse(argv: list[str], env: Mapping[str, str] | None = None) -> RouterOption
         stop_timeout=known.stop_timeout, child_args=child_args,
         limit_concurrency=known.limit_concurrency, timeout_keep_alive=known.timeout_keep_alive,
         timeout_header=known.timeout_header, max_header_size=known.max_header_size,
-        trace=known.trace)
+        trace=known.trace, no_effect=list(dict.fromkeys(no_effect)),
+        debug_fake_timing=bool(env.get(FAKE_TIMING_ENV)))
 
 
-def _child_args(rest: list[str], parser: argparse.ArgumentParser) -> list[str]:
-    """Check the flags meant for children: each must look like a flag or follow one."""
-    out: list[str] = []
-    expecting_value = False
-    flag = ""
-    for arg in rest:
-        if expecting_value:
-            out.append(arg)
-            expecting_value = False
-            problem = number_problem(flag, arg)
-            if problem is not None:
-                parser.error(f"argument {flag}: {problem}")
-        elif arg.startswith("-"):
-            flag, eq, value = arg.partition("=")
-            out.append(arg)
-            expecting_value = flag in CHILD_VALUE_FLAGS and not eq
-            problem = number_problem(flag, value) if eq else None
-            if problem is not None:
-                parser.error(f"argument {flag}: {problem}")
-        elif out:
-            out.append(arg)  # the value of a child flag we do not know
-        else:
-            parser.error(f"unexpected argument {arg!r}")
-    return out
+def _words(given: flags.Given) -> list[str]:
+    """A flag from the environment as command-line words."""
+    name = given.flag.names[-1] if given.positive else given.flag.negative[-1]
+    return [name, *given.values]
+
+
+def _split(argv: list[str], parser: argparse.ArgumentParser
+           ) -> tuple[list[str], list[flags.Given]]:
+    """The words argparse parses (the router's own flags, the harness's), and the other
+    llama-server flags, each with its values as the table says."""
+    own: list[str] = []
+    given: list[flags.Given] = []
+    actions = parser._option_string_actions
+    i = 0
+    while i < len(argv):
+        word = flags.normalize(argv[i])
+        name, eq, _ = word.partition("=")
+        action = actions.get(name if name.startswith("--") else word)
+        if action is None:
+            one, i = flags.take(argv, i)
+            given.append(one)
+            continue
+        takes = 0 if action.nargs == 0 or eq else 1
+        own += [word, *argv[i + 1:i + 1 + takes]]
+        i += 1 + takes
+    return own, given

@@ -39,9 +39,11 @@ LAYER_TESTS: dict[str, list[str]] = {
     "protocol": PROTOCOL,
     "child": ["tests/test_announcer.py", "tests/test_child.py"],
     "process": ["tests/test_dead_child.py", "tests/test_driver.py"],
-    # The conformance suite's proxy clauses, and the proxy tests whose fake children echo what
-    # reached them (a dropped query string is invisible to a real child).
-    "proxy": ["conformance/test_api.py", "tests/test_proxy.py"],
+    # The whole router under simulation first (seconds, no ports), then the conformance suite's
+    # proxy clauses, and the proxy tests whose fake children echo what reached them (a dropped
+    # query string is invisible to a real child).
+    "proxy": ["properties/test_whole_router.py", "conformance/test_api.py",
+              "tests/test_proxy.py"],
 }
 assert set(LAYER_TESTS) == set(LAYERS)
 FAILED = re.compile(r"^(?:FAILED|ERROR) (\S+)", re.MULTILINE)

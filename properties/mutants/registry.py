@@ -265,10 +265,9 @@ MUTANTS: dict[str, Mutant] = {m.id: m for m in [
     )),
     Mutant("Z21", "the proxy drops the query string", "proxy", (
         Edit(APP,
-             """        url = httpx.URL(f"http://127.0.0.1:{child.port}{request.url.path}"
-                        + (f"?{query}" if query else ""))
+             """        url = httpx.URL(f"http://127.0.0.1:{child.port}{target}")
 """,
-             """        url = httpx.URL(f"http://127.0.0.1:{child.port}{request.url.path}")  # the bug
+             """        url = httpx.URL(f"http://127.0.0.1:{child.port}{target.partition('?')[0]}")  # the bug
 """),
     )),
 ]}

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable
 from urllib.parse import quote
 
 import anyio
@@ -22,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from refimpl import modalities
 from refimpl.cache import BadName, list_cached, remove_cached, select_files, split_name
 from refimpl.core import errors
 from refimpl.core.commands import Command, Publish, RemoveFiles, Reply
@@ -143,10 +145,14 @@ class RouterApp:
         if model.failed:
             status["failed"] = True
             status["exit_code"] = model.exit_code
+        # the files' modalities, each array a loaded child reported replacing its own
+        architecture = modalities.merged(entry.architecture or modalities.text_only(),
+                                         model.info.get("architecture"))
         own: dict[str, Any] = {
-            "id": name, "aliases": list(model.spec.aliases), "tags": [], "object": "model",
-            "owned_by": "llamacpp", "created": self.created, "status": status,
-            "source": entry.source, "can_remove": entry.source == "cache"}
+            "id": name, "aliases": list(model.spec.aliases), "tags": list(entry.tags),
+            "object": "model", "owned_by": "llamacpp", "created": self.created,
+            "status": status, "architecture": architecture, "source": entry.source,
+            "can_remove": entry.source == "cache"}
         # The child's info only adds fields, as upstream merges it: a llama-server child started
         # without --alias reports its file path in "aliases" (docs/CONFORMANCE.md, H7).
         return own | {k: v for k, v in model.info.items() if k not in own}
@@ -160,7 +166,7 @@ class RouterApp:
             if reloaded.status != 200:  # the previous catalog stays in force
                 return error(400, f"reload failed: {reloaded.message}")
         data = [self.model_info(name) for name in self.driver.core.models
-                if name in self.entries]
+                if name in self.entries and not self.entries[name].hidden]
         return JSONResponse({"object": "list", "data": data})
 
     async def reload(self) -> Reply:
@@ -366,8 +372,12 @@ class RouterApp:
             self.driver.ended(req, ok=False)
             return error(502, f"could not reach the model's child: {exc}", "server_error")
 
-        out_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP
-                       and not k.lower().startswith("access-control-")}
+        # A header the server in front would refuse to write (a control character, a name that
+        # is not a token) is dropped: sent on, it failed the answer after it was routed.
+        out_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in upstream.headers.raw
+                       if k.decode("latin-1").lower() not in HOP_BY_HOP
+                       and not k.lower().startswith(b"access-control-")
+                       and _TOKEN.fullmatch(k) and not _CONTROL.search(v)}
         length = upstream.headers.get("content-length", "")
         if length.isdigit() and int(length) <= SMALL_BODY:
             # A small, sized answer (not a stream): one read, one plain response, less machinery.
@@ -384,7 +394,7 @@ class RouterApp:
 
         events = upstream.headers.get("content-type", "").startswith("text/event-stream")
 
-        async def relay() -> AsyncIterator[bytes]:
+        async def relay() -> AsyncGenerator[bytes, None]:
             ok = False
             tail = b"\n\n"
             try:
@@ -401,7 +411,16 @@ class RouterApp:
                 await upstream.aclose()
                 self.driver.ended(req, ok)
 
-        return StreamingResponse(relay(), status_code=upstream.status_code, headers=out_headers)
+        stream = relay()
+
+        async def finish() -> None:
+            # The stream may never have started (its headers refused, its client gone first):
+            # then its own ``finally`` never ran.
+            await stream.aclose()
+            await upstream.aclose()
+            self.driver.ended(req, ok=False)  # said already if the stream ran
+
+        return _Relayed(stream, finish, status_code=upstream.status_code, headers=out_headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -413,6 +432,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 _PRINTABLE = "".join(map(chr, range(0x21, 0x7f)))  # what a forwarded path keeps as it is
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # a header name (RFC 9110)
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # not in a header value
+
+
+class _Relayed(StreamingResponse):
+    """A streamed answer that always runs ``finish`` when it is over, however it ended."""
+
+    def __init__(self, content: AsyncIterator[bytes], finish: Callable[[], Awaitable[None]],
+                 **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.finish = finish
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.finish()
 
 
 def _hub_files(repo: str) -> list[str]:

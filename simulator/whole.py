@@ -1,0 +1,840 @@
+"""The whole router under simulation: the real ``Driver`` and the real ``RouterApp`` in virtual time.
+
+As FoundationDB does, the router's own code runs as it runs in production, here under trio with
+``MockClock(autojump_threshold=0)``, and only the world is fake:
+
+- child processes (``SimProcess``, the driver's ``Child`` protocol): they speak the real line
+  protocol in random chunks, and start late, load slowly, crash, hang on exit or ignore stdin;
+- the children's HTTP (``ChildNetwork``, the httpx transport the app's proxy is given): latency,
+  refused connections, answers broken off when the child dies;
+- the clients (``call``): a streaming ASGI caller, as uvicorn calls the app, that can disconnect
+  at any point.
+
+A :class:`Program` says what the clients and the chaos monkey do and when; its ``seed`` draws
+everything else, trio's scheduling order included, so one program replays one run exactly
+(``run_program(eval(repr(program)))``). The driver's trace is checked with every invariant of
+``properties/invariants.py``, and what the clients saw with the checks of :func:`whole_checks`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import shutil
+import tempfile
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Union
+
+import httpx
+import trio
+import trio.testing
+from trio._core import _run as trio_run  # the scheduler's shuffle, seeded per run
+
+from properties.invariants import check_all
+from refimpl.cache import list_cached
+from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.core.protocol import (EXIT_COMMAND, MAX_LINE, STATE_PREFIX, DownloadProgress,
+                                   DownloadResult, LoadingState, Progress, ReadyState,
+                                   SleepingState, format_message)
+from refimpl.core.router import RouterCore
+from refimpl.core.trace import At
+from refimpl.router.app import RouterApp
+from refimpl.router.driver import Driver
+from refimpl.router.options import RouterOptions
+from refimpl.router.sources import ModelEntry
+
+from .faults import FAULT_PRESETS, Faults
+
+CALL_HEADER = "x-sim-call"  # names a client's call, so that what reached a child is matched
+PID_BASE = 10_000_000  # above any pid_max: a simulated pid is never a real process
+# The header names and values uvicorn will not write (uvicorn.protocols.http.httptools_impl).
+_HEADER_NAME = re.compile(b'[\x00-\x1f\x7f()<>@,;:\\[\\]={} \t\\\\"]')
+_HEADER_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+# -- the program ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Chat:
+    """``POST /v1/chat/completions`` for ``model``; ``body`` replaces the JSON body (odd bodies);
+    the client disconnects ``leave`` virtual seconds after it sent the request (None: never)."""
+
+    model: str
+    stream: bool = False
+    leave: float | None = None
+    body: str | None = None
+    tokens: int = 4  # a stream's length: each token takes uniform(0, service) seconds
+    after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Get:
+    """``GET {path}?model=...&{extra}``; ``path`` is sent as it is (``/props%00``)."""
+
+    path: str
+    model: str
+    extra: str = ""
+    leave: float | None = None
+    after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    model: str
+    after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Unload:
+    model: str
+    after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """The sources change, then ``GET /models?reload=1``: ``change`` is ``"flags"`` (the model's
+    flags change: a running child is stale), ``"remove"`` (it vanishes) or ``"restore"``."""
+
+    model: str
+    change: str = "flags"
+    after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    """The newest live child of ``model`` dies with ``code``."""
+
+    model: str
+    code: int = 137
+    after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """``POST /models {"model": model}``: ``user/repo[:TAG]``, looked up on the simulated hub
+    (``HUB``); the download child fills the run's cache folder."""
+
+    model: str
+    after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    """``DELETE /models?model=...``."""
+
+    model: str
+    after: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """``GET /models/sse`` for ``leave`` seconds."""
+
+    leave: float = 1.0
+    after: float = 0.0
+
+
+Action = Union[Chat, Get, Load, Unload, Reload, Crash, Download, Remove, Watch]
+# The simulated hub: a repo's file names.
+HUB: dict[str, list[str]] = {"tiny/x-GGUF": ["x-Q8_0.gguf", "x-F16.gguf"]}
+COMMIT = "0" * 40
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """What the world is like: the models and limits, the children's faults (a preset name of
+    ``simulator.faults``), and the odds of what the live seams add: spawning late or failing,
+    ignoring stdin, the children's HTTP refusing a connection, and its latency."""
+
+    models: tuple[str, ...] = ("a", "b")
+    models_max: int = 1
+    faults: str = "none"
+    spawn_delay: float = 0.0  # each spawn takes uniform(0, spawn_delay) virtual seconds
+    spawn_fail: float = 0.0
+    ignore_stdin: float = 0.0
+    http_fail: float = 0.0
+    odd_headers: float = 0.0  # a child's answer carries a header value with a DEL in it
+    latency: float = 0.002  # each HTTP exchange with a child takes uniform(0, latency)
+    stop_timeout: float = 2.0
+    service: float = 0.3  # a completion takes uniform(0, service); a stream's token too
+    settle: float = 120.0  # after the last step: every call must be over by then
+    quiet: float = 10.0  # ... and the router may not be idle that long while some are open
+    max_trace: int = 50_000  # a router that does more than this is running away (a spin)
+
+
+@dataclass(frozen=True, slots=True)
+class Program:
+    """What happens, in order: each step starts ``after`` seconds after the one before it (and
+    runs alongside the others). ``seed`` draws the rest: the children's timings and faults, how
+    their output is cut, and the order in which trio runs tasks that are ready together."""
+
+    steps: tuple[Action, ...]
+    world: World = World()
+    seed: int = 0
+
+    def replay(self) -> str:
+        """Python that replays this run."""
+        return f"from simulator.whole import *\nrun_program({self!r}).check()"
+
+
+# -- what happened -------------------------------------------------------------------------------
+
+@dataclass
+class Exchange:
+    """One client call as the client saw it."""
+
+    id: int
+    method: str
+    target: str  # raw path and query, as sent
+    status: int | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    body: bytearray = field(default_factory=bytearray)
+    complete: bool = False
+    left: bool = False  # the client disconnected
+    raised: str | None = None  # the app raised out of the ASGI call (uvicorn: a 500 and a log)
+    started: float = 0.0
+    ended: float | None = None
+
+
+@dataclass
+class Seen:
+    """What a child received for one call."""
+
+    call: int
+    method: str
+    path: bytes  # decoded (percent-escapes undone)
+    query: bytes  # decoded
+
+
+@dataclass
+class Run:
+    program: Program
+    trace: list[At]
+    config: RouterConfig
+    exchanges: list[Exchange]
+    seen: dict[int, Seen]
+    log: list[str]
+    end: float
+    misuse: list[str] = field(default_factory=list)
+    runaway: bool = False  # the trace passed ``max_trace`` entries: the run was cut there
+
+    def violations(self) -> list[str]:
+        if self.runaway:  # a cut trace: what it shows is the runaway
+            return whole_checks(self)
+        out = [str(v) for v in check_all(self.trace, self.config)]
+        return out + whole_checks(self)
+
+    def check(self) -> None:
+        problems = self.violations()
+        if problems:
+            raise AssertionError(
+                "the whole-router simulation broke a guarantee:\n  " + "\n  ".join(problems[:10])
+                + f"\nreplay it with:\n{self.program.replay()}\n(seed {self.program.seed})")
+
+
+def whole_checks(run: Run) -> list[str]:
+    """What a client sees: every call answered (or left), never by an exception of the router's
+    own, no header twice (Z20), and a proxied call reaches the child with its path and query
+    (Z21); and the driver never kills a child it has reaped (Z16's driver half)."""
+    out: list[str] = [f"child_misuse: {m}" for m in run.misuse]
+    if run.runaway:
+        tail = "; ".join(repr(at) for at in run.trace[-3:])
+        out.append(f"runaway: the router did more than {run.program.world.max_trace} things "
+                   f"(a loop that never waits, or a thrash); the last: {tail}")
+    for ex in run.exchanges:
+        name = f"call {ex.id} ({ex.method} {ex.target})"
+        if ex.raised is not None:
+            out.append(f"router_error: {name} raised {ex.raised} out of the app")
+        elif ex.status == 500:
+            out.append(f"router_error: {name} answered 500: {bytes(ex.body)[:200]!r}")
+        if not ex.complete and not ex.left and ex.raised is None:
+            out.append(f"unanswered: {name} (sent t={ex.started:.6g}) had no complete answer "
+                       f"by t={run.end:.6g} (status {ex.status})")
+        names = [k.lower() for k, _ in ex.headers]
+        twice = sorted({k.decode() for k in names if names.count(k) > 1})
+        if twice:
+            out.append(f"headers_once: {name}: {', '.join(twice)} sent more than once")
+        seen = run.seen.get(ex.id)
+        if seen is not None:
+            raw_path, _, query = ex.target.partition("?")
+            sent = (ex.method, urllib.parse.unquote_to_bytes(raw_path),
+                    urllib.parse.unquote_to_bytes(query))
+            if (seen.method, seen.path, seen.query) != sent:
+                out.append(f"proxy_faithful: {name} reached the child as {seen.method} "
+                           f"{seen.path!r} ?{seen.query!r}")
+    return out
+
+
+# -- the world: children -------------------------------------------------------------------------
+
+class SimProcess:
+    """A simulated child process: the driver's ``Child`` (stdout, stdin, kill, wait) and the HTTP
+    server the proxy reaches on its port."""
+
+    def __init__(self, world: WholeWorld, instance: int, model: str) -> None:
+        self.world = world
+        self.instance = instance
+        self.model = model
+        self.port = 20_000 + instance
+        self._pid = PID_BASE + instance
+        self.faults = world.faults
+        self._send, self._receive = trio.open_memory_channel[bytes](math.inf)
+        self.alive = True
+        self.ready = False
+        self.exiting = False
+        self.code: int | None = None
+        self.dead = trio.Event()
+        self.reaped = False  # wait() has returned its exit code
+        self.sleeping = False
+        self.inflight = 0  # requests it is working on
+        self.idle_token = 0  # bumped on activity: a sleep armed before it is stale
+        self.hangs = world.chance(self.faults.hang_on_exit)
+        self.deaf = world.chance(world.config.ignore_stdin)
+
+    @property
+    def pid(self) -> int:
+        return self._pid
+
+    # the driver's side
+    async def read(self) -> bytes:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            return b""
+
+    async def write_stdin(self, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if not self.alive:
+            raise BrokenPipeError("the child has exited")
+        if data == EXIT_COMMAND and not self.deaf and not self.exiting:
+            self.exiting = True
+            if not self.hangs:
+                self.world.soon(self.exit, 0, self.world.rng.uniform(*self.faults.exit_time))
+
+    def kill(self) -> None:
+        if self.reaped:  # a real pid may belong to another process by now (Z16)
+            self.world.misuse.append(f"instance {self.instance} ({self.model}) was killed after "
+                                     f"it was reaped")
+        self.exit(-9)
+
+    async def wait(self) -> int:
+        await self.dead.wait()
+        assert self.code is not None
+        self.reaped = True
+        return self.code
+
+    # its life
+    async def life(self) -> None:
+        f, rng = self.faults, self.world.rng
+        load = rng.uniform(*f.load_time)
+        crash_at = rng.uniform(0.0, load) if self.world.chance(f.crash_loading) else None
+        self.write(format_message(LoadingState()))
+        done = 0.0
+        for frac in (0.25, 0.5, 0.75, 1.0):
+            step = frac * load - done
+            if crash_at is not None and crash_at < frac * load:
+                await trio.sleep(max(0.0, crash_at - done))
+                self.exit(1)
+                return
+            await trio.sleep(step)
+            done = frac * load
+            if not self.alive:
+                return
+            if frac < 1.0:
+                self.write(format_message(LoadingState(Progress(("text_model",), "text_model",
+                                                                frac))))
+        self.ready = True
+        self.write(format_message(ReadyState({"id": self.model, "object": "model",
+                                               "owned_by": "llamacpp"})))
+        if self.world.chance(f.crash_idle):
+            self.world.soon(self.exit, 134, rng.expovariate(1 / 30.0))
+        self.arm_sleep()
+
+    def arm_sleep(self) -> None:
+        """Report ``sleeping`` after ``sleep_idle`` idle seconds (``--sleep-idle-seconds``)."""
+        if self.faults.sleep_idle is not None and not self.inflight and self.alive:
+            self.idle_token += 1
+            self.world.soon(self._sleep, self.idle_token, self.faults.sleep_idle)
+
+    def _sleep(self, token: int) -> None:
+        if self.alive and not self.exiting and self.ready and not self.inflight \
+                and token == self.idle_token:
+            self.sleeping = True
+            self.write(format_message(SleepingState()))
+
+    async def busy(self, request: httpx.Request) -> None:
+        """A request starts: wake up first if asleep."""
+        self.inflight += 1
+        self.idle_token += 1
+        if self.sleeping:
+            self.sleeping = False
+            await self.work(self.world.rng.uniform(*self.faults.wake_time), request)
+            self.write(format_message(ReadyState({})))
+
+    def idle(self) -> None:
+        self.inflight -= 1
+        self.arm_sleep()
+
+    def write(self, line: bytes) -> None:
+        """One line of stdout, in random chunks, after the faults the plan says."""
+        f, world = self.faults, self.world
+        if world.chance(f.garbage):
+            self._raw(world.rng.randbytes(world.rng.randrange(1, 64)) + b"\n")
+            self._raw(STATE_PREFIX + b'{"state": "ready", "payload": ' + b"\n")
+            self._raw(b"log: " + STATE_PREFIX + b'{"state": "ready", "payload": {}}\n')
+        if world.chance(f.overlong):
+            self._raw(STATE_PREFIX + b"x" * (MAX_LINE + 1) + b"\n")
+        if world.chance(f.unknown_state):
+            self._raw(STATE_PREFIX + b'{"state": "exploding", "payload": {}}\n')
+        self._raw(line)
+
+    def _raw(self, data: bytes) -> None:
+        rng = self.world.chunk_rng
+        while data and self.alive:
+            cut = rng.randrange(1, len(data) + 1) if rng.random() < 0.5 else len(data)
+            self._send.send_nowait(data[:cut])
+            data = data[cut:]
+
+    def exit(self, code: int) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        self.code = code
+        self._send.close()
+        self.dead.set()
+
+    # its HTTP server
+    async def work(self, seconds: float, request: httpx.Request) -> None:
+        """Work for ``seconds``; a child that dies meanwhile breaks off the answer."""
+        with trio.move_on_after(seconds):
+            await self.dead.wait()
+        if not self.alive:
+            raise httpx.ReadError("the child died", request=request)
+
+    async def serve(self, request: httpx.Request, call: int) -> httpx.Response:
+        world = self.world
+        body = await request.aread()
+        try:
+            parsed = json.loads(body) if body else {}
+        except ValueError:
+            parsed = {}
+        if world.chance(self.faults.crash_serving):
+            world.soon(self.exit, 139, world.rng.uniform(0.0, world.config.service))
+        if not self.ready:  # the router never forwards before the child said it was ready
+            world.misuse.append(f"instance {self.instance} ({self.model}) got a request "
+                                f"before it said it was ready")
+            return _json(503, {"error": {"code": 503, "message": "Loading model",
+                                         "type": "unavailable_error"}})
+        odd = [("x-odd", "a\x7fb")] if world.chance(world.config.odd_headers) else []
+        if isinstance(parsed, dict) and parsed.get("stream") is True:
+            await self.busy(request)
+            return httpx.Response(200, headers=[("content-type", "text/event-stream"),
+                                                ("connection", "keep-alive"),
+                                                ("transfer-encoding", "chunked"), *odd],
+                                  stream=_Tokens(self, request, parsed.get("max_tokens", 4)))
+        await self.busy(request)
+        try:
+            await self.work(world.rng.uniform(0.0, world.config.service), request)
+        finally:
+            self.idle()
+        return _json(200, {"path": request.url.path, "query": request.url.query.decode(),
+                           "model": self.model, "call": call}, odd)
+
+
+def _json(status: int, value: Any, extra: list[tuple[str, str]] = []) -> httpx.Response:
+    content = json.dumps(value).encode()
+    return httpx.Response(status, headers=[("content-type", "application/json"),
+                                           ("content-length", str(len(content))),
+                                           ("connection", "keep-alive"),
+                                           ("server", "llama.cpp"),
+                                           ("access-control-allow-origin", "*"), *extra],
+                          content=content)
+
+
+class _Tokens(httpx.AsyncByteStream):
+    """A streamed completion: ``max_tokens`` tokens, then ``[DONE]``; broken off if the child
+    dies."""
+
+    def __init__(self, child: SimProcess, request: httpx.Request, tokens: Any) -> None:
+        self.child = child
+        self.request = request
+        self.tokens = tokens if isinstance(tokens, int) and 0 < tokens <= 1000 else 4
+        self.over = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        rng = self.child.world.rng
+        try:
+            for i in range(self.tokens):
+                await self.child.work(rng.uniform(0.0, self.child.world.config.service),
+                                      self.request)
+                yield b'data: {"choices": [{"delta": {"content": "t%d"}}]}\n\n' % i
+            yield b"data: [DONE]\n\n"
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        if not self.over:  # the stream is over, or the router closed it (its client left)
+            self.over = True
+            self.child.idle()
+
+
+class SimDownload(SimProcess):
+    """A simulated download child: progress every 100 ms, then the files in the run's cache and
+    the result, then it waits for the exit command (as upstream's does). An exit command before
+    the result cancels it: it reports failure and exits."""
+
+    TOTAL = 1_000_000
+
+    async def life(self) -> None:
+        f, rng = self.faults, self.world.rng
+        duration = rng.uniform(*f.download_time)
+        fails = self.world.chance(f.download_fail)
+        end = rng.uniform(0.0, duration) if fails else duration
+        url = f"http://hub.sim/{self.model}/resolve/main/model.gguf"
+        steps = max(1, int(duration / 0.1))
+        for i in range(steps + 1):
+            t = duration * i / steps
+            if t > end:
+                break
+            await trio.sleep(t - (duration * (i - 1) / steps if i else 0.0))
+            if not self.alive or self.ready:
+                return
+            self.write(format_message(DownloadProgress(url, self.TOTAL * i // steps, self.TOTAL)))
+        if not self.alive or self.ready:
+            return
+        if not fails:
+            repo, _, tag = self.model.partition(":")
+            snapshot = self.world.cache / f"models--{repo.replace('/', '--')}" / "snapshots" / COMMIT
+            snapshot.mkdir(parents=True, exist_ok=True)
+            (snapshot.parent.parent / "refs").mkdir(exist_ok=True)
+            (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
+            (snapshot / f"x-{tag}.gguf").write_bytes(b"GGUF")
+        self.ready = True  # its work is over, whatever the result
+        self.write(format_message(DownloadResult(not fails)))
+
+    async def write_stdin(self, data: bytes) -> None:
+        await trio.lowlevel.checkpoint()
+        if not self.alive:
+            raise BrokenPipeError("the child has exited")
+        if data == EXIT_COMMAND and not self.exiting:
+            if not self.ready:  # cancelled: it says so, then exits
+                self.ready = True
+                self.write(format_message(DownloadResult(False)))
+            self.exiting = True
+            self.world.soon(self.exit, 0, self.world.rng.uniform(*self.faults.exit_time))
+
+
+class ChildNetwork(httpx.AsyncBaseTransport):
+    """The children's HTTP, in memory: a request to ``127.0.0.1:PORT`` reaches the live child on
+    that port after some latency, or is refused."""
+
+    def __init__(self, world: WholeWorld) -> None:
+        self.world = world
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        world = self.world
+        await trio.sleep(world.rng.uniform(0.0, world.config.latency))
+        child = world.by_port.get(request.url.port or 0)
+        if child is None or not child.alive or world.chance(world.config.http_fail):
+            raise httpx.ConnectError("connection refused", request=request)
+        call = int(request.headers.get(CALL_HEADER, "0"))
+        if call:
+            path, _, query = request.url.raw_path.partition(b"?")
+            world.seen[call] = Seen(call, request.method, urllib.parse.unquote_to_bytes(path),
+                                    urllib.parse.unquote_to_bytes(query))
+        return await child.serve(request, call)
+
+
+# -- the world: clients --------------------------------------------------------------------------
+
+async def call(app: Any, ex: Exchange, body: bytes, leave: float | None,
+               headers: list[tuple[bytes, bytes]] = []) -> None:
+    """One HTTP call of a client, made the way uvicorn calls the app (ASGI 2.3): the body in one
+    message, then ``http.disconnect`` once the response is complete or the client has left.
+    The client leaves ``leave`` seconds after sending (None: never); what it got is in ``ex``."""
+    raw_path, _, query = ex.target.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+             "http_version": "1.1", "method": ex.method, "scheme": "http",
+             "path": urllib.parse.unquote(raw_path), "raw_path": raw_path.encode(),
+             "query_string": query.encode(), "root_path": "",
+             "headers": [(b"host", b"127.0.0.1:8080"), (CALL_HEADER.encode(), b"%d" % ex.id),
+                         (b"content-length", b"%d" % len(body)), *headers],
+             "client": ("127.0.0.1", 40000 + ex.id), "server": ("127.0.0.1", 8080)}
+    over = trio.Event()  # the response is complete or the client has left
+    unread = [body]
+    ex.started = trio.current_time()
+
+    async def receive() -> dict[str, Any]:
+        if unread and not ex.left:
+            return {"type": "http.request", "body": unread.pop(), "more_body": False}
+        await over.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        if ex.left:
+            return  # as uvicorn: writes to a closed connection go nowhere
+        if message["type"] == "http.response.start":
+            for name, value in message.get("headers", []):  # what uvicorn refuses to write
+                if _HEADER_NAME.search(name):
+                    raise RuntimeError("Invalid HTTP header name.")
+                if _HEADER_VALUE.search(value):
+                    raise RuntimeError("Invalid HTTP header value.")
+            ex.status = message["status"]
+            ex.headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            ex.body += message.get("body", b"")
+            if not message.get("more_body", False):
+                ex.complete = True
+                ex.ended = trio.current_time()
+                over.set()
+
+    async def leaving(seconds: float) -> None:
+        await trio.sleep(seconds)
+        if not ex.complete:
+            ex.left = True
+            ex.ended = trio.current_time()
+            over.set()
+
+    async with trio.open_nursery() as nursery:
+        if leave is not None:
+            nursery.start_soon(leaving, leave)
+        try:
+            await app(scope, receive, send)
+        except Exception as exc:  # noqa: BLE001 - uvicorn logs it and answers 500: a router bug
+            ex.raised = f"{type(exc).__name__}: {exc}"
+            if ex.status is None:
+                ex.status = 500
+        nursery.cancel_scope.cancel()
+
+
+# -- the world as a whole ------------------------------------------------------------------------
+
+class WholeWorld:
+    """One run: the real router (driver, app) and the fake world around it."""
+
+    def __init__(self, program: Program) -> None:
+        self.program = program
+        self.config = program.world
+        self.faults: Faults = FAULT_PRESETS[self.config.faults]
+        self.rng = random.Random(program.seed)
+        self.chunk_rng = random.Random(program.seed + 1)
+        self.by_port: dict[int, SimProcess] = {}
+        self.processes: list[SimProcess] = []
+        self.seen: dict[int, Seen] = {}
+        self.misuse: list[str] = []  # what the driver did to a child that a real one forbids
+        self.exchanges: list[Exchange] = []
+        self.log: list[str] = []
+        self.sources = {m: ModelEntry(m, Path(f"/sim/{m}.gguf"), "preset")
+                        for m in self.config.models}
+        self.cache = Path(tempfile.mkdtemp(prefix="whole-sim-cache-"))  # the downloads' files
+        self.nursery: trio.Nursery | None = None
+        self._stuck_watch = trio.CancelScope()
+        specs = tuple(self.spec_for(e) for e in self.sources.values())
+        self.core = RouterCore(RouterConfig(models=specs, models_max=self.config.models_max))
+        self.driver = Driver(self.core, self.spawn, record=True, log=self.log.append,
+                             download_spawner=self.spawn_download)
+        self.driver.trace = _Bounded(self.config.max_trace)
+        self.app = RouterApp(self.driver, dict(self.sources),
+                             RouterOptions(models_max=self.config.models_max),
+                             load_entries=self.load_entries, spec_for=self.spec_for,
+                             cache=self.cache, transport=ChildNetwork(self), blocking=_inline,
+                             hub_files=_hub_files)
+
+    def load_entries(self) -> list[ModelEntry]:
+        """What the sources say now: the presets, and the complete models in the cache."""
+        cached = [ModelEntry(c.name, c.path, "cache") for c in list_cached(self.cache)]
+        return [*self.sources.values(), *cached]
+
+    def spec_for(self, entry: ModelEntry) -> ModelSpec:
+        return ModelSpec(entry.name, stop_timeout=self.config.stop_timeout,
+                         launch=(str(entry.path), *entry.args()))
+
+    def chance(self, p: float) -> bool:
+        return p > 0.0 and self.rng.random() < p
+
+    def soon(self, fn: Any, arg: Any, delay: float) -> None:
+        async def later() -> None:
+            await trio.sleep(delay)
+            fn(arg)
+        assert self.nursery is not None
+        self.nursery.start_soon(later)
+
+    async def spawn(self, instance: int, model: str) -> SimProcess:
+        delay = self.rng.uniform(0.0, self.config.spawn_delay) if self.config.spawn_delay else 0
+        if delay:
+            await trio.sleep(delay)
+        if self.chance(self.config.spawn_fail):
+            raise OSError("simulated: the child's executable could not be started")
+        child = SimProcess(self, instance, model)
+        self.processes.append(child)
+        self.by_port[child.port] = child
+        assert self.nursery is not None
+        self.nursery.start_soon(child.life)
+        return child
+
+    async def spawn_download(self, instance: int, model: str) -> SimProcess:
+        delay = self.rng.uniform(0.0, self.config.spawn_delay) if self.config.spawn_delay else 0
+        if delay:
+            await trio.sleep(delay)
+        if self.chance(self.config.spawn_fail):
+            raise OSError("simulated: the download child could not be started")
+        child = SimDownload(self, instance, model)
+        self.processes.append(child)
+        assert self.nursery is not None
+        self.nursery.start_soon(child.life)
+        return child
+
+    # the clients and the chaos monkey
+    async def act(self, step: Action) -> None:
+        if isinstance(step, Chat):
+            body = step.body if step.body is not None else json.dumps(
+                {"model": step.model, "stream": step.stream, "max_tokens": step.tokens,
+                 "messages": [{"role": "user", "content": "hi"}]})
+            await self.http("POST", "/v1/chat/completions", body.encode(), step.leave,
+                            [(b"content-type", b"application/json")])
+        elif isinstance(step, Get):
+            query = urllib.parse.urlencode({"model": step.model})
+            await self.http("GET", f"{step.path}?{query}" + (f"&{step.extra}" if step.extra
+                                                              else ""), b"", step.leave)
+        elif isinstance(step, (Load, Unload)):
+            path = "/models/load" if isinstance(step, Load) else "/models/unload"
+            await self.http("POST", path, json.dumps({"model": step.model}).encode(), None,
+                            [(b"content-type", b"application/json")])
+        elif isinstance(step, Reload):
+            entry = self.sources.get(step.model)
+            if step.change == "remove":
+                self.sources.pop(step.model, None)
+            elif step.change == "restore" or entry is None:
+                self.sources[step.model] = ModelEntry(step.model, Path(f"/sim/{step.model}.gguf"),
+                                                      "preset")
+            else:
+                flags: dict[str, str | None] = {} if entry.flags else {"-c": "1024"}
+                self.sources[step.model] = ModelEntry(entry.name, entry.path, "preset", flags=flags)
+            await self.http("GET", "/models?reload=1", b"", None)
+        elif isinstance(step, Download):
+            await self.http("POST", "/models", json.dumps({"model": step.model}).encode(), None,
+                            [(b"content-type", b"application/json")])
+        elif isinstance(step, Remove):
+            query = urllib.parse.urlencode({"model": step.model})
+            await self.http("DELETE", f"/models?{query}", b"", None)
+        elif isinstance(step, Watch):
+            await self.http("GET", "/models/sse", b"", step.leave)
+        elif isinstance(step, Crash):
+            alive = [p for p in self.processes if p.model == step.model and p.alive]
+            if alive:
+                alive[-1].exit(step.code)
+
+    async def http(self, method: str, target: str, body: bytes, leave: float | None,
+                   headers: list[tuple[bytes, bytes]] = []) -> None:
+        ex = Exchange(len(self.exchanges) + 1, method, target)
+        self.exchanges.append(ex)
+        await call(self.app.app, ex, body, leave, headers)
+
+    async def main(self) -> float:
+        async with trio.open_nursery() as world:
+            self.nursery = world
+            await world.start(self.driver.run)
+            with trio.move_on_after(self.end_of_steps() + self.config.settle) as calls:
+                async with trio.open_nursery() as clients:
+                    for step in self.program.steps:
+                        if step.after > 0:
+                            await trio.sleep(step.after)
+                        clients.start_soon(self.act, step)
+                    world.start_soon(self._stuck, calls)
+            self._stuck_watch.cancel()
+            # Let loads, exits and stop timeouts under way play out before the trace ends.
+            await self._until_quiet()
+            end = trio.current_time()
+            world.cancel_scope.cancel()
+        return end
+
+    async def _stuck(self, calls: trio.CancelScope) -> None:
+        """End the calls early when the router has done nothing for ``quiet`` seconds while
+        some are still open: it is stuck, and waiting out ``settle`` would show nothing more."""
+        with self._stuck_watch:
+            await self._until_quiet()
+            calls.cancel()
+
+    async def _until_quiet(self) -> None:
+        """Return once the router has done nothing for ``quiet`` seconds: no event or command,
+        no byte to a client."""
+        seen: tuple[int, int] | None = None
+        while self._activity() != seen:
+            seen = self._activity()
+            await trio.sleep(self.config.quiet)
+
+    def _activity(self) -> tuple[int, int]:
+        assert self.driver.trace is not None
+        return len(self.driver.trace), sum(len(e.body) for e in self.exchanges)
+
+    def end_of_steps(self) -> float:
+        return sum(step.after for step in self.program.steps)
+
+
+class Runaway(BaseException):
+    """The trace passed its bound: the router is spinning (time never moves on) or thrashing.
+    A BaseException, so that no ``except Exception`` of the router's takes it for a failure of
+    its own and carries on."""
+
+
+class _Bounded(list[At]):
+    """The driver's trace, raising :class:`Runaway` past ``limit`` entries: a router that loops
+    without waiting keeps virtual time still, so no timer could stop it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def append(self, item: At) -> None:
+        if len(self) >= self.limit:
+            raise Runaway()
+        super().append(item)
+
+    def extend(self, items: Any) -> None:
+        for item in items:
+            self.append(item)
+
+
+def _hub_files(repo: str) -> list[str]:
+    if repo not in HUB:
+        raise LookupError(f"model repo {repo!r} not found on the hub")
+    return HUB[repo]
+
+
+async def _inline(fn: Any, *args: Any) -> Any:
+    """Blocking work of the router's, run in virtual time: no thread (a thread's real duration
+    would let the mock clock jump, and the run would not replay)."""
+    await trio.lowlevel.checkpoint()
+    return fn(*args)
+
+
+def _is_runaway(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_runaway(e) for e in exc.exceptions)
+    return isinstance(exc, Runaway)
+
+
+def run_program(program: Program) -> Run:
+    """Run ``program`` in virtual time; the same program always gives the same run."""
+    world = WholeWorld(program)
+    deterministic = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
+    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+    trio_run._r.seed(program.seed)
+    runaway = False
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    try:
+        end = trio.run(world.main, clock=clock)
+    except BaseException as exc:  # noqa: BLE001 - a Runaway, maybe inside exception groups
+        if not _is_runaway(exc):
+            raise
+        runaway, end = True, clock.current_time()
+    finally:
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = deterministic  # type: ignore[misc]
+        shutil.rmtree(world.cache, ignore_errors=True)
+    assert world.driver.trace is not None
+    return Run(program, world.driver.trace, world.core.config, world.exchanges, world.seen,
+               world.log, end, world.misuse, runaway)

@@ -16,6 +16,7 @@ One router (fake children) serves the whole module. Case counts: 5 x the profile
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 from pathlib import Path
@@ -63,8 +64,11 @@ def exchange(router: Router, data: bytes, half_close: bool) -> bytes:
             s.sendall(data)
             if half_close:
                 s.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # it closed first (a refused head): what it said is still to be read
+        except OSError as exc:  # it closed first (a refused head, or an answer sent whole and
+            # the connection dropped before our half-close: ENOTCONN): what it said is still
+            # to be read
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                raise
         answer = b""
         try:
             while piece := s.recv(65536):
@@ -72,8 +76,9 @@ def exchange(router: Router, data: bytes, half_close: bool) -> bytes:
                 head = answer.partition(b"\r\n\r\n")[0].lower()
                 if b"\r\n\r\n" in answer and b"content-type: text/event-stream" in head:
                     break  # /models/sse: a stream that ends only when the router stops
-        except ConnectionResetError:
-            pass
+        except OSError as exc:  # dropped after what it said: that is the answer
+            if exc.errno not in (errno.ECONNRESET, errno.ENOTCONN):
+                raise
     return answer
 
 

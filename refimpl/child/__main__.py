@@ -5,7 +5,7 @@ With ``LLAMA_SERVER_CHILD_MODE=download`` it is a download child instead (``down
 Everything before the first heavy import is cheap, so a bad flag or a busy port is reported in
 milliseconds, and the router hears ``loading`` before llama.cpp is even imported. The model then
 starts loading on a thread (llama.cpp releases the GIL while it reads tensors) while the HTTP
-stack (FastAPI, pydantic models, uvicorn: most of a cold start) is imported on this one.
+stack (Starlette, pydantic request models, uvicorn) is imported on this one.
 The process ends with ``os._exit``: a generation still running on a worker thread after the
 graceful-shutdown timeout must not keep the process alive, and llama-cpp-python's finalizers are
 not safe to run at interpreter teardown.

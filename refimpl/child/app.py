@@ -1,24 +1,18 @@
-"""The child's HTTP API: llama-cpp-python's OpenAI routes plus llama-server's own endpoints.
+"""The child's HTTP API, on Starlette: the OpenAI routes and llama-server's own endpoints.
 
-Reused from ``llama_cpp.server`` (so the OpenAI handling is not rewritten here):
+``POST /v1/chat/completions`` and ``POST /v1/completions`` do what llama-cpp-python's server
+routes do (``openai.py``), with its request models (``CreateChatCompletionRequest``,
+``CreateCompletionRequest``) to validate bodies up front; its server module itself is not
+imported: it brings FastAPI, most of a cold start.
 
-* the route objects for ``POST /v1/chat/completions`` and ``POST /v1/completions`` from
-  ``llama_cpp.server.app.router``: request models, chat templating, streaming through
-  ``sse_starlette`` (``data: {...}`` events, then ``data: [DONE]``), its OpenAI error mapping
-  (e.g. context length exceeded) and its pair of locks that serialise inference (this child takes
-  ``--parallel`` but serves one request at a time);
-* its request models (``CreateChatCompletionRequest``, ``CreateCompletionRequest``) to validate
-  bodies up front.
-
-Not reused, and why:
+Not reused from ``llama_cpp.server``, and why:
 
 * ``LlamaProxy``/``create_app``: they load the model when constructed and keep it forever; this
   child loads after it is listening, reports progress, and frees and reloads the weights when it
-  sleeps. ``_ServedModel`` stands in for the proxy and hands out whatever is loaded now.
+  sleeps. The routes take whatever is loaded now.
 * its ``/v1/models`` (``owned_by: "me"``, no ``created``/``meta``), its ``/extras/*`` tokenizer
   routes (llama-server's are ``/tokenize`` and ``/detokenize`` with other field names), and the
-  whole ``Settings`` machinery (``BaseSettings`` would read ``API_KEY``/``PORT`` from the
-  environment; its settings are built with ``model_construct`` to avoid that).
+  whole ``Settings`` machinery.
 * its error handling for malformed bodies: invalid JSON makes its handler fail a second time and
   answer 500, and a validation error becomes a 500. ``ChildGate`` checks bodies first and answers
   400 with llama-server's error shape ``{"error": {"code", "message", "type"}}``.
@@ -30,26 +24,25 @@ sleeping model; ``/health``, ``/props`` and ``/v1/models`` never wake it (as in 
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import llama_cpp
-import llama_cpp.server.app as llama_server
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from llama_cpp.server.settings import ServerSettings
 from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from refimpl import flags
 from refimpl.child import completion
+from refimpl.child.openai import OneAtATime, OpenAIRoutes
 from refimpl.child.model import token_bytes
 from refimpl.child.runtime import ChildRuntime, ChildState, NotServing
 
@@ -224,45 +217,6 @@ class ChildGate:
             runtime.request_ended()
 
 
-# -- the model, as llama_cpp.server's handlers expect it ----------------------------------------
-
-
-class _ServedModel:
-    """Stands in for ``llama_cpp.server.model.LlamaProxy``: one model, whatever is loaded now.
-
-    The model name in a request is ignored, as llama-server does: a child serves one model.
-    """
-
-    def __init__(self, runtime: ChildRuntime) -> None:
-        self._runtime = runtime
-
-    def __call__(self, model: str | None = None) -> llama_cpp.Llama:
-        llama = self._runtime.llama
-        if llama is None:
-            raise HTTPException(status_code=503, detail="the model is not loaded")
-        return llama
-
-    def __iter__(self) -> Iterator[str]:
-        yield self._runtime.options.alias
-
-
-def exclusive_model() -> contextlib.AbstractAsyncContextManager[Any]:
-    """Hold the model alone, behind the same locks the reused OpenAI routes take."""
-    return contextlib.asynccontextmanager(llama_server.get_llama_proxy)()
-
-
-def _install_llama_server_state(runtime: ChildRuntime) -> None:
-    # llama_cpp.server keeps its state in module globals; this process serves one app.
-    llama_server.set_server_settings(ServerSettings.model_construct(
-        interrupt_requests=False,  # its default cuts a stream short when another request waits
-        disable_ping_events=True,  # llama-server sends no SSE pings
-        api_key=None,
-    ))
-    llama_server.set_ping_message_factory(lambda: b"")
-    llama_server._llama_proxy = _ServedModel(runtime)  # type: ignore[assignment]
-    runtime.exclusive = exclusive_model
-
-
 # -- llama-server's own endpoints ------------------------------------------------------------------
 
 
@@ -297,24 +251,47 @@ class DetokenizeRequest(BaseModel):
 
 
 def _loaded(runtime: ChildRuntime) -> llama_cpp.Llama:
+    """The model loaded now (the model named in a request is ignored, as llama-server does: a
+    child serves one model)."""
     llama = runtime.llama
     if llama is None:  # ChildGate woke it; only a failed reload gets here
         raise HTTPException(status_code=503, detail="the model is not loaded")
     return llama
 
 
-def _add_native_routes(app: FastAPI, runtime: ChildRuntime) -> None:
+_Body = TypeVar("_Body", bound=BaseModel)
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _json(handler: Callable[[], Awaitable[Any]]) -> Handler:
+    """A GET route whose answer is JSON."""
+    async def route(_request: Request) -> Response:
+        return JSONResponse(await handler())
+    return route
+
+
+def _with_body(model: type[_Body], handler: Callable[[_Body], Awaitable[Any]]) -> Handler:
+    """A POST route whose body is ``model`` (400 naming the field when it is not) and whose
+    answer is JSON unless it is a response already."""
+    async def route(request: Request) -> Response:
+        try:
+            body = model.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return error_response(400, _describe(list(exc.errors())))
+        answer = await handler(body)
+        return answer if isinstance(answer, Response) else JSONResponse(answer)
+    return route
+
+
+def _native_routes(runtime: ChildRuntime, model: OneAtATime) -> list[Route]:
     options = runtime.options
 
-    @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/models")
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [runtime.models_entry()]}
 
-    @app.get("/props")
     async def props() -> dict[str, Any]:
         facts = runtime.facts
         assert facts is not None  # ChildGate answers 503 until the first load is done
@@ -338,7 +315,6 @@ def _add_native_routes(app: FastAPI, runtime: ChildRuntime) -> None:
             "is_sleeping": runtime.state is ChildState.SLEEPING,
         }
 
-    @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
         llama = _loaded(runtime)
         tokens = llama.tokenize(body.content.encode("utf-8"), add_bos=body.add_special,
@@ -355,7 +331,6 @@ def _add_native_routes(app: FastAPI, runtime: ChildRuntime) -> None:
             pieces.append({"id": t, "piece": piece})
         return {"tokens": pieces}
 
-    @app.post("/detokenize")
     async def detokenize(body: DetokenizeRequest) -> Any:
         llama = _loaded(runtime)
         n_vocab = llama.n_vocab()
@@ -365,7 +340,6 @@ def _add_native_routes(app: FastAPI, runtime: ChildRuntime) -> None:
         text = llama.detokenize(body.tokens, special=True).decode("utf-8", errors="replace")
         return {"content": text}
 
-    @app.post("/completion")
     async def complete(body: NativeCompletionRequest) -> Any:
         llama = _loaded(runtime)
         try:
@@ -384,14 +358,14 @@ def _add_native_routes(app: FastAPI, runtime: ChildRuntime) -> None:
             stop=tuple(s for s in stop if s), n_probs=body.n_probs,
         )
         if not body.stream:
-            async with exclusive_model():
+            async with model.held():
                 result = await run_in_threadpool(
                     lambda: completion.collect(completion.generate(llama, params)))
             result["model"] = options.alias
             return result
 
         async def events() -> AsyncIterator[bytes]:
-            async with exclusive_model():
+            async with model.held():
                 async for chunk in iterate_in_threadpool(completion.generate(llama, params)):
                     if chunk["stop"]:
                         chunk["model"] = options.alias
@@ -399,25 +373,30 @@ def _add_native_routes(app: FastAPI, runtime: ChildRuntime) -> None:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
+    return [
+        Route("/health", _json(health), methods=["GET"]),
+        Route("/v1/models", _json(models), methods=["GET"]),
+        Route("/props", _json(props), methods=["GET"]),
+        Route("/tokenize", _with_body(TokenizeRequest, tokenize), methods=["POST"]),
+        Route("/detokenize", _with_body(DetokenizeRequest, detokenize), methods=["POST"]),
+        Route("/completion", _with_body(NativeCompletionRequest, complete), methods=["POST"]),
+    ]
+
 
 # -- the app ---------------------------------------------------------------------------------------
 
 
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error_response(exc.status_code, str(exc.detail))
+
+
 def build_app(runtime: ChildRuntime) -> ASGIApp:
-    app = FastAPI(title="refimpl.child", version=llama_cpp.__version__,
-                  docs_url=None, redoc_url=None, openapi_url=None)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, _describe(list(exc.errors())))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
-
-    _install_llama_server_state(runtime)
-    _add_native_routes(app, runtime)
-    app.router.routes.extend(
-        route for route in llama_server.router.routes
-        if getattr(route, "path", None) in _REUSED_PATHS)
+    model = OneAtATime()
+    runtime.exclusive = model.held
+    openai = OpenAIRoutes(lambda: _loaded(runtime), model)
+    routes = [*_native_routes(runtime, model),
+              Route("/v1/chat/completions", openai.chat, methods=["POST"]),
+              Route("/v1/completions", openai.completion, methods=["POST"])]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     return ChildGate(app, runtime)

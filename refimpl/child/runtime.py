@@ -22,6 +22,7 @@ from typing import Any
 
 import llama_cpp
 
+from refimpl import modalities
 from refimpl.child.announcer import Announcer
 from refimpl.child.cli import ChildOptions
 from refimpl.child.model import LoadAborted, LoadFailed, ModelFacts, load_llama, read_facts
@@ -29,7 +30,9 @@ from refimpl.core.protocol import LoadingState, Progress, ReadyState, SleepingSt
 
 log = logging.getLogger("refimpl.child")
 
-STAGE = "text_model"
+# llama-server's load stages (server-context.cpp, load_model): the text model, then the
+# projector when there is one. This child loads no draft model, so it has no "spec_model".
+TEXT_STAGE, MMPROJ_STAGE = "text_model", "mmproj_model"
 PROGRESS_STEP = 0.05  # report load progress in steps of at least this much (and always 1.0)
 
 
@@ -67,7 +70,10 @@ class ChildRuntime:
         self.exclusive: Callable[[], AbstractAsyncContextManager[Any]] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transition = asyncio.Lock()
-        self._last_progress = -1.0
+        self._last_progress: dict[str, float] = {}
+        self.stages = (TEXT_STAGE, *((MMPROJ_STAGE,) if options.mmproj is not None else ()))
+        self.architecture: dict[str, list[str]] = {"input_modalities": ["text"],
+                                                   "output_modalities": ["text"]}
         self._first_load: concurrent.futures.Future[llama_cpp.Llama] | None = None
         self._load_started = 0.0
 
@@ -76,6 +82,7 @@ class ChildRuntime:
     def models_entry(self) -> dict[str, Any]:
         """This model's ``/v1/models`` entry: also the ``ready`` message's payload."""
         entry: dict[str, Any] = {"id": self.options.alias, "object": "model",
+                                 "architecture": self.architecture,
                                  "created": self.created, "owned_by": "llamacpp"}
         if self.facts is not None:
             entry["meta"] = self.facts.meta()
@@ -83,15 +90,27 @@ class ChildRuntime:
 
     # -- loading --------------------------------------------------------------------------------
 
-    def _report_progress(self, value: float) -> bool:
+    def _report_progress(self, value: float, stage: str = TEXT_STAGE) -> bool:
         if self.exit_requested.is_set():
             return False  # abort the load: llama.cpp stops reading tensors
         value = min(max(value, 0.0), 1.0)
-        if value >= 1.0 or value - self._last_progress >= PROGRESS_STEP:
-            if value > self._last_progress:
-                self._last_progress = value
-                self.announcer.send(LoadingState(Progress((STAGE,), STAGE, value)))
+        last = self._last_progress.get(stage, -1.0)
+        if value >= 1.0 or value - last >= PROGRESS_STEP:
+            if value > last:
+                self._last_progress[stage] = value
+                self.announcer.send(LoadingState(Progress(self.stages, stage, value)))
         return True
+
+    def _read_modalities(self, llama: llama_cpp.Llama) -> None:
+        """What the model takes and gives (``architecture``, as llama-server's child reports
+        it). The projector is a stage of its own: this child serves text only, so loading it is
+        reading what its header says it encodes."""
+        projector: dict[str, object] = {}
+        if self.options.mmproj is not None:
+            self._report_progress(0.0, MMPROJ_STAGE)
+            projector = modalities.read_metadata(self.options.mmproj)
+            self._report_progress(1.0, MMPROJ_STAGE)
+        self.architecture = modalities.from_metadata(llama.metadata, projector)
 
     def _load(self, report: bool) -> llama_cpp.Llama:
         on_progress = self._report_progress if report else (
@@ -135,6 +154,7 @@ class ChildRuntime:
             self.exit_code = 1
             return False
         self._report_progress(1.0)
+        self._read_modalities(llama)
         self.llama = llama
         self.facts = read_facts(llama)
         self.state = ChildState.READY

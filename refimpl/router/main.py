@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, Callable
 import anyio
 
 from refimpl.cache import cache_dir
+from refimpl.modalities import architecture
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.router import RouterCore
 
@@ -58,7 +59,11 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
     cache = cache_dir()
 
     def load_entries() -> list[ModelEntry]:
-        return load_sources(opts.models_dir, opts.models_preset, opts.child_args, cache)
+        entries = load_sources(opts.models_dir, opts.models_preset, opts.child_args, cache)
+        for e in entries:  # read here, off the event loop on a reload, as upstream reads them
+            e.architecture = architecture(e.path, None if "--no-mmproj" in e.flags
+                                          else e.mmproj)
+        return entries
 
     def spec_for(e: ModelEntry) -> ModelSpec:
         return ModelSpec(e.name, aliases=e.aliases, memory=estimate_need(e, devices),

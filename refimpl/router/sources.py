@@ -4,7 +4,12 @@ one for the same name.
 
 Each source yields :class:`ModelEntry` values: a name, the file to load, and the child flags for it.
 Flags merge with the precedence of ROUTER.md section 5: router command line > the model's preset
-section > the preset's ``[*]`` section.
+section > the preset's ``[*]`` section. A preset key is any name of a llama-server flag without
+its dashes (``ctx-size``, ``c``, ``hf``) or its variable (``LLAMA_ARG_HF_REPO``), as llama-server's
+preset parser takes it (common/preset.cpp). A section may name its model by ``hf-repo``
+(``user/repo[:TAG]``, and ``hf-file``): it is the cached file, found here in the hub cache; and
+with ``dedup-cache-models`` the cache entry of that same file is hidden from ``GET /models``
+(still routed), as upstream does (server-models.cpp, ``load_models``).
 
 What the sources say is checked here, before a core is built from it, so that start-up and
 ``GET /models?reload=1`` refuse it alike with one line naming the file, section and key
@@ -20,17 +25,23 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from refimpl.cache import list_cached
+from refimpl import flags
+from refimpl.cache import PREFERRED_TAGS, BadName, CachedModel, list_cached, split_name
 
 from .options import MAX_SECONDS, number_problem
 
 SHARD = re.compile(r"^(?P<base>.+)-(?P<n>\d{5})-of-(?P<total>\d{5})\.gguf$")
 PRESET_ONLY = {"load-on-startup", "stop-timeout", "dedup-cache-models"}
-# Keys that name the model rather than a child flag.
-MODEL_KEYS = {"model", "m"}
 ROUTER_ONLY = {"--api-key", "--ssl-key-file", "--ssl-cert-file", "--models-dir",
                "--models-preset", "--models-max", "--models-memory-margin", "--models-autoload",
                "--no-models-autoload", "--host", "--port", "--alias", "-a"}
+# Resolved here to the cached file (the child gets ``-m FILE``), so not handed on.
+HF_FLAGS = {"--hf-repo", "--hf-file"}
+# Preset-only keys under the names upstream also reads them by (common/arg.h).
+_PRESET_ENV = {"__PRESET_LOAD_ON_STARTUP": "load-on-startup",
+               "__PRESET_STOP_TIMEOUT": "stop-timeout",
+               "__PRESET_DEDUP_CACHE_MODELS": "dedup-cache-models"}
+_BY_ENV = {f.env: f for f in flags.FLAGS if f.env}
 
 
 class SourceError(ValueError):
@@ -48,6 +59,11 @@ class ModelEntry:
     stop_timeout: float | None = None
     load_on_startup: bool = False
     aliases_from: str = ""  # where the aliases were read: file, section and key, for errors
+    tags: tuple[str, ...] = ()  # --tags, sorted: informational, never routed by
+    dedup_cache: bool | None = None  # preset dedup-cache-models (None: not said)
+    hidden: bool = False  # a cache entry a preset deduplicates: routed, not listed
+    # GET /models "architecture" as the files say (refimpl.modalities); None: not read yet
+    architecture: dict[str, list[str]] | None = None
 
     def args(self) -> list[str]:
         out: list[str] = []
@@ -80,24 +96,28 @@ def _is_flag(text: str) -> bool:
     return text.startswith("-") and not re.fullmatch(r"-\d+(\.\d+)?", text)
 
 
-_SHORT = {"-c": "--ctx-size", "-n": "--n-predict", "-b": "--batch-size", "-s": "--seed",
-          "-np": "--parallel", "-t": "--threads", "-ngl": "--n-gpu-layers", "-a": "--alias",
-          "-m": "--model", "-ub": "--ubatch-size"}
-
-
 def _canonical(flag: str) -> str:
-    return _SHORT.get(flag, flag)
+    """The flag table's one name for a flag word ('-c' -> '--ctx-size'); a negation stays one
+    ('--no-mmap'), and a word the table does not know stays as written."""
+    found = flags.lookup(flag)
+    if found is None:
+        return flag
+    return found[0].key if found[1] else flags.normalize(flag)
 
 
 def _key_to_flag(key: str) -> str:
-    """A preset key (CLI flag without dashes, a short form, or an env name) -> the long flag."""
-    if key.upper().startswith("LLAMA_ARG_"):
-        return "--" + key[len("LLAMA_ARG_"):].lower().replace("_", "-")
+    """A preset key -> the flag: any of a flag's names without dashes (``ctx-size``, ``c``,
+    ``hf``, ``hff``), with them, or its variable (``LLAMA_ARG_HF_REPO``)."""
+    by_env = _BY_ENV.get(key) or _BY_ENV.get(key.upper())
+    if by_env is not None:
+        return by_env.key
     if key.startswith("-"):
         return _canonical(key)
-    short = "-" + key
-    if short in _SHORT:
-        return _SHORT[short]
+    for word in ("--" + key, "-" + key):
+        if flags.lookup(word) is not None:
+            return _canonical(word)
+    if key.upper().startswith("LLAMA_ARG_"):  # a variable of no flag in the pinned table
+        return "--" + key[len("LLAMA_ARG_"):].lower().replace("_", "-")
     return "--" + key
 
 
@@ -153,35 +173,45 @@ def read_preset(path: Path) -> tuple[dict[str, str | None], list[ModelEntry]]:
         raise SourceError(f"--models-preset {path}: {_one_line(str(exc))}") from None
     common: dict[str, str | None] = {}
     entries: list[ModelEntry] = []
+    common_dedup: bool | None = None
     for section in parser.sections():
-        items = dict(parser.items(section))
+        items = {_PRESET_ENV.get(k, k): v for k, v in parser.items(section)}
         where = f"--models-preset {path}: [{section}]"
         if section == "*":
             common = {_key_to_flag(k): _checked_value(where, k, v) for k, v in items.items()
                       if k not in PRESET_ONLY}
+            if "dedup-cache-models" in items:
+                common_dedup = _truthy(items["dedup-cache-models"],
+                                       f"{where} dedup-cache-models")
             continue
         entry = ModelEntry(section, None, "preset")
         for key, value in items.items():
-            if key in MODEL_KEYS:
+            flag = _key_to_flag(key) if key not in PRESET_ONLY else key
+            if flag == "--model":
                 entry.path = (path.parent / value).resolve() if not Path(value).is_absolute() \
                     else Path(value)
             elif key == "load-on-startup":
                 entry.load_on_startup = _truthy(value, f"{where} {key}")
             elif key == "stop-timeout":
                 entry.stop_timeout = _seconds(value, f"{where} {key}")
-            elif key in ("alias", "aliases"):
+            elif key == "dedup-cache-models":
+                entry.dedup_cache = _truthy(value, f"{where} {key}")
+            elif flag == "--alias" or key == "aliases":
                 named = [a.strip() for a in value.split(",") if a.strip()]
                 # its own name, or twice, is no second model: said once
                 entry.aliases = tuple(dict.fromkeys(
                     a for a in (*entry.aliases, *named) if a != section))
                 entry.aliases_from = f"{where} {key}"
-            elif key == "mmproj":
+            elif flag == "--mmproj":
                 entry.mmproj = Path(value)
             elif key not in PRESET_ONLY:
                 flag_value = _checked_value(where, key, value)
                 if flag_value != "\x00off":
                     entry.flags[_key_to_flag(key)] = flag_value
         entries.append(entry)
+    for entry in entries:  # [*] says it for every section that does not
+        if entry.dedup_cache is None:
+            entry.dedup_cache = common_dedup
     return common, entries
 
 
@@ -237,34 +267,84 @@ def load_sources(models_dir: str | None, models_preset: str | None,
                  router_args: list[str], cache: Path | None = None) -> list[ModelEntry]:
     """Every model, with its child flags merged: router command line > section > ``[*]``."""
     entries: dict[str, ModelEntry] = {}
-    if cache is not None:
-        for entry in scan_cache(cache):
-            entries[entry.name] = entry
+    cached = list_cached(cache) if cache is not None else []
+    for model in cached:
+        entries[model.name] = ModelEntry(model.name, model.path, "cache", mmproj=model.mmproj)
     if models_dir:
         for entry in scan_models_dir(Path(models_dir)):
             entries[entry.name] = entry
     common: dict[str, str | None] = {}
+    deduplicated: set[Path] = set()
     if models_preset:
         common, preset_entries = read_preset(Path(models_preset))
         for entry in preset_entries:
+            where = f"--models-preset {models_preset}: [{entry.name}]"
             base = entries.get(entry.name)
             if base is not None:  # a section may configure a models-dir model
                 entry.path = entry.path or base.path
                 entry.mmproj = entry.mmproj or base.mmproj
                 entry.source = base.source if entry.path == base.path else "preset"
+            hf = _hf_model(entry, common, "--hf-repo", "--hf-file", cached, where,
+                           required=entry.path is None)
+            if entry.path is None and hf is not None:
+                entry.path, entry.mmproj = hf.path, entry.mmproj or hf.mmproj
             if entry.path is None:
-                raise SourceError(f"--models-preset {models_preset}: [{entry.name}] names no "
-                                  "model file (add 'model = path/to/file.gguf')")
+                raise SourceError(f"{where} names no model file (add 'model = "
+                                  "path/to/file.gguf' or 'hf-repo = user/repo:TAG')")
+            if entry.dedup_cache:
+                draft = _hf_model(entry, common, "--hf-repo-draft", None, cached, where,
+                                  required=False)
+                deduplicated |= {m.path for m in (hf, draft) if m is not None}
             entries[entry.name] = entry
+    for entry in entries.values():
+        entry.hidden = entry.source == "cache" and entry.path in deduplicated
     _check_names(entries)
     router_flags = flags_from_args(router_args)
     for entry in entries.values():
         merged = {k: v for k, v in common.items() if v != "\x00off"}
         merged.update(entry.flags)
         merged.update(router_flags)
+        entry.tags = tuple(sorted({t.strip() for t in (merged.get("--tags") or "").split(",")
+                                   if t.strip()}))
         entry.flags = {k: v for k, v in merged.items()
-                       if k not in ROUTER_ONLY and k != "--model" and v != "\x00off"}
+                       if k not in ROUTER_ONLY and k not in HF_FLAGS and k != "--model"
+                       and v != "\x00off"}
     return list(entries.values())
+
+
+def _hf_model(entry: ModelEntry, common: dict[str, str | None], repo_flag: str,
+              file_flag: str | None, cached: list[CachedModel], where: str,
+              required: bool) -> CachedModel | None:
+    """The cached model a section's ``hf-repo`` (or draft repo) names, its section over
+    ``[*]``; None when it names none, or one the cache does not hold and the section needs it
+    only to deduplicate. A model the cache does not hold is refused when it is the section's
+    model: the reference child loads files, it does not download them (``POST /models``
+    does)."""
+    repo = entry.flags.get(repo_flag, common.get(repo_flag))
+    if not repo or repo == "\x00off":
+        return None
+    hf_file = entry.flags.get(file_flag, common.get(file_flag)) if file_flag else None
+    try:
+        name, tag = split_name(repo)
+    except BadName as exc:
+        raise SourceError(f"{where} {repo_flag[2:]}: {exc}") from None
+    mine = [m for m in cached if m.name.partition(":")[0].lower() == name.lower()]
+    if hf_file and hf_file != "\x00off":
+        found = [m for m in mine if any(f.as_posix().endswith("/" + hf_file.lstrip("/"))
+                                        for f in m.files)]
+    elif tag is not None:
+        found = [m for m in mine if m.name.partition(":")[2] == tag]
+    else:  # no tag: llama.cpp's default quant first, as the download child picks
+        rank = {t: i for i, t in enumerate(PREFERRED_TAGS)}
+        found = sorted(mine, key=lambda m: (rank.get(m.name.partition(":")[2], len(rank)),
+                                            m.name))
+    if not found and not required:
+        return None
+    if not found:
+        wanted = f"{repo} ({hf_file})" if hf_file else repo
+        raise SourceError(f"{where} {repo_flag[2:]}: {wanted} is not in the model cache; "
+                          f"download it first (POST /models {{\"model\": \"{repo}\"}})")
+    return found[0]
 
 
 def _check_names(entries: dict[str, ModelEntry]) -> None:

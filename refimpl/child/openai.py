@@ -1,0 +1,160 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions`` on Starlette alone.
+
+They do what llama-cpp-python's server routes do (``llama_cpp.server.app``: the request model's
+fields handed to ``Llama.create_chat_completion`` / ``Llama.__call__``, ``logit_bias``, ``grammar``
+and ``min_tokens`` prepared the same way, the answer checked against its response type, a stream
+as ``data: {...}`` events and ``data: [DONE]``, a context overflow as its OpenAI-style 400), but
+without importing that module: it imports FastAPI, which builds the OpenAPI models of every
+route at import, most of a child's start-up (0.9 s of 1.2 s on a busy two-core machine). The
+request models (``llama_cpp.server.types``) are reused; they need only pydantic.
+
+Bodies reach these handlers checked and completed by ``ChildGate`` (``app.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Union
+
+import anyio
+import llama_cpp
+from llama_cpp.llama_grammar import LlamaGrammar
+from llama_cpp.llama_types import CreateChatCompletionResponse, CreateCompletionResponse
+from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
+from pydantic import TypeAdapter
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+log = logging.getLogger("refimpl.child")
+
+# The request fields llama-cpp-python's routes do not pass on to the model.
+_CHAT_EXCLUDE = {"n", "logit_bias_type", "user", "min_tokens"}
+_COMPLETION_EXCLUDE = {"n", "best_of", "logit_bias_type", "user", "min_tokens"}
+_CONTEXT = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)")
+# sse_starlette's headers, which clients of llama-cpp-python's server saw
+SSE_HEADERS = {"Cache-Control": "no-store", "Connection": "keep-alive",
+               "X-Accel-Buffering": "no"}
+SSE_MEDIA_TYPE = "text/event-stream; charset=utf-8"
+
+Body = Union[CreateChatCompletionRequest, CreateCompletionRequest]
+
+
+class OneAtATime:
+    """The model, held by one request at a time (llama-cpp-python serves one at a time too)."""
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def held(self) -> AsyncIterator[None]:
+        async with self.lock:
+            yield
+
+
+def _prepared(body: Body, llama: llama_cpp.Llama, kwargs: dict[str, Any]) -> None:
+    """``prepare_request_resources`` of llama_cpp.server.app, on ``kwargs`` in place."""
+    if body.logit_bias is not None:
+        kwargs["logit_bias"] = (_bias_by_text(llama, body.logit_bias)
+                                if body.logit_bias_type == "tokens" else body.logit_bias)
+    if body.grammar is not None:
+        kwargs["grammar"] = LlamaGrammar.from_string(body.grammar)
+    if body.min_tokens > 0:
+        minimum = llama_cpp.LogitsProcessorList(
+            [llama_cpp.MinTokensLogitsProcessor(body.min_tokens, llama.token_eos())])
+        if kwargs.get("logits_processor") is None:
+            kwargs["logits_processor"] = minimum
+        else:
+            kwargs["logits_processor"].extend(minimum)
+
+
+def _bias_by_text(llama: llama_cpp.Llama, bias: dict[str, float]) -> dict[str, float]:
+    """``logit_bias_type: "tokens"``: each key is text, biasing every token it tokenizes to."""
+    out: dict[str, float] = {}
+    for text, score in bias.items():
+        for token in llama.tokenize(text.encode("utf-8"), add_bos=False, special=True):
+            out[str(token)] = score
+    return out
+
+
+def _overflow(body: Body, error: Exception) -> JSONResponse | None:
+    """llama-cpp-python's OpenAI-style answer to a prompt longer than the context."""
+    match = _CONTEXT.search(str(error))
+    if match is None:
+        return None
+    window, prompt = int(match[2]), int(match[1])
+    completion = body.max_tokens
+    if isinstance(body, CreateChatCompletionRequest):
+        text = ("This model's maximum context length is {} tokens. However, you requested {} "
+                "tokens ({} in the messages, {} in the completion). Please reduce the length "
+                "of the messages or completion.")
+    else:
+        text = ("This model's maximum context length is {} tokens, however you requested {} "
+                "tokens ({} in your prompt; {} for the completion). Please reduce your "
+                "prompt; or completion length.")
+    return JSONResponse({"error": {
+        "message": text.format(window, (completion or 0) + prompt, prompt, completion),
+        "type": "invalid_request_error", "param": "messages",
+        "code": "context_length_exceeded"}}, status_code=400)
+
+
+def _server_error(error: Exception) -> JSONResponse:
+    log.exception("request failed: %s", error)
+    return JSONResponse({"error": {"message": str(error), "type": "internal_server_error",
+                                   "param": None, "code": None}}, status_code=500)
+
+
+class OpenAIRoutes:
+    """The two handlers, over whatever model ``current`` hands out now."""
+
+    def __init__(self, current: Callable[[], llama_cpp.Llama], model: OneAtATime) -> None:
+        self.current = current
+        self.model = model
+        self._chat_answer: TypeAdapter[Any] | None = None
+        self._completion_answer: TypeAdapter[Any] | None = None
+
+    async def chat(self, request: Request) -> Response:
+        body = CreateChatCompletionRequest.model_validate_json(await request.body())
+        if self._chat_answer is None:
+            self._chat_answer = TypeAdapter(Union[CreateChatCompletionResponse, str])
+        return await self._answer(body, body.model_dump(exclude=_CHAT_EXCLUDE),
+                                  llama_cpp.Llama.create_chat_completion, self._chat_answer)
+
+    async def completion(self, request: Request) -> Response:
+        body = CreateCompletionRequest.model_validate_json(await request.body())
+        if isinstance(body.prompt, list):
+            assert len(body.prompt) <= 1  # as llama-cpp-python's route: one prompt at most
+            body.prompt = body.prompt[0] if body.prompt else ""
+        if self._completion_answer is None:
+            self._completion_answer = TypeAdapter(Union[CreateCompletionResponse, str])
+        return await self._answer(body, body.model_dump(exclude=_COMPLETION_EXCLUDE),
+                                  llama_cpp.Llama.__call__, self._completion_answer)
+
+    async def _answer(self, body: Body, kwargs: dict[str, Any],
+                      call: Callable[..., Any], answer: TypeAdapter[Any]) -> Response:
+        if kwargs.get("stream", False):
+            return StreamingResponse(self._events(body, kwargs, call),
+                                     media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+        async with self.model.held():
+            llama = self.current()
+            try:
+                _prepared(body, llama, kwargs)
+                result = await run_in_threadpool(call, llama, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - answered as llama-cpp-python answers it
+                return _overflow(body, exc) or _server_error(exc)
+        # checked and serialized against the response type, as FastAPI did for that route
+        return JSONResponse(answer.dump_python(answer.validate_python(result), mode="json"))
+
+    async def _events(self, body: Body, kwargs: dict[str, Any],
+                      call: Callable[..., Any]) -> AsyncIterator[bytes]:
+        async with self.model.held():
+            llama = self.current()
+            _prepared(body, llama, kwargs)
+            chunks: Iterator[Any] = await run_in_threadpool(call, llama, **kwargs)
+            async for chunk in iterate_in_threadpool(chunks):
+                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"

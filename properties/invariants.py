@@ -272,8 +272,10 @@ def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, fl
             if child is not None and not child.ready and child.stop is None \
                     and not child.download:  # it joins a load in progress: the load's place
                 asked.append(child.place)
+            # (one that waited for a download holds its place from the download's end)
             place[at.what.req] = min([(at.t, replay.index + 1), *asked,
-                                      *((r.arrived, r.seq) for r in replay.open_for(model)
+                                      *((max(r.arrived, start_of(r)), r.seq)
+                                        for r in replay.open_for(model)
                                         if not replay.doomed(r))])
     keys: dict[int, tuple[float, int]] = {}
     for r in h.requests.values():
@@ -558,29 +560,33 @@ def legal_transitions(trace: Trace, config: RouterConfig) -> list[Violation]:
 
 
 def exit_reaches_unloaded(trace: Trace, config: RouterConfig) -> list[Violation]:
-    """A child exit in any state leaves its model UNLOADED with the exit code, at once (Z5)."""
+    """A child exit in any state leaves its model UNLOADED with the exit code, at once, and
+    reported failed exactly when the router did not stop it and the code is not 0 (Z5)."""
     out: list[Violation] = []
-    due: tuple[float, ChildExited, str] | None = None  # an exit whose status change is owed
+    # an exit whose status change is owed, and whether it must say failed
+    due: tuple[float, ChildExited, str, bool] | None = None
 
-    def missed(t: float, exited: ChildExited, model: str) -> Violation:
+    def missed(t: float, exited: ChildExited, model: str, failed: bool) -> Violation:
         return Violation("exit_reaches_unloaded", t, f"{model}: child exited with code "
-                         f"{exited.code} but the model was not reported unloaded")
+                         f"{exited.code} but the model was not reported unloaded"
+                         + (" and failed" if failed else " (not failed)"))
 
     for at, replay in _walk(trace, config):
         what = at.what
         if due is not None:
-            t, exited, model = due
+            t, exited, model, failed = due
             if isinstance(what, Publish) and what.model == model:
                 if what.data.get("status") == "unloaded" \
-                        and what.data.get("exit_code") == exited.code:
+                        and what.data.get("exit_code") == exited.code \
+                        and bool(what.data.get("failed")) == failed:
                     due = None
             elif isinstance(what, EVENT_TYPES):  # the exit's own commands are over
-                out.append(missed(t, exited, model))
+                out.append(missed(*due))
                 due = None
         if isinstance(what, ChildExited):
             child = replay.children.get(what.instance)
             if child is not None and not child.download:
-                due = (at.t, what, child.model)
+                due = (at.t, what, child.model, child.stop is None and what.code != 0)
     if due is not None:
         out.append(missed(*due))
     return out

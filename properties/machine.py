@@ -4,9 +4,12 @@ Hypothesis plays clients (requests, with no model, unknown ones, autoload off; g
 operator (load, unload, download, remove, reload of the sources with changed, vanished and
 re-aliased models and changed memory needs) and a chaos monkey (crashes, hangs, garbage on
 stdout, children that sleep, a last line with no newline before an exit, ``ready`` from a child
-that is stopping) against the real core, in virtual time. When the program ends, the run goes on, faults over, until every request must have been answered, and every
-guarantee is checked on the whole trace (safety violations keep the time they happened at). A
-failure prints the program as Python steps, ready to paste as a regression test.
+that is stopping) against the real core, in virtual time. After every step, what ``GET /models``
+would list agrees with what ``/models/sse`` published; a reload stops exactly the running models
+that changed or vanished. When the program ends, the run goes on, faults over, until every
+request must have been answered, and every guarantee is checked on the whole trace (safety
+violations keep the time they happened at). A failure prints the program as Python steps, ready
+to paste as a regression test.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import random
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
+                                 rule)
 
+from refimpl.core.commands import Kill, Publish, Reply, SendExit
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
 from refimpl.core.protocol import STATE_PREFIX, ReadyState, format_message
+from refimpl.core.router import Phase
 from simulator.engine import Simulation
 from simulator.faults import Faults
 
@@ -41,9 +47,20 @@ GARBAGE = st.one_of(
 )
 
 
-def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
+FOCUS = ("all", "downloads", "queue")
+
+
+def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS, focus: str = "all"
                    ) -> type[RuleBasedStateMachine]:
-    """A state machine class checking ``config`` (policy, limits, devices) against every guarantee."""
+    """A state machine class checking ``config`` (policy, limits, devices) against every guarantee.
+
+    ``focus`` narrows what clients ask for, so that short programs reach states that a uniform
+    draw seldom builds: ``downloads`` starts both downloads at once and sends most requests to
+    them (requests that wait for a download, leave, or meet its failure, removal or cancel);
+    ``queue`` sends long requests for known models only (a queue behind busy models, and
+    clients that leave it).
+    """
+    assert focus in FOCUS, focus
     names = [spec.name for spec in config.models]
     aliases = sorted({a for spec in config.models for a in spec.aliases} | {"x-alias"})
     model = st.sampled_from(names)
@@ -51,6 +68,12 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
     download_name = st.sampled_from(DOWNLOADS)
     # What a client may name: models, aliases, downloads, nothing, an unknown name.
     asked_name = st.sampled_from([*names, *aliases, *DOWNLOADS, None, "", "nobody"])
+    service = st.sampled_from([0.2, 2.0, 30.0])
+    if focus == "downloads":
+        asked_name = st.sampled_from([*DOWNLOADS, *DOWNLOADS, *names[:2]])
+    elif focus == "queue":
+        asked_name = st.sampled_from(names)
+        service = st.sampled_from([2.0, 30.0])
     specs = {spec.name: spec for spec in config.models}
     devices = sorted(config.devices)
 
@@ -73,15 +96,22 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
             return ModelSpec(old.name, old.aliases, memory, old.stop_timeout)
         return old
 
-    catalog = st.fixed_dictionaries({name: new_spec(name) for name in names})
+    # The cache's models too: a download listed (maybe under an alias another model has) or gone.
+    cached = st.one_of(st.none(), st.builds(ModelSpec, st.just(""), st.lists(
+        st.sampled_from(aliases), max_size=1).map(tuple)))
+    catalog = st.fixed_dictionaries({name: new_spec(name) for name in names},
+                                    optional={d: cached for d in DOWNLOADS})
 
     class RouterMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
             self.sim: Simulation | None = None
+            self.seen = 0  # trace entries read by the invariant
+            self.published: dict[str, dict[str, Any]] = {}  # model -> last status_change data
 
-        @initialize(seed=st.integers(0, 2**32))
-        def start(self, seed: int) -> None:
+        @initialize(seed=st.integers(0, 2**32),
+                    opening=st.lists(asked_name, max_size=0 if focus == "all" else 6))
+        def start(self, seed: int, opening: list[str | None]) -> None:
             # The faults that matter are rules of the program, so they shrink as steps; the seed
             # only picks load times and how output is cut into reads (the sweeps in
             # test_sweeps.py draw those from st.randoms() instead).
@@ -89,22 +119,43 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
                                   drain=1e9)
             self.sim.start()
             self.sim.run_until(0.0)
+            if focus == "downloads":
+                for name in DOWNLOADS:
+                    self.sim.api(DownloadAsked, name)
+            for name in opening:  # a burst of long requests: most of them wait
+                self.sim.request(name, 30.0)
 
         @property
         def s(self) -> Simulation:
             assert self.sim is not None
             return self.sim
 
-        @rule(model=asked_name, seconds=st.sampled_from([0.2, 2.0, 30.0]),
+        @rule(model=asked_name, seconds=service,
               autoload=st.sampled_from([None, None, None, True, False]))
         def request(self, model: str | None, seconds: float, autoload: bool | None) -> None:
             self.s.request(model, seconds, autoload=autoload)
 
         @rule(sources=catalog)
         def reload(self, sources: dict[str, ModelSpec | None]) -> None:
+            """ROUTER.md: a reload unloads a running model that changed or vanished, no other."""
+            sources = {name: spec if spec is None or spec.name else ModelSpec(name, spec.aliases)
+                       for name, spec in sources.items()}  # a cache entry: named here
             kept = tuple(spec for spec in sources.values() if spec is not None)
             gone = tuple(name for name, spec in sources.items() if spec is None)
-            self.s.catalog(kept, gone)
+            core = self.s.core
+            before = {name: (m.spec.launch, m.instance.id) for name, m in core.models.items()
+                      if m.usable and m.instance is not None}
+            assert self.s.trace is not None
+            start = len(self.s.trace)
+            call = self.s.catalog(kept, gone)
+            after = [at.what for at in self.s.trace[start:]]
+            applied = any(isinstance(c, Reply) and c.req == call and c.status == 200
+                          for c in after)  # a clash of names refuses the whole reload
+            stopped = {c.instance for c in after if isinstance(c, (SendExit, Kill))}
+            for name, (launch, instance) in before.items():
+                spec = sources.get(name)  # a model the sources do not mention is kept
+                changed = applied and (name in gone or (spec is not None and spec.launch != launch))
+                assert (instance in stopped) == changed, (name, launch, sources.get(name))
 
         @precondition(lambda self: self.sim is not None and self.sim.has_live_child())
         @rule(data=st.data())
@@ -140,6 +191,16 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
             req = data.draw(st.sampled_from(sorted(self.s.open)), label="req")
             self.s.give_up(req)
 
+        @precondition(lambda self: self.sim is not None and any(
+            r.phase is not Phase.FORWARDED for r in self.sim.core.requests.values()))
+        @rule(data=st.data())
+        def client_leaves_while_waiting(self, data: Any) -> None:
+            """A client leaves before its request reached a child: queued, waiting for its
+            model's load or for its download."""
+            waiting = sorted(req for req, r in self.s.core.requests.items()
+                             if r.phase is not Phase.FORWARDED)
+            self.s.give_up(data.draw(st.sampled_from(waiting), label="req"))
+
         @rule(model=model_or_download)
         def load(self, model: str) -> None:  # of a download: loads it once it is done
             self.s.api(LoadAsked, model)
@@ -155,6 +216,36 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
         @rule(model=download_name)
         def remove(self, model: str) -> None:
             self.s.api(RemoveAsked, model)
+
+        @invariant()
+        def listing_agrees_with_events(self) -> None:
+            """What ``GET /models`` reports of each model (its status; ``failed`` and
+            ``exit_code`` after a failed exit, cleared by the next load; the child's info once
+            loaded) is what ``/models/sse`` last published for it."""
+            if self.sim is None or self.sim.trace is None:
+                return
+            trace = self.sim.trace
+            for entry in trace[self.seen:]:
+                what = entry.what
+                if isinstance(what, Publish) and what.event == "status_change":
+                    self.published[what.model] = what.data
+                elif isinstance(what, Publish) and what.event == "model_remove":
+                    self.published.pop(what.model, None)  # a later entry starts afresh
+            self.seen = len(trace)
+            core = self.sim.core
+            for name, model in core.models.items():
+                # Listed means askable: a removed or vanished model goes once its child is gone.
+                assert core.resolve(name) == name or model.instance is not None, (name, model)
+                data = self.published.get(name)
+                if data is None:  # never published: as the configuration made it
+                    assert model.status.value == "unloaded" and not model.failed, (name, model)
+                    continue
+                assert model.status.value == data["status"], (name, model.status, data)
+                assert bool(model.failed) == bool(data.get("failed")), (name, model, data)
+                if model.failed:
+                    assert model.exit_code == data["exit_code"], (name, model, data)
+                if "info" in data:
+                    assert model.info == data["info"], (name, model.info, data)
 
         def live_model(self, data: Any) -> str:
             """A model with a live child, drawn so that chaos steps are never no-ops."""
@@ -192,6 +283,6 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS
             assert not partial, f"partial downloads left in the cache: {partial}"
 
     RouterMachine.__name__ = RouterMachine.__qualname__ = (
-        f"RouterMachine_{config.policy.replace('-', '_')}")
+        f"RouterMachine_{config.policy.replace('-', '_')}_{focus}")
     return RouterMachine
 

@@ -169,10 +169,21 @@ def collect() -> dict[str, Mutant]:
     return found
 
 
+def core_digest() -> str:
+    """A digest of the mutated code, ``refimpl/core/*.py``: two runs with the same digest
+    mutated the same core (the git commit alone does not say so when the tree has changes)."""
+    import hashlib
+    digest = hashlib.sha256()
+    for path in sorted(MUTATED.glob("*.py")):
+        digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
     found = {"python": platform.python_version(), "mutmut": version("mutmut"),
-             "hypothesis": version("hypothesis"), "pytest": version("pytest")}
+             "hypothesis": version("hypothesis"), "pytest": version("pytest"),
+             "core": core_digest(), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
                          text=True)
     if git.returncode == 0:
@@ -353,12 +364,25 @@ def zoo_section(zoo_table: Path | None, previous: str) -> str:
     return "\n".join([ZOO_HEADING, "", *([prose, ""] if prose else []), mark, block, mark, ""])
 
 
-def run_section(run: Run, verdicts: dict[str, Verdict], stale: dict[str, str]) -> str:
+def run_section(run: Run, verdicts: dict[str, Verdict], stale: dict[str, str],
+                current: Run | None = None) -> str:
+    """One run's table; ``current`` is the document's first run: a run of other code says so."""
     selection = shlex.join(run.suite.selection)
+    v = run.versions
+    when = (f" Started {v.get('started', 'at an unrecorded time')} on code "
+            f"{v.get('code', '?')} (digest of `{MUTATED}`: {v.get('core', 'not recorded')}).")
+    note: list[str] = []
+    if current is not None and current is not run and (
+            v.get("core") is None or v.get("core") != current.versions.get("core")):
+        note = [f"**Not current**: this run mutated another version of `{MUTATED}` than the run "
+                f"above did (digest {v.get('core', 'not recorded')}, not "
+                f"{current.versions.get('core', '?')}); its figures are older. Rerun it with "
+                f"`{run.suite.command}`.", ""]
     return "\n".join([
         f"### {run.suite.title}", "",
         f"Tests: `{selection}` (`{run.suite.command}`). "
-        f"{len(run.mutants)} mutants in {duration(run.seconds)}.", "",
+        f"{len(run.mutants)} mutants in {duration(run.seconds)}.{when}", "",
+        *note,
         markdown_table(rows(run, verdicts, stale)), "",
     ])
 
@@ -446,7 +470,7 @@ def document(runs: list[Run], verdicts: dict[str, Verdict], stale: dict[str, str
         "python -m properties.mutation --report-only --write docs/MUTANTS.md  "
         "# after editing the classification", "```", "",
     ]
-    parts += [run_section(run, verdicts, stale) for run in runs]
+    parts += [run_section(run, verdicts, stale, first) for run in runs]
     parts.append(survivors_section(first, verdicts, stale, later))
     parts.append(zoo_section(zoo_table, previous))
     return "\n".join(parts).rstrip() + "\n"
@@ -515,8 +539,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             continue
         print(f"[{i}/{len(keys)}] {suite.title}: mutmut run --max-children {args.max_children} "
               f"over {MUTATED}/, tests: {' '.join(suite.selection)}", flush=True)
+        before = versions()  # of the code the run copies at its start
         seconds = run_mutmut(suite.selection, args.max_children, args.only)
-        run = Run(suite, seconds, collect(), versions(), partial)
+        run = Run(suite, seconds, collect(), before, partial)
         save(run)
         runs.append(run)
 

@@ -22,7 +22,7 @@ from refimpl.core.scheduler import Scheduler
 from refimpl.core.trace import At
 
 from .broken import BROKEN, ONE, MEM, GiB, loaded, serve_a, evict, unloaded
-from .invariants import CHECKS, check_all
+from .invariants import CHECKS, check_all, exit_reaches_unloaded
 from .machine import router_machine
 from .test_sweeps import run_workload
 
@@ -112,3 +112,15 @@ def test_a_starving_router_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
         if violations:
             break
     assert any("bounded_wait" in v for v in violations), violations
+
+
+def test_a_crash_must_be_reported_failed() -> None:
+    """exit_reaches_unloaded: a child the router did not stop that exits with a non-zero code is
+    reported failed; the same exit after the router asked it to go is not."""
+    crash = [*serve_a(), At(3, ChildExited(1, 139))]
+    assert exit_reaches_unloaded([*crash, At(3, unloaded("A", 139))], ONE)
+    assert not exit_reaches_unloaded([*crash, At(3, Publish("A", "status_change", {
+        "status": "unloaded", "exit_code": 139, "failed": True}))], ONE)
+    stopped = [*serve_a(), At(3, SendExit(1)), At(3.5, ChildExited(1, 139)),
+               At(3.5, unloaded("A", 139))]
+    assert not exit_reaches_unloaded(stopped, ONE)

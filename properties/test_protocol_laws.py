@@ -13,7 +13,9 @@ from typing import Any
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from refimpl.core import ChildOutput, Command, Forward, Log, Publish, RouterCore, Status
+from refimpl.core import (ChildExited, ChildOutput, Command, DownloadAsked, Forward, Log,
+                          ModelSpec, Publish, RemoveFiles, RouterConfig, RouterCore, SendExit,
+                          Status)
 from refimpl.core.protocol import (MAX_LINE, STATE_PREFIX, DownloadProgress, DownloadResult,
                                    LineReader, LoadingState, LogLine, Message, Overlong, Parsed,
                                    Progress, ReadyState, Rejection, SleepingState, format_message,
@@ -301,3 +303,136 @@ def test_z13_router_progress_then_ready_in_order(cut_at: list[int]) -> None:
         Publish("a", "status_change", {"status": "loaded", "info": READY_INFO}),
         Forward(1, "a", 1),
     ]
+
+
+# -- messages out of place, and a child's last words ---------------------------------------------
+
+# (status, message kind) pairs that change something: every other pair is out of place.
+ACTED_ON = {(Status.LOADING, LoadingState), (Status.LOADING, ReadyState),
+            (Status.LOADED, SleepingState), (Status.SLEEPING, ReadyState),
+            (Status.DOWNLOADING, DownloadProgress), (Status.DOWNLOADING, DownloadResult)}
+
+
+def core_in(status: Status, result: bool | None = None) -> RouterCore:
+    """A core whose one child (instance 1) is in ``status``: a model child of "a", or the
+    download child of "u/r:Q", which has reported ``result`` (and been asked to exit) unless
+    that is None."""
+    if status in (Status.DOWNLOADING, Status.DOWNLOADED):
+        core = RouterCore(RouterConfig(models=(ModelSpec("a"),), models_max=1))
+        core.handle(DownloadAsked(9, "u/r:Q"), 0.0)
+        if result is not None:
+            core.handle(ChildOutput(1, format_message(DownloadResult(result))), 0.5)
+        return core
+    core = loading_core()
+    if status is not Status.LOADING:
+        core.handle(ChildOutput(1, format_message(ReadyState(READY_INFO))), 0.5)
+    if status is Status.SLEEPING:
+        core.handle(ChildOutput(1, format_message(SleepingState())), 0.6)
+    return core
+
+
+def the_status(core: RouterCore) -> Status:
+    return core.models["u/r:Q" if "u/r:Q" in core.models else "a"].status
+
+
+@given(message=messages, status=st.sampled_from([Status.LOADING, Status.LOADED, Status.SLEEPING,
+                                                 Status.DOWNLOADING]),
+       result=st.sampled_from([None, None, True, False]))
+@example(message=DownloadProgress("u", 1, 2), status=Status.DOWNLOADING, result=False)
+@example(message=DownloadResult(True), status=Status.DOWNLOADING, result=True)
+@example(message=LoadingState(None), status=Status.LOADED, result=None)
+@example(message=SleepingState(), status=Status.SLEEPING, result=None)
+@example(message=ReadyState({}), status=Status.DOWNLOADING, result=None)
+@example(message=DownloadResult(False), status=Status.LOADING, result=None)
+def test_a_message_out_of_place_is_logged_once_and_changes_nothing(message: Message,
+                                                                   status: Status,
+                                                                   result: bool | None) -> None:
+    """A well-formed message that the child's status does not allow ('loading' from a ready or
+    sleeping child, 'sleeping' from a loading one, 'ready' from a ready one, a download message
+    from a model child, a model message from a download child, anything from a download child
+    that has reported its result) is logged once under that child's id and changes nothing
+    (ROUTER.md section 2: logged and ignored), in a log line that says it was ignored."""
+    if status is Status.DOWNLOADING and result is not None:
+        status = Status.DOWNLOADED if result else Status.DOWNLOADING
+    else:
+        result = None
+        assume((status, type(message)) not in ACTED_ON)
+    core = core_in(status, result)
+    out = core.handle(ChildOutput(1, format_message(message)), 1.0)
+    assert len(out) == 1 and isinstance(out[0], Log), out
+    assert out[0].instance == 1 and out[0].text.startswith("ignored "), out
+    assert the_status(core) is status
+
+
+@given(line=st.one_of(messages.map(message_line),
+                      garbage_lines.filter(lambda b: bool(b) and b"\n" not in b)),
+       status=st.sampled_from([Status.LOADING, Status.LOADED, Status.DOWNLOADING]),
+       code=st.sampled_from([0, 1, 137]))
+def test_a_last_line_without_newline_is_read_at_exit(line: bytes, status: Status,
+                                                     code: int) -> None:
+    """A child's last line with no newline is read when it exits: from a model child, a log
+    line is logged as it is and a message only logged (an exited child is not ready, loading or
+    asleep any more), and the model ends UNLOADED with the exit code; from a download child, a
+    log line or a defect is logged once."""
+    core = core_in(status)
+    core.handle(ChildOutput(1, line), 1.0)
+    out = core.handle(ChildExited(1, code), 2.0)
+    logs = [c for c in out if isinstance(c, Log)]
+    parsed = parse_line(line)
+    if status is not Status.DOWNLOADING:
+        assert len(logs) == 1 and logs[0].instance == 1 and isinstance(logs[0].text, str), out
+        if isinstance(parsed, LogLine):
+            assert logs[0].text == parsed.text
+        else:
+            assert logs[0].text.startswith("ignored "), logs
+        assert the_status(core) is Status.UNLOADED and core.models["a"].exit_code == code
+        changes = [c for c in out if isinstance(c, Publish) and c.event == "status_change"]
+        assert changes and changes[-1].data["status"] == "unloaded", out
+        assert changes[-1].data.get("exit_code") == code, out
+    elif isinstance(parsed, (LogLine, Rejection)):
+        assert len(logs) == 1 and logs[0].instance == 1 and isinstance(logs[0].text, str), out
+
+
+# -- what a download child's report becomes on /models/sse ----------------------------------------
+
+URLS = st.sampled_from(["http://hub/u/r/a.gguf", "http://hub/u/r/b.gguf"])
+
+
+@given(progress=st.lists(st.builds(DownloadProgress, URLS, st.integers(0, 9), st.integers(0, 9)),
+                         max_size=4),
+       result=st.sampled_from([None, True, False]), code=st.sampled_from([0, 1, 137]))
+def test_a_download_is_published_as_its_child_reports_it(progress: list[DownloadProgress],
+                                                         result: bool | None, code: int) -> None:
+    """ROUTER.md sections 2 and 4: each progress line is published once as
+    ``download_progress`` with every file's progress so far (which ``GET /models`` shows until
+    the child exits); the result once, as ``download_finished`` (the model is DOWNLOADED, then
+    an ordinary UNLOADED model when its child exits) or ``download_failed``; a child that exits
+    without a result is a failed download with its exit code. A download that did not finish
+    leaves nothing: its files are removed and the model is forgotten."""
+    name = "u/r:Q"
+    core = core_in(Status.DOWNLOADING)
+    so_far: dict[str, dict[str, int]] = {}
+    for i, msg in enumerate(progress):
+        out = core.handle(ChildOutput(1, format_message(msg)), 0.1 * i)
+        so_far[msg.url] = {"done": msg.downloaded, "total": msg.total}
+        assert out == [Publish(name, "download_progress", {"progress": so_far})], out
+        assert core.models[name].info["progress"] == so_far
+    if result is not None:
+        out = core.handle(ChildOutput(1, format_message(DownloadResult(result))), 1.0)
+        events = [c.event for c in out if isinstance(c, Publish)]
+        assert events == (["status_change", "download_finished"] if result
+                          else ["download_failed"]), out
+        assert all(c.data == {"status": "downloaded"} if c.event == "status_change" else
+                   c.data == {} for c in out if isinstance(c, Publish)), out
+        assert SendExit(1) in out  # its work is done
+    out = core.handle(ChildExited(1, code), 2.0)
+    published = [(c.event, c.data) for c in out if isinstance(c, Publish)]
+    if result:
+        assert published == [("status_change", {"status": "unloaded"})], out
+        assert "progress" not in core.models[name].info
+        assert core.models[name].status is Status.UNLOADED
+        return
+    failed = [] if result is False else [("download_failed", {"exit_code": code})]
+    assert published == [*failed, ("status_change", {"status": "unloaded", "exit_code": code}),
+                         ("model_remove", {})], out
+    assert RemoveFiles(name) in out and name not in core.models

@@ -16,8 +16,10 @@ from .machine import router_machine
 GiB = 1024**3
 
 
-def three_models(models_max: int, **extra: object) -> RouterConfig:
-    specs = tuple(ModelSpec(n, stop_timeout=5.0) for n in ("A", "B", "C"))
+def three_models(models_max: int, startup: tuple[str, ...] = (), **extra: object) -> RouterConfig:
+    """Models A, B and C; those named in ``startup`` load when the router starts."""
+    specs = tuple(ModelSpec(n, stop_timeout=5.0, load_on_startup=n in startup)
+                  for n in ("A", "B", "C"))
     return RouterConfig(models=specs, models_max=models_max, drain_timeout=10.0,
                         **extra)  # type: ignore[arg-type]
 
@@ -25,20 +27,34 @@ def three_models(models_max: int, **extra: object) -> RouterConfig:
 MEMORY = RouterConfig(
     models=(ModelSpec("A", memory={"gpu0": 6 * GiB, "host": 1 * GiB}, stop_timeout=5.0),
             ModelSpec("B", memory={"gpu0": 5 * GiB}, stop_timeout=5.0, aliases=("b-alias",)),
-            ModelSpec("C", memory={"gpu0": 3 * GiB, "host": 2 * GiB}, stop_timeout=5.0),
+            ModelSpec("C", memory={"gpu0": 3 * GiB, "host": 2 * GiB}, stop_timeout=5.0,
+                      load_on_startup=True),
             ModelSpec("Huge", memory={"gpu0": 20 * GiB}, stop_timeout=5.0)),
     models_max=0, devices={"gpu0": 10 * GiB, "host": 2 * GiB})
+
+# The same models on a machine whose second GPU has no room left: no model names it, so it must
+# never keep one from loading; only long requests, so that the budget makes a queue.
+FULL_GPU = RouterConfig(models=MEMORY.models, models_max=0,
+                        devices={"gpu0": 10 * GiB, "host": 2 * GiB, "gpu1": 0})
 
 STEPS = settings(stateful_step_count=25)
 
 TestOneSlot = router_machine(three_models(1)).TestCase
 TestOneSlot.settings = STEPS
-TestTwoSlots = router_machine(three_models(2)).TestCase
+TestTwoSlots = router_machine(three_models(2, startup=("A", "B", "C"))).TestCase
 TestTwoSlots.settings = STEPS
 TestUnlimited = router_machine(three_models(0)).TestCase
 TestUnlimited.settings = STEPS
 TestMemoryBudget = router_machine(MEMORY).TestCase
 TestMemoryBudget.settings = STEPS
+TestDownloads = router_machine(three_models(1), focus="downloads").TestCase
+TestDownloads.settings = STEPS
+TestQueue = router_machine(three_models(1), focus="queue").TestCase
+TestQueue.settings = STEPS
+TestQueueTwoSlots = router_machine(three_models(2), focus="queue").TestCase
+TestQueueTwoSlots.settings = STEPS
+TestMemoryQueue = router_machine(FULL_GPU, focus="queue").TestCase
+TestMemoryQueue.settings = STEPS
 
 
 def find_counterexample(config: RouterConfig, max_steps: int = 5

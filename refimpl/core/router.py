@@ -18,6 +18,7 @@ the model is forgotten.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -79,11 +80,20 @@ class Model:
         return self.status in (Status.DOWNLOADING, Status.DOWNLOADED)
 
 
+class Phase(enum.Enum):
+    """Where a request is: waiting for its model's download, in the queue, waiting for its
+    model's load, or on its way to a child."""
+
+    DOWNLOAD = "download"
+    QUEUED = "queued"
+    WAITING = "waiting"
+    FORWARDED = "forwarded"
+
+
 @dataclass(slots=True)
 class Request:
-    req: int
     model: str
-    phase: str  # "download" | "queued" | "waiting" | "forwarded"
+    phase: Phase
     seq: int = 0  # its place in arrival order (a request that waited for a download: its end)
 
 
@@ -165,7 +175,7 @@ class RouterCore:
             model.vanished = True
             if model.instance is None:
                 self._forget(model)
-                out.append(Publish(name, "model_remove", {}))
+                out.append(Publish(name, "model_remove"))
             else:
                 self.stop(model, now, out)
         for spec in event.specs:
@@ -222,7 +232,7 @@ class RouterCore:
         elif isinstance(event, UnloadAsked):
             self._on_unload_asked(event, now, out)
         elif isinstance(event, DownloadAsked):
-            self._on_download_asked(event, now, out)
+            self._on_download_asked(event, out)
         elif isinstance(event, RemoveAsked):
             self._on_remove_asked(event, now, out)
         elif isinstance(event, CatalogChanged):
@@ -256,13 +266,13 @@ class RouterCore:
                 out.append(Reply(req, 400, errors.MODEL_NOT_LOADED,
                                  f"model {name!r} is not loaded (still downloading)"))
                 return
-            self.requests[req] = Request(req, name, "download")
+            self.requests[req] = Request(name, Phase.DOWNLOAD)
             model.after_download.append(req)
             return
         if inst is not None and not inst.stopping and (
                 name not in self.scheduler.draining or not autoload):
             if model.status is Status.LOADING:
-                self.requests[req] = Request(req, name, "waiting")
+                self.requests[req] = Request(name, Phase.WAITING)
                 model.waiters.append(req)
             else:
                 self.forward(req, model, now, out)
@@ -271,13 +281,13 @@ class RouterCore:
             out.append(Reply(req, 400, errors.MODEL_NOT_LOADED,
                              f"model {name!r} is not loaded"))
             return
-        self.requests[req] = Request(req, name, "queued", self.scheduler.next_seq())
+        self.requests[req] = Request(name, Phase.QUEUED, self.scheduler.next_seq())
         self.scheduler.enqueue(name, req)
         self.scheduler.run(now, out)
 
     def forward(self, req: int, model: Model, now: float, out: list[Command]) -> None:
         assert model.instance is not None
-        self.requests[req] = Request(req, model.spec.name, "forwarded")
+        self.requests[req] = Request(model.spec.name, Phase.FORWARDED)
         model.forwarded.add(req)
         model.last_used = now
         out.append(Forward(req, model.spec.name, model.instance.id))
@@ -297,14 +307,14 @@ class RouterCore:
         request = self.requests.get(req)
         if request is None:
             return
-        if request.phase == "download":
+        if request.phase is Phase.DOWNLOAD:
             del self.requests[req]
             self.models[request.model].after_download.remove(req)
             return
-        if request.phase == "queued":
+        if request.phase is Phase.QUEUED:
             del self.requests[req]
             self.scheduler.dequeue(request.model, req)
-        elif request.phase == "waiting":
+        elif request.phase is Phase.WAITING:
             del self.requests[req]
             self.models[request.model].waiters.remove(req)
         else:
@@ -316,7 +326,7 @@ class RouterCore:
         """Queued requests join the model's child: wait for its load, or go to it now."""
         for req in reqs:
             if model.status is Status.LOADING:
-                self.requests[req] = Request(req, model.spec.name, "waiting")
+                self.requests[req] = Request(model.spec.name, Phase.WAITING)
                 model.waiters.append(req)
             else:
                 self.forward(req, model, now, out)
@@ -367,7 +377,7 @@ class RouterCore:
         self.stop(model, now, out)
         out.append(Reply(event.req, 200, errors.OK))
 
-    def _on_download_asked(self, event: DownloadAsked, now: float, out: list[Command]) -> None:
+    def _on_download_asked(self, event: DownloadAsked, out: list[Command]) -> None:
         name = event.model
         if name in self.models or self.resolve(name) is not None:
             out.append(Reply(event.req, 400, errors.ALREADY_EXISTS,
@@ -413,13 +423,13 @@ class RouterCore:
         name = model.spec.name
         out.append(RemoveFiles(name))
         self._forget(model)
-        out.append(Publish(name, "model_remove", {}))
+        out.append(Publish(name, "model_remove"))
         for req in model.removing:
             out.append(Reply(req, 200, errors.OK))
 
     # -- children ----------------------------------------------------------------------------
 
-    def spawn(self, model: Model, now: float, out: list[Command]) -> None:
+    def spawn(self, model: Model, out: list[Command]) -> None:
         # It counts with the need its spec says now, whatever a later reload says.
         inst = Instance(self._next_instance, model.spec.name, memory=model.spec.memory)
         self._next_instance += 1
@@ -496,9 +506,9 @@ class RouterCore:
         model.download_result = msg.ok
         if msg.ok:
             self._set_status(model, Status.DOWNLOADED, out)
-            out.append(Publish(name, "download_finished", {}))
+            out.append(Publish(name, "download_finished"))
         else:
-            out.append(Publish(name, "download_failed", {}))
+            out.append(Publish(name, "download_failed"))
         self.stop(model, now, out)  # its work is done: ask it to exit
 
     def _on_download_exit(self, inst: Instance, model: Model, code: int, now: float,
@@ -511,12 +521,16 @@ class RouterCore:
             # Replaced by a fresh entry: an ordinary cache model, loaded for whoever waited.
             self._set_status(model, Status.UNLOADED, out)
             waiting, model.after_download = model.after_download, []
+            if inst.exit_replies:  # an unload came as it ended: it cancels its waiters too
+                self.fail_waiters(waiting, 503, errors.DOWNLOAD_FAILED,
+                                  f"model {model.spec.name!r} was unloaded as its download "
+                                  f"ended", out)
+                waiting = []
             for req in waiting:
-                self.requests[req] = Request(req, model.spec.name, "queued",
+                self.requests[req] = Request(model.spec.name, Phase.QUEUED,
                                              self.scheduler.next_seq())
                 self.scheduler.enqueue(model.spec.name, req)
-            if model.load_after_download:
-                model.load_after_download = False
+            if model.load_after_download:  # not read again: a new download is a new entry
                 self.scheduler.enqueue(model.spec.name, None)
             self.scheduler.run(now, out)
             return
@@ -551,12 +565,17 @@ class RouterCore:
         self.scheduler.run(now, out)
 
     def _dispatch_again(self, req: int, model: Model, now: float, out: list[Command]) -> None:
-        """Send ``req`` to its model's child if usable, else back into the queue."""
-        seq = self.requests.pop(req).seq
+        """Send ``req`` to its model's child if usable, else back into the queue; for a model
+        on its way out (removed, or gone from the sources), it waits for the exit that answers
+        it, as nothing will load that model again."""
+        del self.requests[req]
         if model.usable:
             self.forward(req, model, now, out)
-        else:  # it keeps its place in arrival order
-            self.requests[req] = Request(req, model.spec.name, "queued", seq)
+        elif model.removing or model.vanished:
+            self.requests[req] = Request(model.spec.name, Phase.WAITING)
+            model.waiters.append(req)
+        else:  # at the head of the queue (seq 0), as when its load was started
+            self.requests[req] = Request(model.spec.name, Phase.QUEUED)
             self.scheduler.enqueue(model.spec.name, req)
 
     def _on_exit(self, instance: int, code: int, now: float, out: list[Command]) -> None:
@@ -590,7 +609,7 @@ class RouterCore:
             self._finish_remove(model, out)
         elif model.vanished:
             self._forget(model)
-            out.append(Publish(model.spec.name, "model_remove", {}))
+            out.append(Publish(model.spec.name, "model_remove"))
         # Forwarded requests end through ResponseEnded from the proxy; their refs go with them.
         self.scheduler.run(now, out)
 

@@ -181,7 +181,7 @@ class Scheduler:
             if not self._fits(model, self._counted(projected=False)):
                 return
             del self.queue[name]
-            core.spawn(model, now, out)
+            core.spawn(model, out)
             core.join(model, entry.waiters, now, out)
 
     def _plan_evictions(self, now: float, out: list[Command]) -> bool:

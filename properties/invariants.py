@@ -261,8 +261,10 @@ def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, fl
         return r.arrived
 
     # A request that finds its model queued joins that entry: its place in the queue is the
-    # oldest waiting request's, and what joined an entry ahead of it is work ahead of it.
-    place: dict[int, tuple[float, int]] = {}
+    # oldest waiting request's, and what joined an entry ahead of it is work ahead of it. A
+    # request whose client left before this one was decided holds no place for it: the entry
+    # moves back to its oldest request still waiting.
+    candidates: dict[int, list[tuple[tuple[float, float], int | None]]] = {}
     for at, replay in _walk(trace, config):
         if isinstance(at.what, RequestArrived):
             model = replay.model_of(at.what.model)
@@ -273,11 +275,22 @@ def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, fl
                     and not child.download:  # it joins a load in progress: the load's place
                 asked.append(child.place)
             # (one that waited for a download holds its place from the download's end)
-            place[at.what.req] = min([(at.t, replay.index + 1), *asked,
-                                      *((max(r.arrived, start_of(r)), r.seq)
-                                        for r in replay.open_for(model)
-                                        if not replay.doomed(r))])
-    keys: dict[int, tuple[float, int]] = {}
+            candidates[at.what.req] = [((at.t, replay.index + 1), None),
+                                       *((key, None) for key in asked),
+                                       *(((max(r.arrived, start_of(r)), r.seq), r.req)
+                                         for r in replay.open_for(model)
+                                         if not replay.doomed(r))]
+
+    def held(other: int | None, by: Req) -> bool:
+        if other is None:
+            return True
+        o = h.requests[other]
+        decided = by.decided_at if by.decided_at is not None else h.end
+        return not (o.gone and o.ended_at is not None and o.ended_at <= decided)
+
+    place = {req: min(key for key, other in found if held(other, h.requests[req]))
+             for req, found in candidates.items()}
+    keys: dict[int, tuple[float, float]] = {}
     for r in h.requests.values():
         start = start_of(r)
         keys[r.req] = (start, r.seq) if start > r.arrived else place.get(r.req, (r.arrived, r.seq))

@@ -124,3 +124,26 @@ def test_a_crash_must_be_reported_failed() -> None:
     stopped = [*serve_a(), At(3, SendExit(1)), At(3.5, ChildExited(1, 139)),
                At(3.5, unloaded("A", 139))]
     assert not exit_reaches_unloaded(stopped, ONE)
+
+
+def test_a_request_whose_entrys_oldest_request_left_waits_from_its_own_place() -> None:
+    """Found by the queue state machine: B's first request left while queued; B's second one
+    arrived after C's, so FIFO serves C first (30 s) and the second B after it. ``bounded_wait``
+    must judge that request from its own place, not from the place of the one that left."""
+    from simulator.engine import Simulation
+
+    from .machine import MACHINE_FAULTS, SETTLE
+    config = RouterConfig(models=tuple(ModelSpec(n, stop_timeout=5.0) for n in "ABC"),
+                          models_max=1, drain_timeout=10.0)
+    s = Simulation(config, None, MACHINE_FAULTS, random.Random(0), duration=0.0, drain=1e9)
+    s.start()
+    s.run_until(0.0)
+    for name in "ABCB":
+        s.request(name, 30.0)
+    s.give_up(1)
+    s.give_up(2)
+    s.run_until(s.now + SETTLE)
+    assert s.trace is not None
+    forwards = [at.what.model for at in s.trace if isinstance(at.what, Forward)]
+    assert forwards == ["C", "B"], forwards  # the router's order: by arrival of what still waits
+    assert check_all(s.trace, config) == []

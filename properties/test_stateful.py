@@ -74,8 +74,10 @@ def find_counterexample(config: RouterConfig, max_steps: int = 5
         run_state_machine_as_test(machine, settings=settings(**chosen))
     shrunk = time.perf_counter() - started
     notes = "\n".join([str(failure.value), *getattr(failure.value, "__notes__", [])])
+    checks = {name for name in dir(machine)  # the machine's invariants: checks, not steps
+              if getattr(getattr(machine, name), "hypothesis_stateful_invariant", None)}
     steps = [line for line in notes.splitlines() if line.startswith("state.")
-             and not line.startswith("state.teardown") and not line.startswith("state.start")]
+             and line[len("state."):].split("(")[0] not in {"teardown", "start", *checks}]
     return notes, len(steps), found, shrunk
 
 

@@ -262,8 +262,8 @@ def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, fl
 
     # A request that finds its model queued joins that entry: its place in the queue is the
     # oldest waiting request's, and what joined an entry ahead of it is work ahead of it. A
-    # request whose client left before this one was decided holds no place for it: the entry
-    # moves back to its oldest request still waiting.
+    # request whose client left while the entry was still queued holds no place for it: the
+    # entry moves back to its oldest request still waiting.
     candidates: dict[int, list[tuple[tuple[float, float], int | None]]] = {}
     for at, replay in _walk(trace, config):
         if isinstance(at.what, RequestArrived):
@@ -282,11 +282,19 @@ def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, fl
                                          if not replay.doomed(r))]
 
     def held(other: int | None, by: Req) -> bool:
+        """Whether ``other`` still holds the entry's place for ``by``: it did not leave before
+        the entry's load was started (``by`` joined that load) or, with no load, before ``by``
+        was decided. A load started for it keeps its place after it leaves."""
         if other is None:
             return True
         o = h.requests[other]
-        decided = by.decided_at if by.decided_at is not None else h.end
-        return not (o.gone and o.ended_at is not None and o.ended_at <= decided)
+        if not o.gone or o.ended_at is None:
+            return True
+        cutoff = by.decided_at if by.decided_at is not None else h.end
+        load = h.children.get(by.joined) if by.joined is not None else None
+        if load is not None:
+            cutoff = min(cutoff, load.spawned)
+        return o.ended_at > cutoff
 
     place = {req: min(key for key, other in found if held(other, h.requests[req]))
              for req, found in candidates.items()}

@@ -147,3 +147,27 @@ def test_a_request_whose_entrys_oldest_request_left_waits_from_its_own_place() -
     forwards = [at.what.model for at in s.trace if isinstance(at.what, Forward)]
     assert forwards == ["C", "B"], forwards  # the router's order: by arrival of what still waits
     assert check_all(s.trace, config) == []
+
+
+def test_a_load_started_for_a_request_that_left_keeps_its_place() -> None:
+    """Found by the queue state machine: A's load started for its first request, whose client
+    then left; A's second request (which arrived after C's) joined that load and is served
+    first. ``bounded_wait`` counts it as work ahead of C's request: the load keeps its place."""
+    from simulator.engine import Simulation
+
+    from .machine import MACHINE_FAULTS, SETTLE
+    config = RouterConfig(models=tuple(ModelSpec(n, stop_timeout=5.0) for n in "ABC"),
+                          models_max=1, drain_timeout=10.0)
+    s = Simulation(config, None, MACHINE_FAULTS, random.Random(0), duration=0.0, drain=1e9)
+    s.start()
+    s.run_until(0.0)
+    for name in "BACA":
+        s.request(name, 30.0)
+    s.give_up(1)
+    s.run_until(s.now + 2.0)
+    s.give_up(2)
+    s.run_until(s.now + SETTLE)
+    assert s.trace is not None
+    forwards = [at.what.model for at in s.trace if isinstance(at.what, Forward)]
+    assert forwards == ["A", "C"], forwards
+    assert check_all(s.trace, config) == []

@@ -126,10 +126,11 @@ def test_a_crash_must_be_reported_failed() -> None:
     assert not exit_reaches_unloaded(stopped, ONE)
 
 
-def test_a_request_whose_entrys_oldest_request_left_waits_from_its_own_place() -> None:
-    """Found by the queue state machine: B's first request left while queued; B's second one
-    arrived after C's, so FIFO serves C first (30 s) and the second B after it. ``bounded_wait``
-    must judge that request from its own place, not from the place of the one that left."""
+
+def _queue_run(names: str, steps: list[tuple[int, float]]) -> tuple[list[str], list[At]]:
+    """Three models, one slot: long requests for ``names`` at t=0, then for each step the
+    client of request ``req`` leaves after ``wait`` more seconds; the models forwarded to, in
+    order, and the trace."""
     from simulator.engine import Simulation
 
     from .machine import MACHINE_FAULTS, SETTLE
@@ -138,36 +139,28 @@ def test_a_request_whose_entrys_oldest_request_left_waits_from_its_own_place() -
     s = Simulation(config, None, MACHINE_FAULTS, random.Random(0), duration=0.0, drain=1e9)
     s.start()
     s.run_until(0.0)
-    for name in "ABCB":
+    for name in names:
         s.request(name, 30.0)
-    s.give_up(1)
-    s.give_up(2)
+    for req, wait in steps:
+        s.run_until(s.now + wait)
+        s.give_up(req)
     s.run_until(s.now + SETTLE)
     assert s.trace is not None
-    forwards = [at.what.model for at in s.trace if isinstance(at.what, Forward)]
-    assert forwards == ["C", "B"], forwards  # the router's order: by arrival of what still waits
     assert check_all(s.trace, config) == []
+    return [at.what.model for at in s.trace if isinstance(at.what, Forward)], s.trace
+
+
+def test_a_request_whose_entrys_oldest_request_left_waits_from_its_own_place() -> None:
+    """Found by the queue state machine: B's first request left while queued; B's second one
+    arrived after C's, so FIFO serves C first (30 s) and the second B after it. ``bounded_wait``
+    must judge that request from its own place, not from the place of the one that left."""
+    forwards, _ = _queue_run("ABCB", [(1, 0.0), (2, 0.0)])
+    assert forwards == ["C", "B"], forwards  # the router's order: by arrival of what still waits
 
 
 def test_a_load_started_for_a_request_that_left_keeps_its_place() -> None:
     """Found by the queue state machine: A's load started for its first request, whose client
     then left; A's second request (which arrived after C's) joined that load and is served
     first. ``bounded_wait`` counts it as work ahead of C's request: the load keeps its place."""
-    from simulator.engine import Simulation
-
-    from .machine import MACHINE_FAULTS, SETTLE
-    config = RouterConfig(models=tuple(ModelSpec(n, stop_timeout=5.0) for n in "ABC"),
-                          models_max=1, drain_timeout=10.0)
-    s = Simulation(config, None, MACHINE_FAULTS, random.Random(0), duration=0.0, drain=1e9)
-    s.start()
-    s.run_until(0.0)
-    for name in "BACA":
-        s.request(name, 30.0)
-    s.give_up(1)
-    s.run_until(s.now + 2.0)
-    s.give_up(2)
-    s.run_until(s.now + SETTLE)
-    assert s.trace is not None
-    forwards = [at.what.model for at in s.trace if isinstance(at.what, Forward)]
+    forwards, _ = _queue_run("BACA", [(1, 0.0), (2, 2.0)])
     assert forwards == ["A", "C"], forwards
-    assert check_all(s.trace, config) == []

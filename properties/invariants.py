@@ -350,6 +350,18 @@ def bounded_wait(trace: Trace, config: RouterConfig) -> list[Violation]:
 def _request_error_cause(r: Req, reply: Reply, replay: Replay,
                          config: RouterConfig) -> tuple[int, str] | None:
     """The (status, kind) the trace shows a cause for, if any."""
+    want = _event_error_cause(r, reply, replay, config)
+    autoload = config.autoload if r.autoload is None else r.autoload
+    if want != (reply.status, reply.kind) and not autoload and r.known and \
+            r.instance is None and replay.usable(r.model) is None:
+        # Autoload off, held behind its model's drain, and that model stopped meanwhile.
+        return 400, errors.MODEL_NOT_LOADED
+    return want
+
+
+def _event_error_cause(r: Req, reply: Reply, replay: Replay,
+                       config: RouterConfig) -> tuple[int, str] | None:
+    """The (status, kind) that the event being replayed is a cause for, if any."""
     cause = replay.cause
     if reply.status == 507 and replay.too_big(r.model):
         return 507, errors.INSUFFICIENT_MEMORY
@@ -407,7 +419,8 @@ def _catalog_clash(replay: Replay, event: CatalogChanged) -> bool:
 
 def errors_have_causes(trace: Trace, config: RouterConfig) -> list[Violation]:
     """An error answers only a cause the trace shows: a request with no model, an unknown or
-    removed model, autoload off for a model not running, a model too big for a device, or that
+    removed model, autoload off for a model not running (when the request came, or when its
+    turn came: behind a drain it waits like any other), a model too big for a device, or that
     model's own child failing or being unloaded under it; an API call refused only when its
     model is unknown, already running (load), not running (unload) or already exists
     (download), or when a catalog change names a model twice. Each error has the status and the

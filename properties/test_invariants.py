@@ -164,3 +164,71 @@ def test_a_load_started_for_a_request_that_left_keeps_its_place() -> None:
     first. ``bounded_wait`` counts it as work ahead of C's request: the load keeps its place."""
     forwards, _ = _queue_run("BACA", [(1, 0.0), (2, 2.0)])
     assert forwards == ["A", "C"], forwards
+
+
+def _drain_run(then: list[tuple[float, str, bool | None]]) -> tuple[dict[int, Any], list[At]]:
+    """Two models, one slot: a 30 s request for B, then one for A (B drains for it); then
+    each ``(wait, model, autoload)`` sends a 30 s request after ``wait`` more seconds. What
+    each request got (``"forwarded to X"`` or the reply's kind), and the trace."""
+    from simulator.engine import Simulation
+
+    from .machine import MACHINE_FAULTS, SETTLE
+    config = RouterConfig(models=tuple(ModelSpec(n, stop_timeout=5.0) for n in "AB"),
+                          models_max=1, drain_timeout=10.0)
+    s = Simulation(config, None, MACHINE_FAULTS, random.Random(0), duration=0.0, drain=1e9)
+    s.start()
+    s.run_until(0.0)
+    s.request("B", 30.0)
+    s.request("A", 30.0)
+    for wait, name, autoload in then:
+        s.run_until(s.now + wait)
+        s.request(name, 30.0, autoload=autoload)
+    s.run_until(s.now + SETTLE)
+    assert s.trace is not None
+    assert check_all(s.trace, config) == []
+    got: dict[int, Any] = {}
+    for at in s.trace:
+        if isinstance(at.what, Forward):
+            got.setdefault(at.what.req, f"forwarded to {at.what.model}")
+        elif isinstance(at.what, Reply):
+            got.setdefault(at.what.req, at.what.kind)
+    return got, s.trace
+
+
+def test_autoload_off_waits_behind_a_drain() -> None:
+    """Found by the queue state machine: B drains for A's request; a request for B with
+    autoload off used to go straight to B, keeping it busy 30 s more than A's bound. It waits
+    behind the drain like any other; B is then stopped for A, and it is refused as for any
+    model not running (400 ``model_not_loaded``), after A's request has gone on."""
+    got, trace = _drain_run([(15.0, "B", False)])
+    assert got == {1: "forwarded to B", 2: "forwarded to A", 3: errors.MODEL_NOT_LOADED}, got
+    forwarded_a = next(at.t for at in trace if isinstance(at.what, Forward)
+                       and at.what.model == "A")
+    refused = next(at.t for at in trace if isinstance(at.what, Reply) and at.what.req == 3)
+    assert refused <= forwarded_a, (refused, forwarded_a)  # answered once B stops: not later
+
+
+def test_autoload_off_is_served_when_the_drain_is_called_off() -> None:
+    """The drain ends without a stop (A's client leaves): B keeps running, and the request
+    with autoload off that waited behind the drain goes to B."""
+    from simulator.engine import Simulation
+
+    from .machine import MACHINE_FAULTS, SETTLE
+    config = RouterConfig(models=tuple(ModelSpec(n, stop_timeout=5.0) for n in "AB"),
+                          models_max=1, drain_timeout=10.0)
+    s = Simulation(config, None, MACHINE_FAULTS, random.Random(0), duration=0.0, drain=1e9)
+    s.start()
+    s.run_until(0.0)
+    s.request("B", 30.0)
+    a = s.request("A", 30.0)
+    s.run_until(15.0)
+    held = s.request("B", 30.0, autoload=False)
+    s.run_until(20.0)
+    assert not any(isinstance(at.what, (Forward, Reply)) and at.what.req == held
+                   for at in s.trace or []), "served while B drains"
+    s.give_up(a)
+    s.run_until(s.now + SETTLE)
+    assert s.trace is not None
+    assert check_all(s.trace, config) == []
+    forwards = {at.what.req: at.what.model for at in s.trace if isinstance(at.what, Forward)}
+    assert forwards.get(held) == "B", forwards

@@ -95,6 +95,7 @@ class Request:
     model: str
     phase: Phase
     seq: int = 0  # its place in arrival order (a request that waited for a download: its end)
+    autoload: bool = True  # off: served only by a child that runs when its turn comes
 
 
 class RouterCore:
@@ -269,19 +270,21 @@ class RouterCore:
             self.requests[req] = Request(name, Phase.DOWNLOAD)
             model.after_download.append(req)
             return
-        if inst is not None and not inst.stopping and (
-                name not in self.scheduler.draining or not autoload):
+        if inst is not None and not inst.stopping and name not in self.scheduler.draining:
             if model.status is Status.LOADING:
-                self.requests[req] = Request(name, Phase.WAITING)
+                self.requests[req] = Request(name, Phase.WAITING, autoload=autoload)
                 model.waiters.append(req)
             else:
                 self.forward(req, model, now, out)
             return
-        if not autoload:
+        if not autoload and (inst is None or inst.stopping):
             out.append(Reply(req, 400, errors.MODEL_NOT_LOADED,
                              f"model {name!r} is not loaded"))
             return
-        self.requests[req] = Request(name, Phase.QUEUED, self.scheduler.next_seq())
+        # Queued, also with autoload off for a draining model: it waits behind the drain like
+        # any other request (or that model would never drain), and is refused if the model is
+        # stopped before its turn (``_refuse_held``).
+        self.requests[req] = Request(name, Phase.QUEUED, self.scheduler.next_seq(), autoload)
         self.scheduler.enqueue(name, req)
         self.scheduler.run(now, out)
 
@@ -326,7 +329,7 @@ class RouterCore:
         """Queued requests join the model's child: wait for its load, or go to it now."""
         for req in reqs:
             if model.status is Status.LOADING:
-                self.requests[req] = Request(model.spec.name, Phase.WAITING)
+                self.requests[req].phase = Phase.WAITING
                 model.waiters.append(req)
             else:
                 self.forward(req, model, now, out)
@@ -451,6 +454,18 @@ class RouterCore:
         else:
             out.append(SendExit(inst.id))
             inst.kill_at = now + model.spec.stop_timeout
+        self._refuse_held(model, out)
+
+    def _refuse_held(self, model: Model, out: list[Command]) -> None:
+        """Requests with autoload off that queued behind the drain of ``model``: it stops, so
+        they get what any request with autoload off gets for a model not running."""
+        name = model.spec.name
+        entry = self.scheduler.queue.get(name)
+        held = [r for r in entry.waiters if not self.requests[r].autoload] if entry else []
+        for req in held:
+            self.scheduler.dequeue(name, req)
+        self.fail_waiters(held, 400, errors.MODEL_NOT_LOADED, f"model {name!r} is not loaded "
+                          "(it was unloaded while the request waited for its turn)", out)
 
     def _on_output(self, instance: int, data: bytes, now: float, out: list[Command]) -> None:
         inst = self.instances.get(instance)
@@ -568,12 +583,13 @@ class RouterCore:
         """Send ``req`` to its model's child if usable, else back into the queue; for a model
         on its way out (removed, or gone from the sources), it waits for the exit that answers
         it, as nothing will load that model again."""
-        del self.requests[req]
         if model.usable:
             self.forward(req, model, now, out)
         elif model.removing or model.vanished:
-            self.requests[req] = Request(model.spec.name, Phase.WAITING)
             model.waiters.append(req)
+        elif not self.requests[req].autoload:  # its child is already stopping
+            self.fail_waiters([req], 400, errors.MODEL_NOT_LOADED,
+                              f"model {model.spec.name!r} is not loaded", out)
         else:  # at the head of the queue (seq 0), as when its load was started
             self.requests[req] = Request(model.spec.name, Phase.QUEUED)
             self.scheduler.enqueue(model.spec.name, req)
@@ -597,6 +613,7 @@ class RouterCore:
         model.instance = None
         model.exit_code = code
         requested = inst.stopping
+        self._refuse_held(model, out)  # a child that crashed: not stopped before
         model.failed = code != 0 and not requested
         self._set_status(model, Status.UNLOADED, out, exit_code=code, failed=model.failed)
         waiters, model.waiters = model.waiters, []

@@ -723,7 +723,8 @@ def fifo_between_models(trace: Trace, config: RouterConfig) -> list[Violation]:
 
 
 def never_forward_to_stopping(trace: Trace, config: RouterConfig) -> list[Violation]:
-    """Requests go only to a child that is ready and not stopping (Z9)."""
+    """Requests go only to a child that is ready and not stopping (Z9), at the address it
+    was started with."""
     out: list[Violation] = []
     for at, replay in _walk(trace, config):
         what = at.what
@@ -734,6 +735,11 @@ def never_forward_to_stopping(trace: Trace, config: RouterConfig) -> list[Violat
                 out.append(Violation("never_forward_to_stopping", at.t,
                                      f"request {what.req} forwarded to {what.model} instance "
                                      f"{what.instance}, which is {state}"))
+            elif what.address != child.address:
+                out.append(Violation("never_forward_to_stopping", at.t,
+                                     f"request {what.req} forwarded to {what.address}, but "
+                                     f"{what.model} instance {what.instance} serves at "
+                                     f"{child.address}"))
     return out
 
 

@@ -18,8 +18,8 @@ from typing import Iterable, Mapping
 
 from refimpl.core.commands import Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
 from refimpl.core.config import ModelSpec, RouterConfig
-from refimpl.core.events import (EVENT_TYPES, CatalogChanged, ChildExited, ChildOutput, ClientGone,
-                                 DownloadAsked, LoadAsked, RemoveAsked, RequestArrived,
+from refimpl.core.events import (EVENT_TYPES, CatalogChanged, ChildExited, ChildOutput,
+                                 ChildStarted, ClientGone, DownloadAsked, LoadAsked, RemoveAsked, RequestArrived,
                                  ResponseEnded, RouterStarted, UnloadAsked)
 from refimpl.core.trace import At, Item
 
@@ -43,6 +43,7 @@ class Child:
     seq: int = 0  # the index of its spawn in the trace
     place: tuple[float, float] = (0.0, 0)  # the queue place of the demand it was loaded for
     results: int = 0  # download_finished / download_failed published for it
+    address: str | None = None  # where it serves (ChildStarted), if the world said
 
     @property
     def ready(self) -> bool:
@@ -330,6 +331,10 @@ class Replay:
                                                                           RemoveAsked)):
                     self.asked.pop(stopped.model, None)
                     self.asked_by.pop(stopped.model, None)
+        elif isinstance(what, ChildStarted):
+            started = self.children.get(what.instance)
+            if started is not None:
+                started.address = what.address
         elif isinstance(what, ChildExited):
             exited = self.children.pop(what.instance, None)
             self._flight.pop(what.instance, None)

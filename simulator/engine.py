@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterator
 from refimpl.core.commands import Command, Forward, Kill, RemoveFiles, Reply, SendExit, Spawn
 from refimpl.core.config import RouterConfig
 from refimpl.core.config import ModelSpec
-from refimpl.core.events import (CatalogChanged, ClientGone, DownloadAsked, Event, LoadAsked,
-                                 RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
+from refimpl.core.events import (CatalogChanged, ChildStarted, ClientGone, DownloadAsked, Event,
+                                 LoadAsked, RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
                                  TimerFired, UnloadAsked)
 from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
@@ -158,6 +158,9 @@ class Simulation:
             cls = SimDownloadChild if command.download else SimChild
             child = cls(self, command.instance, command.model)
             self.children[command.instance] = child
+            # its process runs: the router hears where it serves before any of its output
+            self.at(self.now, self.deliver, ChildStarted(command.instance,
+                                                         f"sim:{command.instance}"))
             child.start()
         elif kind is SendExit:
             assert isinstance(command, SendExit)

@@ -40,6 +40,28 @@ def test_the_core_imports_no_io_clock_or_randomness() -> None:
             assert not banned.intersection(names), f"{path.name} imports {names}"
 
 
+def test_the_core_modules_import_no_circle() -> None:
+    """The scheduler decides and the core carries out: the core's modules import one another
+    in one direction only (the scheduler reads the core through ``Effects``, not by import)."""
+    core_dir = Path(__file__).resolve().parent.parent / "refimpl" / "core"
+    imports: dict[str, set[str]] = {}
+    for path in core_dir.glob("*.py"):
+        imports[path.stem] = {node.module for node in ast.walk(ast.parse(path.read_text()))
+                              if isinstance(node, ast.ImportFrom) and node.level == 1
+                              and node.module}
+    assert "router" not in imports["scheduler"], imports["scheduler"]
+
+    def reach(start: str, seen: set[str]) -> set[str]:
+        for name in imports.get(start, ()):
+            if name not in seen:
+                seen.add(name)
+                reach(name, seen)
+        return seen
+
+    circles = sorted(m for m in imports if m in reach(m, set()))
+    assert circles == [], f"import circles through {circles}"
+
+
 def test_cold_request_loads_then_forwards() -> None:
     c = core("a")
     out = c.handle(RequestArrived(1, "a"), 0.0)

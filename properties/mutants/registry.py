@@ -139,8 +139,10 @@ MUTANTS: dict[str, Mutant] = {m.id: m for m in [
     )),
     Mutant("Z9", "requests are forwarded to a child that is stopping", "core", (
         Edit(ROUTER,
-             "        if inst is not None and not inst.stopping and (",
-             "        if inst is not None and (  # the bug: a stopping child still takes requests"),
+             "        if inst is not None and not inst.stopping and name not in self.scheduler"
+             ".draining:",
+             "        if inst is not None and name not in self.scheduler.draining:"
+             "  # the bug: a stopping child still takes requests"),
     )),
     Mutant("Z10", "running out of capacity answers 500 'model limit reached' instead of "
                   "queueing", "core", (
@@ -265,9 +267,9 @@ MUTANTS: dict[str, Mutant] = {m.id: m for m in [
     )),
     Mutant("Z21", "the proxy drops the query string", "proxy", (
         Edit(APP,
-             """        url = httpx.URL(f"http://127.0.0.1:{child.port}{target}")
+             """        url = httpx.URL(f"http://{forward.address}{target}")
 """,
-             """        url = httpx.URL(f"http://127.0.0.1:{child.port}{target.partition('?')[0]}")  # the bug
+             """        url = httpx.URL(f"http://{forward.address}{target.partition('?')[0]}")  # the bug
 """),
     )),
 ]}

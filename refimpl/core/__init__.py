@@ -2,16 +2,16 @@
 
 from .commands import Command, Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
 from .config import DEFAULT_POLICY, POLICIES, ModelSpec, RouterConfig
-from .events import (ChildExited, ChildOutput, ClientGone, DownloadAsked, Event, LoadAsked,
-                     RemoveAsked, RequestArrived, ResponseEnded, RouterStarted, TimerFired,
-                     UnloadAsked)
+from .events import (ChildExited, ChildOutput, ChildStarted, ClientGone, DownloadAsked, Event,
+                     LoadAsked, RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
+                     TimerFired, UnloadAsked)
 from .lifecycle import IllegalTransition, Status
 from .router import RouterCore
 
 __all__ = [
     "Command", "Forward", "Kill", "Log", "Publish", "RemoveFiles", "Reply", "SendExit", "Spawn",
     "DEFAULT_POLICY", "POLICIES", "ModelSpec", "RouterConfig",
-    "ChildExited", "ChildOutput", "ClientGone", "Event", "LoadAsked", "RequestArrived",
-    "ResponseEnded", "RouterStarted", "TimerFired", "UnloadAsked", "DownloadAsked", "RemoveAsked",
+    "ChildExited", "ChildOutput", "ChildStarted", "ClientGone", "Event", "LoadAsked",
+    "RequestArrived", "ResponseEnded", "RouterStarted", "TimerFired", "UnloadAsked", "DownloadAsked", "RemoveAsked",
     "IllegalTransition", "Status", "RouterCore",
 ]

@@ -34,11 +34,14 @@ class Kill:
 
 @dataclass(frozen=True, slots=True)
 class Forward:
-    """Proxy request ``req`` to the child ``instance`` of ``model``."""
+    """Proxy request ``req`` to the child ``instance`` of ``model``, which serves at
+    ``address`` (``host:port``, from ``ChildStarted``; None only for a core driven by hand that
+    was never told)."""
 
     req: int
     model: str
     instance: int
+    address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

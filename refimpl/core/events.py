@@ -97,6 +97,15 @@ class ChildOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class ChildStarted:
+    """The process of child ``instance`` runs and serves HTTP at ``address`` (``host:port``).
+    It comes before any of that child's output."""
+
+    instance: int
+    address: str
+
+
+@dataclass(frozen=True, slots=True)
 class ChildExited:
     """A child process ended with ``code`` (negative: killed by that signal)."""
 
@@ -110,8 +119,10 @@ class TimerFired:
 
 
 Event = Union[RouterStarted, RequestArrived, ClientGone, ResponseEnded, LoadAsked, UnloadAsked,
-              DownloadAsked, RemoveAsked, CatalogChanged, ChildOutput, ChildExited, TimerFired]
+              DownloadAsked, RemoveAsked, CatalogChanged, ChildStarted, ChildOutput, ChildExited,
+              TimerFired]
 
 EVENT_TYPES: tuple[type, ...] = (RouterStarted, RequestArrived, ClientGone, ResponseEnded,
                                  LoadAsked, UnloadAsked, DownloadAsked, RemoveAsked,
-                                 CatalogChanged, ChildOutput, ChildExited, TimerFired)
+                                 CatalogChanged, ChildStarted, ChildOutput, ChildExited,
+                                 TimerFired)

@@ -18,84 +18,21 @@ the model is forgotten.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from . import errors
 from .commands import Command, Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
 from .config import ModelSpec, RouterConfig
-from .events import (CatalogChanged, ChildExited, ChildOutput, ClientGone, DownloadAsked, Event,
-                     LoadAsked, RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
+from .events import (CatalogChanged, ChildExited, ChildOutput, ChildStarted, ClientGone,
+                     DownloadAsked, Event, LoadAsked, RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
                      TimerFired, UnloadAsked)
 from .lifecycle import Status, check_transition
-from .protocol import (DownloadProgress, DownloadResult, LineReader, LoadingState, LogLine,
+from .protocol import (DownloadProgress, DownloadResult, LoadingState, LogLine,
                        Overlong, ReadyState, Rejection, SleepingState, parse_line)
 from .scheduler import Scheduler
+from .state import Instance, Model, Phase, Request
 
-
-@dataclass(slots=True)
-class Instance:
-    """One child process. It counts against the limits from spawn until it has exited."""
-
-    id: int
-    model: str
-    reader: LineReader = field(default_factory=LineReader)
-    stopping: bool = False  # the router sent it exit or kill
-    kill_at: float | None = None
-    download: bool = False  # a download child: no slot, never evicted
-    exit_replies: list[int] = field(default_factory=list)  # API calls answered at its exit
-    memory: Mapping[str, int] = field(default_factory=dict)  # its model's need when spawned
-
-
-@dataclass(slots=True)
-class Model:
-    spec: ModelSpec
-    status: Status = Status.UNLOADED
-    instance: Instance | None = None
-    last_used: float = 0.0
-    waiters: list[int] = field(default_factory=list)  # waiting for the current load
-    forwarded: set[int] = field(default_factory=set)  # in flight on the current child
-    exit_code: int | None = None
-    failed: bool = False
-    info: dict[str, Any] = field(default_factory=dict)
-    after_download: list[int] = field(default_factory=list)  # requests waiting for the download
-    load_after_download: bool = False  # POST /models/load came while it was downloading
-    download_result: bool | None = None  # what the download child reported, if it did
-    removing: list[int] = field(default_factory=list)  # DELETE /models calls for it
-    vanished: bool = False  # gone from the sources: forgotten once its child has exited
-
-    @property
-    def busy(self) -> bool:
-        return bool(self.waiters) or bool(self.forwarded)
-
-    @property
-    def usable(self) -> bool:
-        """Has a model child that new requests may be sent or coalesced to."""
-        inst = self.instance
-        return inst is not None and not inst.stopping and not inst.download
-
-    @property
-    def downloading(self) -> bool:
-        return self.status in (Status.DOWNLOADING, Status.DOWNLOADED)
-
-
-class Phase(enum.Enum):
-    """Where a request is: waiting for its model's download, in the queue, waiting for its
-    model's load, or on its way to a child."""
-
-    DOWNLOAD = "download"
-    QUEUED = "queued"
-    WAITING = "waiting"
-    FORWARDED = "forwarded"
-
-
-@dataclass(slots=True)
-class Request:
-    model: str
-    phase: Phase
-    seq: int = 0  # its place in arrival order (a request that waited for a download: its end)
-    autoload: bool = True  # off: served only by a child that runs when its turn comes
+__all__ = ["Instance", "Model", "Phase", "Request", "RouterCore"]
 
 
 class RouterCore:
@@ -224,6 +161,10 @@ class RouterCore:
             self._on_client_gone(event.req, now, out)
         elif isinstance(event, ChildOutput):
             self._on_output(event.instance, event.data, now, out)
+        elif isinstance(event, ChildStarted):
+            started = self.instances.get(event.instance)
+            if started is not None:  # None: it was killed and reaped before it was seen
+                started.address = event.address
         elif isinstance(event, ChildExited):
             self._on_exit(event.instance, event.code, now, out)
         elif isinstance(event, TimerFired):
@@ -293,7 +234,7 @@ class RouterCore:
         self.requests[req] = Request(model.spec.name, Phase.FORWARDED)
         model.forwarded.add(req)
         model.last_used = now
-        out.append(Forward(req, model.spec.name, model.instance.id))
+        out.append(Forward(req, model.spec.name, model.instance.id, model.instance.address))
 
     def _release(self, req: int, now: float, out: list[Command]) -> None:
         """The response of ``req`` ended: drop its reference, then see what the queue needs."""

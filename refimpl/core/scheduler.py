@@ -21,14 +21,41 @@ eviction:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Mapping
+from typing import Mapping, Protocol
 
 from . import errors
 from .commands import Command
+from .config import RouterConfig
 from .lifecycle import Status
+from .state import Instance, Model, Request
 
-if TYPE_CHECKING:
-    from .router import Model, RouterCore
+
+class Effects(Protocol):
+    """The scheduler decides; the core carries out. What the scheduler reads of the core's
+    state, and the four things it asks the core to do (``RouterCore`` is the one
+    implementation; the scheduler does not import it)."""
+
+    @property
+    def config(self) -> RouterConfig: ...
+    @property
+    def models(self) -> Mapping[str, Model]: ...
+    @property
+    def instances(self) -> Mapping[int, Instance]: ...
+    @property
+    def requests(self) -> Mapping[int, Request]: ...
+
+    def spawn(self, model: Model, out: list[Command]) -> None:
+        """Start a child for ``model``."""
+
+    def join(self, model: Model, reqs: list[int], now: float, out: list[Command]) -> None:
+        """Queued requests go to the model's child, or wait for its load."""
+
+    def fail_waiters(self, reqs: list[int], status: int, kind: str, message: str,
+                     out: list[Command]) -> None:
+        """Answer queued requests with an error."""
+
+    def stop(self, model: Model, now: float, out: list[Command]) -> None:
+        """Stop the model's child (an eviction)."""
 
 
 @dataclass(slots=True)
@@ -42,7 +69,7 @@ class Entry:
 
 
 class Scheduler:
-    def __init__(self, core: RouterCore) -> None:
+    def __init__(self, core: Effects) -> None:
         self.core = core
         self.queue: dict[str, Entry] = {}  # sorted by place: arrival order
         self.drain_deadline: float | None = None

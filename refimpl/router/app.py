@@ -26,7 +26,7 @@ from starlette.routing import Route
 from refimpl import modalities
 from refimpl.cache import BadName, list_cached, remove_cached, select_files, split_name
 from refimpl.core import errors
-from refimpl.core.commands import Command, Publish, RemoveFiles, Reply
+from refimpl.core.commands import Command, Forward, Publish, RemoveFiles, Reply
 from refimpl.core.config import ModelSpec
 from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
 from refimpl.flags import BUILD_INFO
@@ -336,24 +336,24 @@ class RouterApp:
             return error(reply.status, reply.message or reply.kind, kind)
         assert outcome.forward is not None
         try:
-            return await self._forward(request, body, req, outcome.forward.instance, target)
+            return await self._forward(request, body, req, outcome.forward, target)
         except BaseException:
             # Routed and not answered: the core must hear that it ended, or its model stays
             # busy for ever (the driver ignores a second end of one request).
             self.driver.ended(req, ok=False)
             raise
 
-    async def _forward(self, request: Request, body: bytearray, req: int, instance: int,
+    async def _forward(self, request: Request, body: bytearray, req: int, forward: Forward,
                        target: str) -> Response:
-        """Send a routed request to its child and relay the answer; the driver hears when the
-        answer has ended."""
+        """Send a routed request to its child, at the address the core's decision names, and
+        relay the answer; the driver hears when the answer has ended."""
         if self.options.debug_fake_timing:  # routed: its model counts as busy meanwhile
             await anyio.sleep(FAKE_DELAY)
-        child = self.driver.children.get(instance)
+        child = self.driver.children.get(forward.instance)
         if child is None:
             self.driver.ended(req, ok=False)
             return error(502, "the model's child process is gone", "server_error")
-        url = httpx.URL(f"http://127.0.0.1:{child.port}{target}")
+        url = httpx.URL(f"http://{forward.address}{target}")
         # As bytes: a header value may hold any byte but CR, LF and NUL (found by
         # tests/test_fuzz_http.py: a latin-1 value as str could not be sent on, a 500)
         headers = [(k, v) for k, v in request.headers.raw

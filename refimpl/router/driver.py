@@ -20,9 +20,10 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from refimpl.core.commands import Command, Forward, Kill, Log, Publish, Reply, SendExit, Spawn
 from refimpl.core.config import ModelSpec
-from refimpl.core.events import (CatalogChanged, ChildExited, ChildOutput, ClientGone, DownloadAsked, Event,
-                                 LoadAsked, RemoveAsked, RequestArrived, ResponseEnded,
-                                 RouterStarted, TimerFired, UnloadAsked)
+from refimpl.core.events import (CatalogChanged, ChildExited, ChildOutput, ChildStarted,
+                                 ClientGone, DownloadAsked, Event, LoadAsked, RemoveAsked,
+                                 RequestArrived, ResponseEnded, RouterStarted, TimerFired,
+                                 UnloadAsked)
 from refimpl.core.protocol import EXIT_COMMAND
 from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
@@ -206,6 +207,7 @@ class Driver:
             self.feed(ChildExited(instance, 127))
             return
         self.children[instance] = child
+        self.feed(ChildStarted(instance, f"127.0.0.1:{child.port}"))
         for stop in self._starting.pop(instance, []):
             self._execute(stop)
         try:

@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 from refimpl.core import errors
-from refimpl.core.commands import Forward, Publish, Reply, SendExit, Spawn
+from refimpl.core.commands import Forward, Listed, ModelView, Publish, Reply, SendExit, Spawn
 from refimpl.core.config import ModelSpec, RouterConfig
-from refimpl.core.events import (ChildExited, DownloadAsked, LoadAsked, RequestArrived,
+from refimpl.core.events import (ChildExited, DownloadAsked, ListAsked, LoadAsked, RequestArrived,
                                  ResponseEnded, TimerFired, UnloadAsked)
 from refimpl.core.trace import At
 
@@ -110,6 +110,9 @@ BROKEN: dict[str, tuple[RouterConfig, list[At]]] = {
                                  At(0, Spawn(1, "u/D:F16", download=True)),
                                  At(1, Publish("u/D:F16", "download_failed", {})),
                                  At(1, Publish("u/D:F16", "download_failed", {}))]),
+    "listing_true": (ONE, [*serve_a(), At(3, ListAsked(2)), At(3, Listed(2, (
+        ModelView("A", (), "unloaded"), ModelView("B", (), "unloaded"),
+        ModelView("C", (), "unloaded"))))]),
 }
 
 

@@ -19,6 +19,7 @@ from refimpl.core import errors
 from refimpl.core.commands import (
     Forward,
     Kill,
+    Listed,
     Log,
     Publish,
     RemoveFiles,
@@ -381,7 +382,7 @@ def _event_error_cause(r: Req, reply: Reply, replay: Replay,
         return None
     if isinstance(cause, RemoveAsked) and r.model in (replay.model_of(cause.model), cause.model):
         return 404, errors.REMOVED
-    if isinstance(cause, CatalogChanged) and r.model in cause.removed:
+    if isinstance(cause, CatalogChanged) and r.model in replay.removed_now:
         return 404, errors.REMOVED
     return None
 
@@ -408,8 +409,9 @@ def _call_error_cause(r: Req, reply: Reply, replay: Replay,
 
 
 def _catalog_clash(replay: Replay, event: CatalogChanged) -> bool:
+    removed = replay.vanishing(event)
     owners = {n: m for n, m in replay.names.items()
-              if m not in event.removed and m not in {s.name for s in event.specs}}
+              if m not in removed and m not in {s.name for s in event.specs}}
     for spec in event.specs:
         for name in (spec.name, *spec.aliases):
             if owners.setdefault(name, spec.name) != spec.name:
@@ -490,7 +492,7 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
                                      f"{r.model} answered 200 but it was not removed with its "
                                      "files"))
             elif r.kind == "catalog":
-                event, before = extra
+                event, before, removed = extra
                 for spec in event.specs:
                     if replay.downloading(spec.name):
                         continue
@@ -506,7 +508,7 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
                         out.append(Violation("api_calls_take_effect", replay.now,
                                              f"catalog change {req}: {spec.name} changed but "
                                              "its old child still takes requests"))
-                for name in event.removed:
+                for name in removed:
                     if replay.usable(name) is not None and not replay.downloading(name):
                         out.append(Violation("api_calls_take_effect", replay.now,
                                              f"catalog change {req}: {name} vanished but its "
@@ -539,7 +541,7 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
         elif isinstance(what, CatalogChanged):
             grown = {s.name for s in what.specs if any(
                 s.memory.get(d, 0) > cap for d, cap in config.devices.items())}
-            for name in (*what.removed, *grown):  # gone, or can never load any more
+            for name in (*replay.vanishing(what), *grown):  # gone, or can never load any more
                 due_load.pop(name, None)
         elif isinstance(what, Reply) and what.status == 200:
             r = replay.requests.get(what.req)
@@ -552,7 +554,7 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
             elif r.kind == "catalog":
                 event = replay.cause
                 assert isinstance(event, CatalogChanged)
-                checks.append((r.req, r, (event, launched)))
+                checks.append((r.req, r, (event, launched, replay.removed_now)))
             elif r.kind in ("unload", "download"):
                 checks.append((r.req, r, None))
     replay_end = Replay(config)
@@ -870,6 +872,52 @@ def events_well_formed(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
+def listing_true(trace: Trace, config: RouterConfig) -> list[Violation]:
+    """``GET /models`` says what ``/models/sse`` said: every model a request can name is listed
+    once (and any other listed model still has a child on its way out), with the aliases and
+    the card its source gave it, the status last published for it (``unloaded`` if none was),
+    ``failed`` and the exit code of a failed exit until its next load, and its child's info as
+    published when it loaded."""
+    out: list[Violation] = []
+    published: dict[str, dict[str, Any]] = {}  # model -> its last status_change
+    for at, replay in _walk(trace, config):
+        what = at.what
+        if isinstance(what, Publish) and what.event == "status_change":
+            published[what.model] = what.data
+        elif isinstance(what, Publish) and what.event == "model_remove":
+            published.pop(what.model, None)  # a later model of that name starts afresh
+        if not isinstance(what, Listed):
+            continue
+
+        def wrong(detail: str) -> None:
+            out.append(Violation("listing_true", at.t, f"GET /models {what.req}: {detail}"))
+        names = [view.name for view in what.models]
+        if len(set(names)) != len(names):
+            wrong(f"lists a model twice: {sorted(names)}")
+        missing = sorted(set(replay.names.values()) - set(names))
+        if missing:
+            wrong(f"does not list {missing}, which requests can name")
+        for view in what.models:
+            name = view.name
+            if replay.names.get(name) != name and replay.by_model.get(name) is None:
+                wrong(f"lists {name}, which no request can name and has no child")
+            spec = replay.specs.get(name)
+            if spec is not None and replay.names.get(name) == name and (
+                    view.aliases != spec.aliases or view.card != spec.card):
+                wrong(f"{name}: aliases {view.aliases} and card {view.card!r}, but its source "
+                      f"says {spec.aliases} and {spec.card!r}")
+            data = published.get(name, {"status": "unloaded"})
+            if view.status != data["status"]:
+                wrong(f"{name} is {view.status}, but {data['status']} was published last")
+            elif view.failed != bool(data.get("failed")) or (
+                    view.failed and view.exit_code != data.get("exit_code")):
+                wrong(f"{name}: failed={view.failed} exit_code={view.exit_code}, but "
+                      f"{data} was published last")
+            elif "info" in data and dict(view.info) != data["info"]:
+                wrong(f"{name}: info {dict(view.info)}, but {data['info']} was published")
+    return out
+
+
 Check = Callable[[Trace, RouterConfig], list[Violation]]
 
 CHECKS: dict[str, Check] = {
@@ -894,6 +942,7 @@ CHECKS: dict[str, Check] = {
     "download_takes_no_slot": download_takes_no_slot,
     "download_ends_clean": download_ends_clean,
     "events_well_formed": events_well_formed,
+    "listing_true": listing_true,
 }
 LIVENESS = ("every_request_answered", "api_calls_take_effect")  # need a trace that ran its course
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from refimpl.core.commands import Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
-from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.core.config import Card, ModelSpec, RouterConfig
 from refimpl.core.events import (EVENT_TYPES, CatalogChanged, ChildExited, ChildOutput,
-                                 ChildStarted, ClientGone, DownloadAsked, LoadAsked, RemoveAsked, RequestArrived,
-                                 ResponseEnded, RouterStarted, UnloadAsked)
+                                 ChildStarted, ClientGone, DownloadAsked, LoadAsked, RemoveAsked,
+                                 RequestArrived, ResponseEnded, RouterStarted, UnloadAsked)
 from refimpl.core.trace import At, Item
 
 API_KINDS = {LoadAsked: "load", UnloadAsked: "unload", DownloadAsked: "download",
@@ -95,6 +95,7 @@ class Replay:
         self._catalog_undo: tuple[int, dict[str, ModelSpec], dict[str, str], dict[str, float],
                                   dict[str, float]] | None = None
         self.cause: Item | None = None  # the event the current commands answer
+        self.removed_now: tuple[str, ...] = ()  # what the last catalog change removed
         self.now = 0.0
         self.index = 0  # entries stepped so far: with the time, a place in the trace
 
@@ -196,11 +197,21 @@ class Replay:
         for name in [n for n, m in self.names.items() if m == model]:
             del self.names[name]
 
+    def vanishing(self, event: CatalogChanged) -> tuple[str, ...]:
+        """The models a catalog change removes, in the state before it: those it names, and on
+        a reload every known model that the sources no longer name (unless downloading)."""
+        if not event.reload:
+            return event.removed
+        named = {spec.name for spec in event.specs}
+        return (*event.removed, *sorted({m for m in self.names.values()
+                                         if m not in named and not self.downloading(m)}))
+
     def _apply_catalog(self, what: CatalogChanged) -> None:
         if what.req is not None:
             self._catalog_undo = (what.req, dict(self.specs), dict(self.names),
                                   dict(self.asked), dict(self.asked_by))
-        for name in what.removed:
+        self.removed_now = self.vanishing(what)
+        for name in self.removed_now:
             if not self.downloading(name):
                 self._forget_names(name)
                 self.asked.pop(name, None)  # its queue entry goes with it
@@ -350,7 +361,7 @@ class Replay:
             self.asked.setdefault(r.model, self.now)
             self.asked_by.setdefault(r.model, self.index)
         elif r.kind == "download" and reply.status == 200:
-            self.specs.setdefault(r.model, ModelSpec(r.model))
+            self.specs.setdefault(r.model, ModelSpec(r.model, card=Card(source="cache")))
             self.names[r.model] = r.model
         elif r.kind == "catalog" and reply.status != 200 and self._catalog_undo is not None \
                 and self._catalog_undo[0] == r.req:

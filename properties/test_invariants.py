@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from refimpl.core import errors
-from refimpl.core.commands import Forward, Publish, Reply, SendExit, Spawn
+from refimpl.core.commands import Forward, Listed, ModelView, Publish, Reply, SendExit, Spawn
 from refimpl.core.config import ModelSpec, RouterConfig
-from refimpl.core.events import (CatalogChanged, ChildExited, DownloadAsked, LoadAsked,
+from refimpl.core.events import (CatalogChanged, ChildExited, ChildStarted, DownloadAsked, ListAsked, LoadAsked,
                                  RequestArrived, ResponseEnded, RouterStarted, TimerFired,
                                  UnloadAsked)
 from refimpl.core.router import RouterCore
@@ -22,7 +22,8 @@ from refimpl.core.scheduler import Scheduler
 from refimpl.core.trace import At
 
 from .broken import BROKEN, ONE, MEM, GiB, loaded, serve_a, evict, unloaded
-from .invariants import CHECKS, check_all, exit_reaches_unloaded
+from .invariants import (CHECKS, check_all, exit_reaches_unloaded, listing_true,
+                         never_forward_to_stopping)
 from .machine import router_machine
 from .test_sweeps import run_workload
 
@@ -232,3 +233,27 @@ def test_autoload_off_is_served_when_the_drain_is_called_off() -> None:
     assert check_all(s.trace, config) == []
     forwards = {at.what.req: at.what.model for at in s.trace if isinstance(at.what, Forward)}
     assert forwards.get(held) == "B", forwards
+
+
+def test_a_request_goes_to_the_address_its_child_was_started_at() -> None:
+    """never_forward_to_stopping: the proxy sends a request where the child said it serves."""
+    started = [At(0, RequestArrived(1, "A")), At(0, Spawn(1, "A")),
+               At(0, ChildStarted(1, "127.0.0.1:4001")), At(1, loaded("A"))]
+    right = [*started, At(1, Forward(1, "A", 1, "127.0.0.1:4001")), At(2, ResponseEnded(1))]
+    wrong = [*started, At(1, Forward(1, "A", 1, "127.0.0.1:4002")), At(2, ResponseEnded(1))]
+    assert never_forward_to_stopping(right, ONE) == []
+    assert "serves at 127.0.0.1:4001" in str(never_forward_to_stopping(wrong, ONE))
+
+
+def test_a_listing_that_misses_a_model_or_its_failure_is_caught() -> None:
+    """listing_true: a model a request can name must be listed, and a failed exit shows."""
+    crash = [*serve_a(), At(3, ChildExited(1, 139)), At(3, Publish("A", "status_change", {
+        "status": "unloaded", "exit_code": 139, "failed": True}))]
+    views = (ModelView("A", (), "unloaded", failed=True, exit_code=139),
+             ModelView("B", (), "unloaded"), ModelView("C", (), "unloaded"))
+    assert listing_true([*crash, At(4, ListAsked(2)), At(4, Listed(2, views))], ONE) == []
+    hidden_failure = (ModelView("A", (), "unloaded"), *views[1:])
+    assert "failed=False" in str(listing_true(
+        [*crash, At(4, ListAsked(2)), At(4, Listed(2, hidden_failure))], ONE))
+    assert "does not list ['C']" in str(listing_true(
+        [*crash, At(4, ListAsked(2)), At(4, Listed(2, views[:2]))], ONE))

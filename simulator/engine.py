@@ -13,11 +13,12 @@ import random
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from refimpl.core.commands import Command, Forward, Kill, RemoveFiles, Reply, SendExit, Spawn
+from refimpl.core.commands import (Command, Forward, Kill, Listed, ModelView, RemoveFiles, Reply,
+                                   SendExit, Spawn)
 from refimpl.core.config import RouterConfig
 from refimpl.core.config import ModelSpec
 from refimpl.core.events import (CatalogChanged, ChildStarted, ClientGone, DownloadAsked, Event,
-                                 LoadAsked, RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
+                                 ListAsked, LoadAsked, RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
                                  TimerFired, UnloadAsked)
 from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
@@ -70,7 +71,7 @@ class Simulation:
         self.children: dict[int, SimChild] = {}
         self.cache: dict[str, str] = {}  # downloaded model -> "partial" | "complete" files
         self.open: dict[int, _Open] = {}
-        self._heap: list[tuple[float, int, Callable[[Any], None], Any]] = []
+        self._heap: list[tuple[float, int, Callable[[Any], object], Any]] = []
         self._seq = 0
         self._timer_at: float | None = None
         self._next_req = 1
@@ -79,7 +80,7 @@ class Simulation:
 
     # -- scheduling ----------------------------------------------------------------------------
 
-    def at(self, t: float, fn: Callable[[Any], None], arg: Any) -> None:
+    def at(self, t: float, fn: Callable[[Any], object], arg: Any) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (t, self._seq, fn, arg))
 
@@ -113,8 +114,9 @@ class Simulation:
 
     # -- the router side -----------------------------------------------------------------------
 
-    def deliver(self, event: Event) -> None:
-        """Hand one event to the core, then carry out the commands it returns."""
+    def deliver(self, event: Event) -> list[Command]:
+        """Hand one event to the core, then carry out the commands it returns (and return
+        them)."""
         now = self.now
         trace, observe = self.trace, self.summary.observe
         if trace is not None:
@@ -122,7 +124,8 @@ class Simulation:
         observe(now, event)
         if type(event) is ResponseEnded:
             self.open.pop(event.req, None)
-        for command in self.core.handle(event, now):
+        commands = self.core.handle(event, now)
+        for command in commands:
             if trace is not None:
                 trace.append(At(now, command))
             observe(now, command)
@@ -131,6 +134,7 @@ class Simulation:
         if timer is not None and timer != self._timer_at:
             self._timer_at = timer
             self.at(max(timer, now), self._fire_timer, timer)
+        return commands
 
     def _fire_timer(self, t: float) -> None:
         if t == self._timer_at:
@@ -221,13 +225,22 @@ class Simulation:
         self.deliver(event_type(req, model))
         return req
 
-    def catalog(self, specs: tuple[ModelSpec, ...], removed: tuple[str, ...] = ()) -> int:
-        """``GET /models?reload=1`` now, with the sources saying ``specs`` and ``removed``;
-        returns the id of the call."""
+    def catalog(self, specs: tuple[ModelSpec, ...], removed: tuple[str, ...] = (),
+                reload: bool = False) -> int:
+        """A catalog change now, with the sources saying ``specs`` and ``removed`` (``reload``:
+        ``GET /models?reload=1``, the sources read whole); returns the id of the call."""
         req = self._next_req
         self._next_req += 1
-        self.deliver(CatalogChanged(specs, removed, req))
+        self.deliver(CatalogChanged(specs, removed, req, reload))
         return req
+
+    def list_models(self) -> tuple[ModelView, ...]:
+        """``GET /models`` now: what the router lists."""
+        req = self._next_req
+        self._next_req += 1
+        listed = [c for c in self.deliver(ListAsked(req)) if isinstance(c, Listed)]
+        assert len(listed) == 1, listed
+        return listed[0].models
 
     def child_of(self, model: str) -> SimChild | None:
         """The newest child of ``model`` that is still alive."""

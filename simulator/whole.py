@@ -36,6 +36,7 @@ from trio._core import _run as trio_run  # the scheduler's shuffle, seeded per r
 
 from properties.invariants import check_all
 from refimpl.cache import list_cached
+from refimpl.core.commands import Spawn
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.protocol import (EXIT_COMMAND, MAX_LINE, STATE_PREFIX, DownloadProgress,
                                    DownloadResult, LoadingState, Progress, ReadyState,
@@ -45,7 +46,7 @@ from refimpl.core.trace import At
 from refimpl.router.app import RouterApp
 from refimpl.router.driver import Driver
 from refimpl.router.options import RouterOptions
-from refimpl.router.sources import ModelEntry
+from refimpl.router.sources import ModelEntry, card_of
 
 from .faults import FAULT_PRESETS, Faults
 
@@ -638,8 +639,7 @@ class WholeWorld:
         self.driver = Driver(self.core, self.spawn, record=True, log=self.log.append,
                              download_spawner=self.spawn_download)
         self.driver.trace = _Bounded(self.config.max_trace)
-        self.app = RouterApp(self.driver, dict(self.sources),
-                             RouterOptions(models_max=self.config.models_max),
+        self.app = RouterApp(self.driver, RouterOptions(models_max=self.config.models_max),
                              load_entries=self.load_entries, spec_for=self.spec_for,
                              cache=self.cache, transport=ChildNetwork(self), blocking=_inline,
                              hub_files=_hub_files)
@@ -651,7 +651,7 @@ class WholeWorld:
 
     def spec_for(self, entry: ModelEntry) -> ModelSpec:
         return ModelSpec(entry.name, stop_timeout=self.config.stop_timeout,
-                         launch=(str(entry.path), *entry.args()))
+                         launch=(str(entry.path), *entry.args()), card=card_of(entry))
 
     def chance(self, p: float) -> bool:
         return p > 0.0 and self.rng.random() < p
@@ -663,7 +663,8 @@ class WholeWorld:
         assert self.nursery is not None
         self.nursery.start_soon(later)
 
-    async def spawn(self, instance: int, model: str) -> SimProcess:
+    async def spawn(self, command: Spawn) -> SimProcess:
+        instance, model = command.instance, command.model
         delay = self.rng.uniform(0.0, self.config.spawn_delay) if self.config.spawn_delay else 0
         if delay:
             await trio.sleep(delay)
@@ -676,7 +677,8 @@ class WholeWorld:
         self.nursery.start_soon(child.life)
         return child
 
-    async def spawn_download(self, instance: int, model: str) -> SimProcess:
+    async def spawn_download(self, command: Spawn) -> SimProcess:
+        instance, model = command.instance, command.model
         delay = self.rng.uniform(0.0, self.config.spawn_delay) if self.config.spawn_delay else 0
         if delay:
             await trio.sleep(delay)

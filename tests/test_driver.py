@@ -13,7 +13,7 @@ import anyio
 import pytest
 
 from properties.invariants import check_all
-from refimpl.core.commands import Kill, SendExit
+from refimpl.core.commands import Kill, SendExit, Spawn
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.events import ChildExited, LoadAsked, UnloadAsked
 from refimpl.core.protocol import (EXIT_COMMAND, LoadingState, ReadyState, SleepingState,
@@ -99,7 +99,8 @@ class Harness:
         self.driver = Driver(RouterCore(config), self.spawn, record=True, log=lambda line: None)
         self.tg: Any = None
 
-    async def spawn(self, instance: int, model: str) -> FakeChild:
+    async def spawn(self, command: Spawn) -> FakeChild:
+        instance = command.instance
         child = FakeChild(port=9000 + instance, pid=1000 + instance, **self.child_options)
         self.children[instance] = child
         assert self.tg is not None

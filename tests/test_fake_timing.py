@@ -13,6 +13,7 @@ import pytest
 import trio.testing
 
 from conformance.routers import Router, Target
+from refimpl.core.commands import Spawn
 from refimpl.router import options
 from refimpl.router.debug import FAKE_DELAY, delayed
 from refimpl.router.driver import Child
@@ -28,13 +29,13 @@ def test_the_hook_is_read_from_the_environment_as_upstream_reads_it() -> None:
 def test_a_delayed_start_begins_two_seconds_late_in_virtual_time() -> None:
     started: list[float] = []
 
-    async def spawner(instance: int, model: str) -> Child:
+    async def spawner(command: Spawn) -> Child:
         started.append(anyio.current_time())
         return object()  # type: ignore[return-value]
 
     async def main() -> float:
         t0 = anyio.current_time()
-        await delayed(spawner)(1, "a")
+        await delayed(spawner)(Spawn(1, "a"))
         return t0
 
     t0 = anyio.run(main, backend="trio",

@@ -37,7 +37,7 @@ from refimpl.cache import BadName, list_cached, remove_cached, split_name
 from refimpl.router import main as router_main
 from refimpl.router import options
 from refimpl.router.processes import child_command
-from refimpl.router.sources import ModelEntry, SourceError, load_sources
+from refimpl.router.sources import ModelEntry, SourceError, card_of, load_sources
 
 FAKE = "{python} -m fixtures.fake_child"
 
@@ -172,11 +172,11 @@ def test_split_name_returns_a_valid_name_or_raises_bad_name(text: str) -> None:
 
 def test_child_command_fills_placeholders_in_one_pass(tmp_path: Path) -> None:
     entry = ModelEntry("x$port", tmp_path / "x$port.gguf", "models_dir")
-    cmd = child_command("serve -m $model --port $port --alias $alias", entry, 42149)
+    cmd = child_command("serve -m $model --port $port --alias $alias", entry.name, card_of(entry), 42149)
     assert cmd == ["serve", "-m", str(tmp_path / "x$port.gguf"), "--port", "42149",
                    "--alias", "x$port"]
     entry = ModelEntry("$host", tmp_path / "$alias.gguf", "models_dir")
-    cmd = child_command("serve -m $model --alias $alias", entry, 1)
+    cmd = child_command("serve -m $model --alias $alias", entry.name, card_of(entry), 1)
     assert cmd == ["serve", "-m", str(tmp_path / "$alias.gguf"), "--alias", "$host"]
 
 
@@ -187,11 +187,11 @@ def test_a_file_named_like_a_flag_is_passed_as_a_path(file: str, monkeypatch: py
     name = file[:-len(".gguf")]
     entry = ModelEntry(name, Path(file), "models_dir", mmproj=Path("-mmproj.gguf"))
     for template in ("child", "child -m $model --port $port"):
-        cmd = child_command(template, entry, 4000)
+        cmd = child_command(template, name, card_of(entry), 4000)
         paths = [w for w in cmd if w.endswith(".gguf")]
         assert paths and all(w.startswith("/") and os.path.isabs(w) for w in paths), cmd
         assert str(tmp_path / file) in cmd
-    cmd = child_command("child", entry, 4000)
+    cmd = child_command("child", name, card_of(entry), 4000)
     # the name as the value of --alias, in the one form an argparse child cannot take as a flag
     assert f"--alias={name}" in cmd and "--alias" not in cmd, cmd
 
@@ -438,13 +438,14 @@ def test_an_sse_subscriber_that_falls_behind_gets_a_last_event_and_its_stream_en
     then ``stream_overflow``, then the end of its stream, so it can reconnect."""
     import anyio
 
+    from refimpl.core.commands import Publish
     from refimpl.core.config import RouterConfig
     from refimpl.core.router import RouterCore
     from refimpl.router import app as router_app
     from refimpl.router.driver import SSE_BUFFER, Driver
 
     driver = Driver(RouterCore(RouterConfig(models=())), spawner=None)  # type: ignore[arg-type]
-    app = router_app.RouterApp(driver, {}, options.RouterOptions()).app
+    app = router_app.RouterApp(driver, options.RouterOptions()).app
     body = bytearray()
 
     async def main() -> None:
@@ -475,7 +476,7 @@ def test_an_sse_subscriber_that_falls_behind_gets_a_last_event_and_its_stream_en
             with anyio.fail_after(5):
                 await first.wait()
             for i in range(4 * SSE_BUFFER):  # 1000 `loading` lines at once
-                driver.publish("m", "loading", {"n": i})
+                driver._execute(Publish("m", "loading", {"n": i}))  # as the core's commands
             go.set()
             with anyio.fail_after(5):  # before the fix: open for ever
                 await done.wait()

@@ -229,7 +229,7 @@ def test_slow_client_does_not_block_others(router: Router) -> None:
 
 def _app() -> router_app.RouterApp:
     driver = Driver(RouterCore(RouterConfig(models=())), spawner=None)  # type: ignore[arg-type]
-    return router_app.RouterApp(driver, {}, RouterOptions())
+    return router_app.RouterApp(driver, RouterOptions())
 
 
 async def _call(app: Any, method: str, path: str, pieces: list[bytes], stall: bool,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from types import MappingProxyType
+from typing import Any, Mapping, Union
+
+from .config import Card
 
 
 @dataclass(frozen=True, slots=True)
@@ -11,11 +14,18 @@ class Spawn:
     """Start a child process for ``model``; later events name it by ``instance``.
 
     ``download``: a download child (``LLAMA_SERVER_CHILD_MODE=download``), which fetches the
-    model into the cache and exits; it never counts against the limits."""
+    model into the cache and exits; it never counts against the limits. ``card``: what the
+    model's source says to start (its spec's card when the spawn was decided)."""
 
     instance: int
     model: str
     download: bool = False
+    card: Card = Card()
+
+    def __repr__(self) -> str:
+        card = f", card={self.card!r}" if self.card != Card() else ""
+        return (f"Spawn(instance={self.instance!r}, model={self.model!r}, "
+                f"download={self.download!r}{card})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,36 @@ class Publish:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelView:
+    """One model as ``GET /models`` shows it: its names, its state and its card."""
+
+    name: str
+    aliases: tuple[str, ...]
+    status: str
+    card: Card = Card()
+    failed: bool = False
+    exit_code: int | None = None  # after a failed exit, until the next load
+    info: Mapping[str, Any] = field(default_factory=dict)  # the child's own entry, once loaded
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
+
+    def __repr__(self) -> str:
+        return (f"ModelView(name={self.name!r}, aliases={self.aliases!r}, "
+                f"status={self.status!r}, card={self.card!r}, failed={self.failed!r}, "
+                f"exit_code={self.exit_code!r}, info={dict(self.info)!r})")
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """The answer to ``ListAsked`` ``req``: every model a request can name, or that still has a
+    child, in catalog order (hidden ones included, marked by their card)."""
+
+    req: int
+    models: tuple[ModelView, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RemoveFiles:
     """Delete the cache files of ``model`` (after ``DELETE /models``, or what a failed or
     cancelled download left behind). Nothing of the model runs any more when this is sent."""
@@ -82,4 +122,4 @@ class Log:
     text: str
 
 
-Command = Union[Spawn, SendExit, Kill, Forward, Reply, Publish, RemoveFiles, Log]
+Command = Union[Spawn, SendExit, Kill, Forward, Reply, Publish, Listed, RemoveFiles, Log]

@@ -15,12 +15,39 @@ def _frozen(mapping: Mapping[str, int]) -> Mapping[str, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class Card:
+    """A model as its source describes it: what its child is started with, and what
+    ``GET /models`` shows of it beside its state. The core keeps it with the spec and hands it
+    on (in ``Spawn`` and in ``Listed``); it decides nothing by it."""
+
+    source: str = ""  # "models_dir", "preset" or "cache"; "" for a model configured in code
+    path: str | None = None  # the GGUF file
+    mmproj: str | None = None
+    args: tuple[str, ...] = ()  # the child's own flags
+    tags: tuple[str, ...] = ()
+    hidden: bool = False  # routed, not listed (a cache model that a preset deduplicates)
+    architecture: Mapping[str, tuple[str, ...]] | None = None  # modalities, as the files say
+
+    def __post_init__(self) -> None:
+        if self.architecture is not None:
+            object.__setattr__(self, "architecture", MappingProxyType(
+                {k: tuple(v) for k, v in self.architecture.items()}))
+
+    def __repr__(self) -> str:
+        arch = None if self.architecture is None else dict(self.architecture)
+        return (f"Card(source={self.source!r}, path={self.path!r}, mmproj={self.mmproj!r}, "
+                f"args={self.args!r}, tags={self.tags!r}, hidden={self.hidden!r}, "
+                f"architecture={arch!r})")
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model the router can load.
 
     ``memory`` is the model's need in bytes per device, estimated before its first load; a device it
     does not name costs it nothing. ``launch`` says what is started for it (file, flags): when a
-    catalog change alters it, a running child of the model is stale and is unloaded.
+    catalog change alters it, a running child of the model is stale and is unloaded. ``card``:
+    its source's description, carried for the driver and the listing.
     """
 
     name: str
@@ -29,6 +56,7 @@ class ModelSpec:
     stop_timeout: float = 10.0
     load_on_startup: bool = False
     launch: tuple[str, ...] = ()
+    card: Card = Card()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory", _frozen(self.memory))
@@ -40,7 +68,8 @@ class ModelSpec:
     def __repr__(self) -> str:
         return (f"ModelSpec(name={self.name!r}, aliases={self.aliases!r}, "
                 f"memory={dict(self.memory)!r}, stop_timeout={self.stop_timeout!r}, "
-                f"load_on_startup={self.load_on_startup!r}, launch={self.launch!r})")
+                f"load_on_startup={self.load_on_startup!r}, launch={self.launch!r}"
+                + (f", card={self.card!r})" if self.card != Card() else ")"))
 
 
 @dataclass(frozen=True, slots=True)

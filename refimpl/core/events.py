@@ -41,6 +41,13 @@ class ResponseEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class ListAsked:
+    """``GET /models``: answered with ``Listed`` to ``req``. Changes nothing."""
+
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
 class LoadAsked:
     """``POST /models/load``; answered with a ``Reply`` to ``req``."""
 
@@ -81,11 +88,14 @@ class CatalogChanged:
     and the models named in ``removed`` vanished. A running model whose ``launch`` changed, or that
     vanished, is unloaded; other changes take effect at its next load. A name or alias that would
     belong to two models refuses the whole change (nothing changes; 400 to ``req`` when given).
-    ``req``: the API call to answer, ``None`` for a change nobody asked for."""
+    ``req``: the API call to answer, ``None`` for a change nobody asked for. ``reload``: the
+    sources were read whole (``GET /models?reload=1``): every known model not in ``specs`` (and
+    not downloading) vanished too, and ``models_reload`` is published when the change is made."""
 
     specs: tuple[ModelSpec, ...]
     removed: tuple[str, ...] = ()
     req: int | None = None
+    reload: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +128,12 @@ class TimerFired:
     """The time the core asked for with ``next_timer()`` has come."""
 
 
-Event = Union[RouterStarted, RequestArrived, ClientGone, ResponseEnded, LoadAsked, UnloadAsked,
+Event = Union[RouterStarted, RequestArrived, ClientGone, ResponseEnded, ListAsked, LoadAsked,
+              UnloadAsked,
               DownloadAsked, RemoveAsked, CatalogChanged, ChildStarted, ChildOutput, ChildExited,
               TimerFired]
 
 EVENT_TYPES: tuple[type, ...] = (RouterStarted, RequestArrived, ClientGone, ResponseEnded,
-                                 LoadAsked, UnloadAsked, DownloadAsked, RemoveAsked,
+                                 ListAsked, LoadAsked, UnloadAsked, DownloadAsked, RemoveAsked,
                                  CatalogChanged, ChildStarted, ChildOutput, ChildExited,
                                  TimerFired)

@@ -21,10 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 from . import errors
-from .commands import Command, Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
-from .config import ModelSpec, RouterConfig
+from .commands import (Command, Forward, Kill, Listed, Log, ModelView, Publish, RemoveFiles,
+                       Reply, SendExit, Spawn)
+from .config import Card, ModelSpec, RouterConfig
 from .events import (CatalogChanged, ChildExited, ChildOutput, ChildStarted, ClientGone,
-                     DownloadAsked, Event, LoadAsked, RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
+                     DownloadAsked, Event, ListAsked, LoadAsked, RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
                      TimerFired, UnloadAsked)
 from .lifecycle import Status, check_transition
 from .protocol import (DownloadProgress, DownloadResult, LoadingState, LogLine,
@@ -88,6 +89,14 @@ class RouterCore:
         return None
 
     def _on_catalog(self, event: CatalogChanged, now: float, out: list[Command]) -> None:
+        if event.reload:  # what the sources no longer name vanished
+            named = {spec.name for spec in event.specs}
+            event = CatalogChanged(event.specs, (*event.removed, *(
+                name for name, m in self.models.items()
+                if name not in named and not m.downloading and not m.vanished)), event.req)
+            publish = True
+        else:
+            publish = False
         clash = self._catalog_clash(event)
         if clash is not None:
             if event.req is not None:
@@ -128,6 +137,8 @@ class RouterCore:
                 self.stop(model, now, out)  # a stale child: the next load starts the new one
         if event.req is not None:
             out.append(Reply(event.req, 200, errors.OK))
+        if publish:
+            out.append(Publish("*", "models_reload"))
         self.scheduler.run(now, out)
 
     def _forget(self, model: Model) -> None:
@@ -138,6 +149,12 @@ class RouterCore:
                 del self.names[alias]
         self.scheduler.queue.pop(name, None)
         self.scheduler.draining.discard(name)
+
+    @staticmethod
+    def _view(model: Model) -> ModelView:
+        spec = model.spec
+        return ModelView(spec.name, spec.aliases, model.status.value, spec.card, model.failed,
+                         model.exit_code if model.failed else None, model.info)
 
     def resolve(self, name: str | None) -> str | None:
         return None if name is None else self.names.get(name)
@@ -169,6 +186,9 @@ class RouterCore:
             self._on_exit(event.instance, event.code, now, out)
         elif isinstance(event, TimerFired):
             self._on_timer(now, out)
+        elif isinstance(event, ListAsked):
+            out.append(Listed(event.req, tuple(self._view(m) for m in self.models.values()
+                                               if not m.vanished)))
         elif isinstance(event, LoadAsked):
             self._on_load_asked(event, now, out)
         elif isinstance(event, UnloadAsked):
@@ -327,7 +347,7 @@ class RouterCore:
             out.append(Reply(event.req, 400, errors.ALREADY_EXISTS,
                              f"model {name!r} already exists"))
             return
-        self.add_model(ModelSpec(name))
+        self.add_model(ModelSpec(name, card=Card(source="cache")))
         model = self.models[name]
         model.status = Status.DOWNLOADING  # a fresh entry starts here
         out.append(Publish(name, "status_change", {"status": Status.DOWNLOADING.value}))
@@ -382,7 +402,7 @@ class RouterCore:
         model.instance = inst
         model.exit_code = None
         model.failed = False
-        out.append(Spawn(inst.id, model.spec.name))
+        out.append(Spawn(inst.id, model.spec.name, card=model.spec.card))
 
     def stop(self, model: Model, now: float, out: list[Command]) -> None:
         """Stop the model's child: kill it at once while LOADING, else ask it to exit."""

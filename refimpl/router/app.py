@@ -26,7 +26,7 @@ from starlette.routing import Route
 from refimpl import modalities
 from refimpl.cache import BadName, list_cached, remove_cached, select_files, split_name
 from refimpl.core import errors
-from refimpl.core.commands import Command, Forward, Publish, RemoveFiles, Reply
+from refimpl.core.commands import Command, Forward, ModelView, Publish, RemoveFiles, Reply
 from refimpl.core.config import ModelSpec
 from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
 from refimpl.flags import BUILD_INFO
@@ -34,7 +34,7 @@ from refimpl.flags import BUILD_INFO
 from .debug import FAKE_DELAY
 from .driver import Driver
 from .options import RouterOptions
-from .sources import ModelEntry, SourceError
+from .sources import ModelEntry, SourceError, card_of, launch_of
 
 # Hop-by-hop and per-connection headers the proxy must not copy (upstream #17698): the server in
 # front writes its own, and a copy would duplicate them.
@@ -80,8 +80,7 @@ def reply_response(reply: Reply) -> JSONResponse:
 
 
 class RouterApp:
-    def __init__(self, driver: Driver, entries: dict[str, ModelEntry],
-                 options: RouterOptions, lifespan: Any = None,
+    def __init__(self, driver: Driver, options: RouterOptions, lifespan: Any = None,
                  load_entries: Callable[[], list[ModelEntry]] | None = None,
                  spec_for: Callable[[ModelEntry], ModelSpec] | None = None,
                  cache: Path | None = None,
@@ -95,10 +94,11 @@ class RouterApp:
         self.blocking = blocking or anyio.to_thread.run_sync
         self.cache = cache  # the hub-layout cache that downloads fill; None: no downloads
         driver.on_command = self.on_command
-        self.entries = entries
-        self.load_entries = load_entries or (lambda: list(entries.values()))
+        # The model sources: read on a reload, each entry made a spec for the core, which keeps
+        # the catalog (what GET /models lists comes from the core, through the driver).
+        self.load_entries = load_entries or list
         self.spec_for = spec_for or (lambda e: ModelSpec(
-            e.name, aliases=e.aliases, launch=(str(e.path), str(e.mmproj), *e.args())))
+            e.name, aliases=e.aliases, launch=launch_of(e), card=card_of(e)))
         self.options = options
         self.created = int(time.time())
         # ``transport``: how the proxy reaches the children (default: TCP on 127.0.0.1); the
@@ -136,26 +136,26 @@ class RouterApp:
                              "models_autoload": self.options.models_autoload,
                              "build_info": BUILD_INFO})
 
-    def model_info(self, name: str) -> dict[str, Any]:
-        model = self.driver.core.models[name]
-        entry = self.entries[name]
-        status: dict[str, Any] = {"value": model.status.value, "args": entry.args()}
-        if entry.source == "preset":
-            status["preset"] = entry.name
-        if model.failed:
+    def model_info(self, view: ModelView) -> dict[str, Any]:
+        card = view.card
+        status: dict[str, Any] = {"value": view.status, "args": list(card.args)}
+        if card.source == "preset":
+            status["preset"] = view.name
+        if view.failed:
             status["failed"] = True
-            status["exit_code"] = model.exit_code
+            status["exit_code"] = view.exit_code
         # the files' modalities, each array a loaded child reported replacing its own
-        architecture = modalities.merged(entry.architecture or modalities.text_only(),
-                                         model.info.get("architecture"))
+        offline = {k: list(v) for k, v in card.architecture.items()} \
+            if card.architecture is not None else modalities.text_only()
+        architecture = modalities.merged(offline, view.info.get("architecture"))
         own: dict[str, Any] = {
-            "id": name, "aliases": list(model.spec.aliases), "tags": list(entry.tags),
+            "id": view.name, "aliases": list(view.aliases), "tags": list(card.tags),
             "object": "model", "owned_by": "llamacpp", "created": self.created,
-            "status": status, "architecture": architecture, "source": entry.source,
-            "can_remove": entry.source == "cache"}
+            "status": status, "architecture": architecture, "source": card.source,
+            "can_remove": card.source == "cache"}
         # The child's info only adds fields, as upstream merges it: a llama-server child started
         # without --alias reports its file path in "aliases" (docs/CONFORMANCE.md, H7).
-        return own | {k: v for k, v in model.info.items() if k not in own}
+        return own | {k: v for k, v in view.info.items() if k not in own}
 
     async def list_models(self, request: Request) -> Response:
         if request.query_params.get("reload", "").lower() in ("1", "true"):
@@ -165,32 +165,21 @@ class RouterApp:
                 return error(400, f"reload failed: {exc}")
             if reloaded.status != 200:  # the previous catalog stays in force
                 return error(400, f"reload failed: {reloaded.message}")
-        data = [self.model_info(name) for name in self.driver.core.models
-                if name in self.entries and not self.entries[name].hidden]
+        data = [self.model_info(view) for view in self.driver.listing() if not view.card.hidden]
         return JSONResponse({"object": "list", "data": data})
 
     async def reload(self) -> Reply:
-        """Re-read the sources and hand them to the core, which decides what changes (a running
-        model that changed or vanished is unloaded; a vanished one is forgotten once it is not
-        running). A refused change (a name of two models) leaves the previous catalog.
+        """Re-read the sources and hand them whole to the core, which decides what changes (a
+        running model that changed or vanished is unloaded; a vanished one is forgotten once it
+        is not running). A refused change (a name of two models) leaves the previous catalog.
 
         The folders, the preset and every GGUF header are read on a worker thread (a models-dir
         file with a huge metadata array used to stop the router for 12 s on every reload)."""
-        fresh, specs = await self.blocking(self._read_sources)
-        core = self.driver.core
-        removed = tuple(name for name in self.entries if name not in fresh
-                        and not (name in core.models and core.models[name].downloading))
-        reply = self.driver.change_catalog(specs, removed)
-        if reply.status == 200:
-            for name in removed:  # one that was not running is gone already (on_command)
-                self.entries.pop(name, None)
-            self.entries.update(fresh)
-            self.driver.publish("*", "models_reload", {})
-        return reply
+        specs = await self.blocking(self._read_sources)
+        return self.driver.change_catalog(specs, (), reload=True)
 
-    def _read_sources(self) -> tuple[dict[str, ModelEntry], tuple[ModelSpec, ...]]:
-        fresh = {e.name: e for e in self.load_entries()}
-        return fresh, tuple(self.spec_for(e) for e in fresh.values())
+    def _read_sources(self) -> tuple[ModelSpec, ...]:
+        return tuple(self.spec_for(e) for e in self.load_entries())
 
     async def _api(self, request: Request, kind: type[LoadAsked] | type[UnloadAsked]) -> Response:
         body = await _json_body(request, self.bodies)
@@ -238,7 +227,6 @@ class RouterApp:
         reply = self.driver.api(DownloadAsked, name)  # the core refuses a name it has
         if reply.status != 200:
             return reply_response(reply)
-        self.entries[name] = ModelEntry(name, None, "cache")
         return JSONResponse({"success": True, "model": name})
 
     async def remove(self, request: Request) -> Response:
@@ -247,34 +235,31 @@ class RouterApp:
         name = request.query_params.get("model", "")
         if not name:
             return error(400, "\"model\" must be a non-empty string (?model=user/repo:TAG)")
-        entry = self.entries.get(self.driver.core.resolve(name) or name)
-        if entry is None:
+        view = next((v for v in self.driver.listing() if name in (v.name, *v.aliases)), None)
+        if view is None:
             try:
                 split_name(name)
             except BadName as exc:
                 return error(400, str(exc))
             return error(404, f"model {name!r} not found", "not_found_error")
-        if entry.source != "cache":
-            return error(400, f"model {entry.name!r} is not removable (its source is "
-                              f"{entry.source}, not the cache)")
-        return reply_response(await self.driver.call(RemoveAsked, entry.name))
+        if view.card.source != "cache":
+            return error(400, f"model {view.name!r} is not removable (its source is "
+                              f"{view.card.source or 'the configuration'}, not the cache)")
+        return reply_response(await self.driver.call(RemoveAsked, view.name))
 
     def on_command(self, command: Command) -> None:
-        """Keep the model table and the cache in step with what the core decided."""
+        """Keep the cache in step with what the core decided, and tell it a download's spec."""
         if isinstance(command, RemoveFiles) and self.cache is not None:
             try:
                 remove_cached(self.cache, command.model)
             except (BadName, OSError) as exc:
                 self.driver.log(f"[router] could not remove {command.model}: {exc}")
-        elif isinstance(command, Publish) and command.event == "model_remove":
-            self.entries.pop(command.model, None)
         elif isinstance(command, Publish) and command.event == "download_finished" \
                 and self.cache is not None:
             # Known before the download child exits, so the load that follows has its file.
             for cached in list_cached(self.cache):
                 if cached.name == command.model:
                     entry = ModelEntry(cached.name, cached.path, "cache", mmproj=cached.mmproj)
-                    self.entries[cached.name] = entry
                     self.driver.change_catalog((self.spec_for(entry),), ())
 
     async def sse(self, request: Request) -> Response:

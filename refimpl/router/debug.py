@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import anyio
 
+from refimpl.core.commands import Spawn
+
 from .driver import Child, Spawner
 
 FAKE_DELAY = 2.0  # seconds, as upstream
@@ -21,7 +23,7 @@ FAKE_DELAY = 2.0  # seconds, as upstream
 def delayed(spawner: Spawner, seconds: float = FAKE_DELAY) -> Spawner:
     """``spawner``, each start ``seconds`` later (the driver runs each start in a task of its
     own, and queues stops that arrive meanwhile)."""
-    async def spawn(instance: int, model: str) -> Child:
+    async def spawn(command: Spawn) -> Child:
         await anyio.sleep(seconds)
-        return await spawner(instance, model)
+        return await spawner(command)
     return spawn

@@ -18,10 +18,12 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from refimpl.core.commands import Command, Forward, Kill, Log, Publish, Reply, SendExit, Spawn
+from refimpl.core.commands import (Command, Forward, Kill, Listed, Log, ModelView, Publish, Reply,
+                                   SendExit, Spawn)
 from refimpl.core.config import ModelSpec
 from refimpl.core.events import (CatalogChanged, ChildExited, ChildOutput, ChildStarted,
-                                 ClientGone, DownloadAsked, Event, LoadAsked, RemoveAsked,
+                                 ClientGone, DownloadAsked, Event, ListAsked, LoadAsked,
+                                 RemoveAsked,
                                  RequestArrived, ResponseEnded, RouterStarted, TimerFired,
                                  UnloadAsked)
 from refimpl.core.protocol import EXIT_COMMAND
@@ -68,7 +70,7 @@ class Child(Protocol):
 
 
 SSE_BUFFER = 256  # events a /models/sse subscriber may fall behind before it is dropped
-Spawner = Callable[[int, str], Awaitable[Child]]  # (instance, model) -> a started child
+Spawner = Callable[[Spawn], Awaitable[Child]]  # what the core asked for -> a started child
 ApiCall = type[LoadAsked] | type[UnloadAsked] | type[DownloadAsked] | type[RemoveAsked]
 
 
@@ -154,8 +156,7 @@ class Driver:
                 pending.done.set()
         elif isinstance(command, Spawn):
             self._starting[command.instance] = []
-            self._tg.start_soon(self._run_child, command.instance, command.model,
-                                command.download)
+            self._tg.start_soon(self._run_child, command)
         elif isinstance(command, (SendExit, Kill)):
             child = self.children.get(command.instance)
             if child is None:
@@ -194,12 +195,13 @@ class Driver:
         except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass  # it is already gone: its exit is on the way
 
-    async def _run_child(self, instance: int, model: str, download: bool = False) -> None:
+    async def _run_child(self, spawn: Spawn) -> None:
+        instance, model = spawn.instance, spawn.model
         try:
-            spawner = self.download_spawner if download else self.spawner
+            spawner = self.download_spawner if spawn.download else self.spawner
             if spawner is None:
                 raise RuntimeError("this router has no download child command")
-            child = await spawner(instance, model)
+            child = await spawner(spawn)
         except Exception as exc:  # noqa: BLE001 - any failure to start is the child's exit
             self._starting.pop(instance, None)
             self.log(f"[router] could not start a child for {model}: {exc}")
@@ -294,13 +296,14 @@ class Driver:
         finally:
             del self._pending[req]
 
-    def change_catalog(self, specs: tuple[ModelSpec, ...], removed: tuple[str, ...]) -> Reply:
-        """Tell the core what the model sources say now; it answers at once (400 and no change
-        when a name or alias would belong to two models)."""
+    def change_catalog(self, specs: tuple[ModelSpec, ...], removed: tuple[str, ...],
+                       reload: bool = False) -> Reply:
+        """Tell the core what the model sources say now (``reload``: all they say); it answers
+        at once (400 and no change when a name or alias would belong to two models)."""
         req = next(self.ids)
         pending = self._pending[req] = _Pending()
         try:
-            self.feed(CatalogChanged(specs, removed, req))
+            self.feed(CatalogChanged(specs, removed, req, reload))
             assert pending.outcome.reply is not None, "the core answers this call at once"
             return pending.outcome.reply
         finally:
@@ -330,9 +333,13 @@ class Driver:
         self.overflowed.discard(send)
         send.close()
 
-    def publish(self, model: str, event: str, data: dict[str, Any]) -> None:
-        """An event of the driver's own (``models_reload``) for ``/models/sse``."""
-        self._execute(Publish(model, event, data))
+    def listing(self) -> tuple[ModelView, ...]:
+        """``GET /models``: what the core lists, asked as an event (the trace records it)."""
+        req = next(self.ids)
+        for command in self.feed(ListAsked(req)):
+            if isinstance(command, Listed):
+                return command.models
+        raise AssertionError("the core answers ListAsked at once")  # pragma: no cover
 
     def close_streams(self) -> None:
         """End every ``/models/sse`` stream, so that a graceful HTTP shutdown need not wait."""

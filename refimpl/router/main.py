@@ -23,7 +23,7 @@ from .app import RouterApp
 from .driver import Driver, Spawner, printable
 from .memory import device_budget, estimate_need, gguf_complete
 from .processes import make_download_spawner, make_spawner
-from .sources import ModelEntry, SourceError, load_sources
+from .sources import ModelEntry, SourceError, card_of, launch_of, load_sources
 
 
 def log(line: str) -> None:
@@ -69,14 +69,14 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
         return ModelSpec(e.name, aliases=e.aliases, memory=estimate_need(e, devices),
                          stop_timeout=e.stop_timeout if e.stop_timeout is not None
                          else opts.stop_timeout, load_on_startup=e.load_on_startup,
-                         launch=(str(e.path), str(e.mmproj), *e.args()))
+                         launch=launch_of(e), card=card_of(e))
 
     entries = {e.name: e for e in load_entries()}
     devices = device_budget(opts.models_memory_margin, opts.device_memory)
     specs = tuple(spec_for(e) for e in entries.values())
     core = RouterCore(RouterConfig(models=specs, models_max=opts.models_max, devices=devices,
                                    autoload=opts.models_autoload, policy=opts.policy))
-    spawner: Spawner = make_spawner(opts.child_cmd, entries.__getitem__, opts.port, log)
+    spawner: Spawner = make_spawner(opts.child_cmd, opts.port, log)
     download_spawner: Spawner = make_download_spawner(opts.download_cmd, opts.port, log)
     if opts.debug_fake_timing:  # upstream's test hook: every start (load, download) 2 s late
         spawner, download_spawner = delayed(spawner), delayed(download_spawner)
@@ -104,7 +104,7 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
                             log(f"trace of {len(driver.trace)} entries written to {opts.trace}")
                 tg.cancel_scope.cancel()
 
-    return RouterApp(driver, entries, opts, lifespan=lifespan, load_entries=load_entries,
+    return RouterApp(driver, opts, lifespan=lifespan, load_entries=load_entries,
                      spec_for=spec_for, cache=cache), driver
 
 

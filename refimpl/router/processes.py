@@ -19,9 +19,10 @@ from typing import IO, Awaitable, Callable
 import anyio
 import anyio.lowlevel
 
-from .loglimit import MAX_LOG_LINE, LogLimit, cut
-from .sources import ModelEntry
+from refimpl.core.commands import Spawn
+from refimpl.core.config import Card
 
+from .loglimit import MAX_LOG_LINE, LogLimit, cut
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 # Loaded here, before any fork: the forked child only calls into it, it never loads a library.
@@ -59,7 +60,7 @@ def free_port() -> int:
 PLACEHOLDERS = re.compile(r"\{python\}|\$(?:model|port|host|alias)")
 
 
-def child_command(template: str, entry: ModelEntry, port: int) -> list[str]:
+def child_command(template: str, name: str, card: Card, port: int) -> list[str]:
     """Fill the child command template (seed 003 style: $model, $port, $host, $alias).
 
     Without ``$model`` in it, the model, port and host flags are appended as llama-server takes
@@ -69,18 +70,17 @@ def child_command(template: str, entry: ModelEntry, port: int) -> list[str]:
     (ours) cannot read as a flag (llama.cpp's parser takes the next word as the value whatever
     it is, but not ``--alias=``: such a name fails to load there, as a flag it would not).
     """
-    assert entry.path is not None
-    model = os.path.abspath(entry.path)
+    assert card.path is not None, f"model {name!r} has no file to start"
+    model = os.path.abspath(card.path)
     values = {"{python}": sys.executable, "$model": model, "$port": str(port),
-              "$host": "127.0.0.1", "$alias": entry.name}
+              "$host": "127.0.0.1", "$alias": name}
     filled = [PLACEHOLDERS.sub(lambda m: values[m[0]], word) for word in shlex.split(template)]
     if "$model" not in template:
-        alias = [f"--alias={entry.name}"] if entry.name.startswith("-") \
-            else ["--alias", entry.name]
+        alias = [f"--alias={name}"] if name.startswith("-") else ["--alias", name]
         filled += ["-m", model, "--port", str(port), "--host", "127.0.0.1", *alias]
-    if entry.mmproj is not None and "--mmproj" not in entry.flags:
-        filled += ["--mmproj", os.path.abspath(entry.mmproj)]
-    return filled + entry.args()
+    if card.mmproj is not None and "--mmproj" not in card.args:
+        filled += ["--mmproj", os.path.abspath(card.mmproj)]
+    return filled + list(card.args)
 
 
 @dataclass
@@ -219,8 +219,8 @@ def _relay_stderr(pipe: IO[bytes], prefix: str, log: Callable[[str], None],
         pipe.close()
 
 
-def make_spawner(template: str, entries: Callable[[str], ModelEntry], router_port: int,
-                 log: Callable[[str], None]) -> Callable[[int, str], Awaitable[ChildProcess]]:
+def make_spawner(template: str, router_port: int, log: Callable[[str], None]
+                 ) -> Callable[[Spawn], Awaitable[ChildProcess]]:
     """A spawner for the driver: starts the child for a model on a free port.
 
     The core's reader sees the child's stdout: protocol lines become messages, the rest is logged
@@ -228,10 +228,10 @@ def make_spawner(template: str, entries: Callable[[str], ModelEntry], router_por
     protocol line in one write, which a pipe keeps whole.
     """
 
-    async def spawn(instance: int, model: str) -> ChildProcess:
-        entry = entries(model)
+    async def spawn(command: Spawn) -> ChildProcess:
+        model = command.model
         port = free_port()
-        cmd = child_command(template, entry, port)
+        cmd = child_command(template, model, command.card, port)
         # Never the router's key, but one of its own: without it anyone on this machine could
         # reach the child's port (in its world-readable command line) around the router's key.
         # In the environment, which only this user can read, not in the command line.
@@ -249,13 +249,14 @@ DOWNLOAD_MODE = "download"
 
 
 def make_download_spawner(template: str, router_port: int, log: Callable[[str], None]
-                          ) -> Callable[[int, str], Awaitable[ChildProcess]]:
+                          ) -> Callable[[Spawn], Awaitable[ChildProcess]]:
     """A spawner of download children: ``template`` run with ``LLAMA_SERVER_CHILD_MODE=download``
     and ``LLAMA_ARG_HF_REPO=<user/repo:TAG>`` in its environment, as upstream starts them. It
     listens on no port; ``HF_ENDPOINT`` and the cache variables come from the router's
     environment."""
 
-    async def spawn(instance: int, model: str) -> ChildProcess:
+    async def spawn(command: Spawn) -> ChildProcess:
+        model = command.model
         cmd = [w.replace("{python}", sys.executable) for w in shlex.split(template)]
         env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port),
                    LLAMA_SERVER_CHILD_MODE=DOWNLOAD_MODE, LLAMA_ARG_HF_REPO=model)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from refimpl import flags
 from refimpl.cache import PREFERRED_TAGS, BadName, CachedModel, list_cached, split_name
+from refimpl.core.config import Card
 
 from .options import MAX_SECONDS, number_problem
 
@@ -72,6 +73,21 @@ class ModelEntry:
             if value is not None:
                 out.append(value)
         return out
+
+
+def card_of(entry: ModelEntry) -> Card:
+    """What the core carries of a source's entry: what its child is started with, and what
+    ``GET /models`` shows of it."""
+    return Card(entry.source, None if entry.path is None else str(entry.path),
+                None if entry.mmproj is None else str(entry.mmproj), tuple(entry.args()),
+                entry.tags, entry.hidden,
+                None if entry.architecture is None else
+                {k: tuple(v) for k, v in entry.architecture.items()})
+
+
+def launch_of(entry: ModelEntry) -> tuple[str, ...]:
+    """What is started for the entry: a running child started otherwise is stale."""
+    return (str(entry.path), str(entry.mmproj), *entry.args())
 
 
 def flags_from_args(args: list[str]) -> dict[str, str | None]:

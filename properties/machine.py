@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule)
 
-from refimpl.core.commands import Kill, Publish, Reply, SendExit
+from refimpl.core.commands import Kill, Reply, SendExit
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
 from refimpl.core.protocol import STATE_PREFIX, ReadyState, format_message

@@ -880,8 +880,11 @@ def listing_true(trace: Trace, config: RouterConfig) -> list[Violation]:
     published when it loaded."""
     out: list[Violation] = []
     published: dict[str, dict[str, Any]] = {}  # model -> its last status_change
+    told: set[int] = set()  # ids of the specs the trace gave (a checker's config may lack cards)
     for at, replay in _walk(trace, config):
         what = at.what
+        if isinstance(what, CatalogChanged):
+            told.update(id(spec) for spec in what.specs)
         if isinstance(what, Publish) and what.event == "status_change":
             published[what.model] = what.data
         elif isinstance(what, Publish) and what.event == "model_remove":
@@ -903,7 +906,7 @@ def listing_true(trace: Trace, config: RouterConfig) -> list[Violation]:
                 wrong(f"lists {name}, which no request can name and has no child")
             spec = replay.specs.get(name)
             if spec is not None and replay.names.get(name) == name and (
-                    view.aliases != spec.aliases or view.card != spec.card):
+                    view.aliases != spec.aliases or (id(spec) in told and view.card != spec.card)):
                 wrong(f"{name}: aliases {view.aliases} and card {view.card!r}, but its source "
                       f"says {spec.aliases} and {spec.card!r}")
             data = published.get(name, {"status": "unloaded"})

@@ -22,7 +22,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  rule)
 
 from refimpl.core.commands import Kill, Reply, SendExit
-from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.core.config import Card, ModelSpec, RouterConfig
 from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsked
 from refimpl.core.protocol import STATE_PREFIX, ReadyState, format_message
 from refimpl.core.router import Phase
@@ -84,9 +84,11 @@ def router_machine(config: RouterConfig, faults: Faults = MACHINE_FAULTS, focus:
         change = draw(st.sampled_from(["same", "same", "launch", "alias", "memory", "gone"]))
         if change == "gone":
             return None
-        if change == "launch":
+        if change == "launch":  # a new file: its card (what GET /models lists) says so too
+            version = f"v{draw(st.integers(1, 3))}"
             return ModelSpec(old.name, old.aliases, old.memory, old.stop_timeout,
-                             launch=(f"v{draw(st.integers(1, 3))}",))
+                             launch=(version,), card=Card("preset", f"/m/{version}.gguf",
+                                                          tags=(version,)))
         if change == "alias":
             return ModelSpec(old.name, tuple(draw(st.lists(st.sampled_from(aliases),
                                                            max_size=2, unique=True))),

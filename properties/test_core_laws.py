@@ -9,6 +9,7 @@ command."""
 
 from __future__ import annotations
 
+import pickle
 import random
 from typing import Any
 
@@ -16,11 +17,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refimpl.core.commands import (Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit,
-                                   Spawn)
-from refimpl.core.config import POLICIES, ModelSpec, RouterConfig
-from refimpl.core.events import (CatalogChanged, ChildExited, ChildOutput, ClientGone,
-                                 DownloadAsked, LoadAsked,
+from refimpl.core.commands import (Forward, Kill, Listed, Log, ModelView, Publish, RemoveFiles,
+                                   Reply, SendExit, Spawn)
+from refimpl.core.config import POLICIES, Card, ModelSpec, RouterConfig
+from refimpl.core.events import (CatalogChanged, ChildExited, ChildOutput, ChildStarted,
+                                 ClientGone, DownloadAsked, ListAsked, LoadAsked,
                                  RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
                                  TimerFired, UnloadAsked)
 from refimpl.core.lifecycle import (TRANSITIONS, IllegalTransition, Status, check_transition,
@@ -133,14 +134,33 @@ def test_the_diagram_is_the_table() -> None:
 
 # -- the trace's text form -------------------------------------------------------------------
 
+CARDS = st.builds(Card, st.sampled_from(["", "preset", "cache"]),
+                  st.one_of(st.none(), st.text(max_size=4)), st.none(),
+                  st.lists(st.text(max_size=3), max_size=2).map(tuple),
+                  st.lists(st.text(max_size=3), max_size=2).map(tuple), st.booleans(),
+                  st.one_of(st.none(), st.dictionaries(NAMES, st.lists(NAMES, max_size=2).map(
+                      tuple), max_size=2)))
 ENTRIES = st.one_of(
     st.builds(RequestArrived, st.integers(0, 9), st.one_of(st.none(), NAMES)),
     st.builds(ResponseEnded, st.integers(0, 9)), st.builds(ClientGone, st.integers(0, 9)),
     st.builds(ChildExited, st.integers(0, 9), st.integers(-9, 255)),
     st.builds(ChildOutput, st.integers(0, 9), st.binary(max_size=8)),
     st.just(RouterStarted()), st.just(TimerFired()),
-    st.builds(Spawn, st.integers(0, 9), NAMES), st.builds(Kill, st.integers(0, 9)),
-    st.builds(Forward, st.integers(0, 9), NAMES, st.integers(0, 9)),
+    st.builds(Spawn, st.integers(0, 9), NAMES, st.booleans(), CARDS),
+    st.builds(Kill, st.integers(0, 9)),
+    st.builds(Forward, st.integers(0, 9), NAMES, st.integers(0, 9),
+              st.one_of(st.none(), st.just("127.0.0.1:8080"))),
+    st.builds(ChildStarted, st.integers(0, 9), st.just("127.0.0.1:8080")),
+    st.builds(ListAsked, st.integers(0, 9)),
+    st.builds(Listed, st.integers(0, 9), st.lists(st.builds(
+        ModelView, NAMES, st.lists(NAMES, max_size=2).map(tuple), st.sampled_from(
+            ["loaded", "unloaded"]), CARDS, st.booleans(), st.one_of(st.none(), st.integers(
+                -9, 255)), st.dictionaries(NAMES, st.integers(0, 9), max_size=2)),
+        max_size=2).map(tuple)),
+    st.builds(CatalogChanged, st.lists(st.builds(
+        ModelSpec, NAMES, st.just(()), st.dictionaries(NAMES, st.integers(0, 9), max_size=1),
+        st.just(1.0), st.booleans(), st.just(()), CARDS), max_size=2).map(tuple),
+        st.just(()), st.one_of(st.none(), st.integers(0, 9)), st.booleans()),
     st.builds(Log, st.integers(0, 9), st.text(max_size=8)),
     st.builds(Reply, st.integers(0, 9), st.sampled_from([200, 400, 503]), NAMES, NAMES),
     st.builds(Publish, NAMES, st.sampled_from(["status_change", "model_remove"]),
@@ -156,8 +176,10 @@ def test_a_formatted_trace_is_one_valid_python_line_per_entry(trace: list[At]) -
     assert len(lines) == len(trace)
     import refimpl.core.commands as commands
     import refimpl.core.events as events
-    scope: dict[str, Any] = {**vars(commands), **vars(events), "At": At, "inf": float("inf")}
+    scope: dict[str, Any] = {**vars(commands), **vars(events), "At": At, "inf": float("inf"),
+                             "Card": Card, "ModelSpec": ModelSpec}
     assert [eval(line, scope) for line in lines] == trace
+    assert pickle.loads(pickle.dumps(trace)) == trace  # as --trace writes it
 
 
 # -- the policies, with one slot and a busy model ---------------------------------------------

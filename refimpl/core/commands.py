@@ -91,6 +91,10 @@ class ModelView:
     def __post_init__(self) -> None:
         object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
 
+    def __reduce__(self) -> tuple[Any, ...]:  # traces are pickled (--trace)
+        return (ModelView, (self.name, self.aliases, self.status, self.card, self.failed,
+                            self.exit_code, dict(self.info)))
+
     def __repr__(self) -> str:
         return (f"ModelView(name={self.name!r}, aliases={self.aliases!r}, "
                 f"status={self.status!r}, card={self.card!r}, failed={self.failed!r}, "

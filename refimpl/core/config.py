@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Any, Mapping
 
 POLICIES = ("fifo", "naive-lru", "drain-timeout")
 DEFAULT_POLICY = "fifo"
@@ -32,6 +32,11 @@ class Card:
         if self.architecture is not None:
             object.__setattr__(self, "architecture", MappingProxyType(
                 {k: tuple(v) for k, v in self.architecture.items()}))
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a mappingproxy does not pickle: a dict does
+        arch = None if self.architecture is None else dict(self.architecture)
+        return (Card, (self.source, self.path, self.mmproj, self.args, self.tags, self.hidden,
+                       arch))
 
     def __repr__(self) -> str:
         arch = None if self.architecture is None else dict(self.architecture)
@@ -64,6 +69,10 @@ class ModelSpec:
             raise ValueError(f"model {self.name!r}: stop_timeout must be >= 0")
         if any(v < 0 for v in self.memory.values()):
             raise ValueError(f"model {self.name!r}: memory needs must be >= 0")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # traces are pickled (--trace)
+        return (ModelSpec, (self.name, self.aliases, dict(self.memory), self.stop_timeout,
+                            self.load_on_startup, self.launch, self.card))
 
     def __repr__(self) -> str:
         return (f"ModelSpec(name={self.name!r}, aliases={self.aliases!r}, "

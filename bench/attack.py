@@ -11,7 +11,12 @@ fresh for each attack:
   connection the router closes stops there);
 - ``bodies``: 4 connections each POST a 90 MB body at once (one JSON string, as an image
   payload would be);
-- ``objects``: one POST of a 30 MB body of ``{},{},...`` (a document of many small values).
+- ``objects``: one POST of a 30 MB body of ``{},{},...`` (a document of many small values);
+- ``flood``: a child (fake fault ``flood-output``) writes log lines as fast as its pipes take
+  them, for 5 s;
+- ``reload``: five ``GET /models?reload=1`` in a row, with a GGUF whose header holds a
+  1M-entry array in the models folder;
+- ``rest``: nothing, for 3 s: the baseline the others' /health latency is divided by.
 
 Meanwhile a client asks ``GET /health`` in a loop. Per attack: the router's resident memory
 before, its peak (VmHWM) during the attack, what the attackers got (status, or ``cut`` when the
@@ -28,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -38,6 +44,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fixtures.hostile import hostile_gguf  # noqa: E402
 from fixtures.procs import popen, wait_healthy  # noqa: E402
 from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
@@ -141,7 +148,37 @@ def run_parallel(n: int, attack: Callable[[], str]) -> list[str]:
     return sorted(results)
 
 
-ATTACKS = {"headers": headers_attack, "bodies": bodies_attack, "objects": objects_attack}
+def rest(port: int) -> list[str]:
+    time.sleep(3)
+    return []
+
+
+def flood_attack(port: int) -> list[str]:
+    got = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=60,
+                     json={"model": "flood-output", "messages": []}).status_code
+    time.sleep(5)  # the child floods all along
+    return [str(got)]
+
+
+def reload_attack(port: int) -> list[str]:
+    return [str(httpx.get(f"http://127.0.0.1:{port}/models?reload=1", timeout=120).status_code)
+            for _ in range(5)]
+
+
+ATTACKS = {"rest": rest, "headers": headers_attack, "bodies": bodies_attack,
+           "objects": objects_attack, "flood": flood_attack, "reload": reload_attack}
+
+
+def models_for(name: str, models: Path, scratch: Path) -> Path:
+    """The models folder an attack runs with: tiny-xs, and the flood's or the reload's file."""
+    folder = scratch / name
+    folder.mkdir()
+    (folder / "tiny-xs.gguf").symlink_to(models / "tiny-xs.gguf")
+    if name == "flood":
+        (folder / "flood-output.gguf").symlink_to(models / "tiny-xs.gguf")
+    elif name == "reload":
+        hostile_gguf(folder / "hostile.gguf")
+    return folder
 
 
 def measure(root: Path, name: str, models: Path) -> dict[str, Any]:
@@ -149,7 +186,7 @@ def measure(root: Path, name: str, models: Path) -> dict[str, Any]:
     env = dict(os.environ)
     env.pop("LLAMA_API_KEY", None)
     cmd = [sys.executable, "-m", "refimpl", "--port", str(port), "--models-dir", str(models),
-           "--offline", "--child-cmd", "{python} -m fixtures.fake_child"]
+           "--offline", "--child-cmd", "{python} -m fixtures.fake_child --faults-from-name"]
     proc = popen(cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                  stdin=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -190,8 +227,20 @@ def main() -> int:
     args = p.parse_args()
     models = build_models_dir(default_cache_dir()).root
     print(f"router from {args.root}", flush=True)
-    for name in args.attack or list(ATTACKS):
-        print(json.dumps(measure(args.root.resolve(), name, models)), flush=True)
+    names = args.attack or list(ATTACKS)
+    if "rest" not in names:
+        names = ["rest", *names]  # the baseline is measured in every run
+    with tempfile.TemporaryDirectory(prefix="attack-models-") as scratch:
+        base: dict[str, Any] | None = None
+        for name in names:
+            row = measure(args.root.resolve(), name, models_for(name, models, Path(scratch)))
+            if name == "rest":
+                base = row
+            elif base is not None:  # the same router at rest, in this run
+                for q in ("p50", "p99"):
+                    row[f"health_{q}_x_rest"] = round(
+                        row[f"health_{q}_ms"] / max(base[f"health_{q}_ms"], 0.1), 1)
+            print(json.dumps(row), flush=True)
     return 0
 
 

@@ -9,6 +9,8 @@ capacities instead, which is how tests drive memory eviction with tiny models.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 import time
 from pathlib import Path
@@ -116,7 +118,7 @@ def gguf_metadata(path: Path, seconds: float = META_SECONDS,
     META_STRING bytes), read within ``seconds`` and ``limit`` bytes: arrays are skipped unread
     (fixed-size ones by a seek, strings by their lengths alone). Raises ValueError for a file
     that is not GGUF; a header cut short or past the bounds gives the keys read before it."""
-    with path.open("rb", buffering=1 << 20) as f:
+    with _open_regular(path) as f:
         return _GgufHeader(f, time.monotonic() + seconds, limit).read()
 
 
@@ -124,8 +126,23 @@ def gguf_complete(path: Path, seconds: float = META_SECONDS, limit: int = META_B
     """Whether a GGUF file holds all of its tensor data: its header reads whole within
     ``seconds`` and ``limit`` bytes, and every tensor it lists ends within the file. A file cut
     short (a download stopped half-way) does not, though its metadata may read."""
-    with path.open("rb", buffering=1 << 20) as f:
+    with _open_regular(path) as f:
         return _GgufHeader(f, time.monotonic() + seconds, limit).complete(path.stat().st_size)
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """``path`` opened for reading if it is a regular file; ValueError otherwise. Opened without
+    blocking first: a FIFO named ``*.gguf`` would otherwise hang its reader (start-up, or the
+    reload's worker thread) until something writes to it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=1 << 20)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 class _GgufHeader:

@@ -164,7 +164,7 @@ def _scan_models_dir(folder: Path) -> list[ModelEntry]:
 
 def _folder_model(folder: Path) -> ModelEntry | None:
     """A sub-folder holds one model: its shards, or a model with ``mmproj*.gguf`` beside it."""
-    ggufs = sorted(p for p in folder.iterdir() if p.suffix == ".gguf")
+    ggufs = sorted(p for p in folder.iterdir() if p.suffix == ".gguf" and p.is_file())
     mmproj = next((p for p in ggufs if p.name.startswith("mmproj")), None)
     rest = [p for p in ggufs if not p.name.startswith("mmproj")]
     firsts = [p for p in rest if (m := SHARD.match(p.name)) and int(m["n"]) == 1]

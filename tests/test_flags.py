@@ -33,7 +33,10 @@ SAMPLES = {"lo-hi": "0-1", "N0,N1,N2,...": "3,1", "MiB0,MiB1,MiB2,...": "1024",
            "<tensor name pattern>=<buffer type>,...": "exps=CPU", "START END": "0 1"}
 
 
-def sample(flag: flags.Flag) -> list[str]:
+def sample(flag: flags.Flag, tmp_path: Path | None = None) -> list[str]:
+    if flag.key == "--api-key-file" and tmp_path is not None:  # read at start: it must exist
+        (tmp_path / "keys").write_text("k\n")
+        return [str(tmp_path / "keys")]
     if flag.choices:
         return [flag.choices[0]]
     if flag.value is None:
@@ -79,9 +82,9 @@ def test_the_generator_reads_the_table_it_was_written_from() -> None:
 
 
 @pytest.mark.parametrize("name, flag", every_name(), ids=[n for n, _ in every_name()])
-def test_the_router_accepts_every_flag(name: str, flag: flags.Flag,
+def test_the_router_accepts_every_flag(name: str, flag: flags.Flag, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
-    argv = [name, *sample(flag)]
+    argv = [name, *sample(flag, tmp_path)]
     if name in ("-h", "--help", "--version"):
         with pytest.raises(SystemExit) as info:
             options.parse(argv, env={})
@@ -97,7 +100,7 @@ def test_the_router_accepts_every_flag(name: str, flag: flags.Flag,
     opts = options.parse(argv, env={})
     forwarded = flag.key not in options.NOT_FORWARDED
     assert (opts.child_args[:len(argv)] == argv) == forwarded, opts.child_args
-    acted = flag.key in options.ROUTER_FLAGS | child_cli.ACTS_ON
+    acted = flag.key in options.ROUTER_ACTS_ON | child_cli.ACTS_ON
     assert (opts.no_effect == [name]) != acted, opts.no_effect
 
 
@@ -123,12 +126,13 @@ def test_the_child_accepts_every_flag(name: str, flag: flags.Flag,
 
 @pytest.mark.parametrize("flag", [f for f in flags.FLAGS if f.env],
                          ids=[str(f.env) for f in flags.FLAGS if f.env])
-def test_every_variable_is_read_by_the_router_and_the_child(flag: flags.Flag) -> None:
-    value = "true" if flag.arity == 0 else " ".join(sample(flag))
+def test_every_variable_is_read_by_the_router_and_the_child(flag: flags.Flag,
+                                                           tmp_path: Path) -> None:
+    value = "true" if flag.arity == 0 else " ".join(sample(flag, tmp_path))
     env = {str(flag.env): value}
     opts = options.parse([], env=env)
     assert (str(flag.env) in opts.no_effect) == (
-        flag.key not in options.ROUTER_FLAGS | child_cli.ACTS_ON | options.ACTS_FROM_ENV)
+        flag.key not in options.ROUTER_ACTS_ON | child_cli.ACTS_ON | options.ACTS_FROM_ENV)
     if flag.key not in child_cli._REFUSED:
         child = child_cli.parse_options([] if flag.key == "--model" else ["-m", "m.gguf"],
                                         env=env)

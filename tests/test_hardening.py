@@ -311,6 +311,87 @@ def test_an_empty_api_key_is_refused(argv: list[str], env: dict[str, str], names
     assert names in capsys.readouterr().err
 
 
+def test_several_api_keys_as_llama_server_takes_them(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """``--api-key`` is a comma-separated list (a key may be quoted, CSV), and
+    ``--api-key-file`` adds its lines but empty ones and ``#`` comments (common/arg.cpp)."""
+    assert options.parse(["--api-key", 'a,,"b,c", d']).api_keys == ("a", "b,c", " d")
+    keys = tmp_path / "keys"
+    keys.write_text("# the team's keys\nk1\n\nk2\n")
+    assert options.parse(["--api-key", "a", "--api-key-file", str(keys)]).api_keys == \
+        ("a", "k1", "k2")
+    assert options.parse(["--api-key-file", str(keys)]).api_keys == ("k1", "k2")
+    assert options.parse([]).api_keys == ()
+    keys.write_text("# nothing but comments\n")
+    for bad in (keys, tmp_path / "missing"):
+        with pytest.raises(SystemExit) as info:
+            options.parse(["--api-key-file", str(bad)])
+        assert info.value.code == 2 and str(bad) in capsys.readouterr().err
+    keys.write_text("k\n")
+    assert "--api-key-file" not in options.parse(["--api-key-file", str(keys)]).no_effect
+
+
+def test_every_key_opens_the_router_and_no_other() -> None:
+    """The middleware takes any of the keys, in constant time per key."""
+    import anyio
+
+    from refimpl.core.config import RouterConfig
+    from refimpl.core.router import RouterCore
+    from refimpl.router import app as router_app
+    from refimpl.router.driver import Driver
+
+    driver = Driver(RouterCore(RouterConfig(models=())), spawner=None)  # type: ignore[arg-type]
+    app = router_app.RouterApp(driver, options.RouterOptions(api_keys=("k1", "k2"))).app
+
+    async def status(key: str | None) -> int:
+        headers = [(b"authorization", b"Bearer " + key.encode())] if key is not None else []
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                 "method": "GET", "scheme": "http", "path": "/props", "raw_path": b"/props",
+                 "query_string": b"", "root_path": "", "headers": headers,
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+        got: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                got.append(message["status"])
+        await app(scope, receive, send)
+        return got[0]
+
+    async def main() -> list[int]:
+        return [await status(k) for k in ("k1", "k2", "k3", "k1,k2", "", None)]
+
+    assert anyio.run(main) == [200, 200, 401, 401, 401, 401]
+
+
+def test_the_hub_token_reaches_the_download_child(tmp_path: Path) -> None:
+    """``--hf-token`` (or ``HF_TOKEN``) is the download child's ``HF_TOKEN``, as upstream hands
+    its token to the download; without it the child inherits the router's environment."""
+    import anyio
+
+    from refimpl.core.commands import Spawn
+    from refimpl.router.processes import make_download_spawner
+
+    assert options.parse(["--hf-token", "hf_x"]).hf_token == "hf_x"
+    assert "--hf-token" not in options.parse(["--hf-token", "hf_x"]).no_effect
+    template = f"{sys.executable} -c \"import os; print(os.environ.get('HF_TOKEN'))\""
+
+    async def token_seen(token: str | None) -> bytes:
+        spawn = make_download_spawner(template, 1, lambda line: None, token)
+        child = await spawn(Spawn(1, "u/r:Q8_0", download=True))
+        out = b""
+        while data := await child.read():
+            out += data
+        await child.wait()
+        return out.strip()
+
+    assert anyio.run(token_seen, "hf_secret") == b"hf_secret"
+    os.environ.pop("HF_TOKEN", None)
+    assert anyio.run(token_seen, None) == b"None"
+
+
 # -- 5. the log ---------------------------------------------------------------------------------
 
 def test_log_escapes_control_characters(capsys: pytest.CaptureFixture[str]) -> None:

@@ -122,7 +122,7 @@ def test_the_key_is_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await router_app.error(200, "through")(scope, receive, send)
 
-    guard = router_app._ApiKey(app, KEY)
+    guard = router_app._ApiKey(app, (KEY,))
     guesses = [b"", b"s", KEY[:-1].encode(), KEY.encode() + b"x", b"x" * 1000, KEY.encode()]
     statuses = []
     for guess in guesses:

@@ -88,7 +88,8 @@ class RouterApp:
                  blocking: Callable[..., Awaitable[Any]] | None = None,
                  hub_files: Callable[[str], list[str]] | None = None) -> None:
         self.driver = driver
-        self.hub_files = hub_files or _hub_files  # a repo's file names on the hub
+        # a repo's file names on the hub, asked with --hf-token / HF_TOKEN if given
+        self.hub_files = hub_files or (lambda repo: _hub_files(repo, options.hf_token))
         # How work that blocks (reading the sources, asking the hub) is kept off the event loop:
         # a worker thread; the whole-router simulation runs it inline, in virtual time.
         self.blocking = blocking or anyio.to_thread.run_sync
@@ -121,7 +122,7 @@ class RouterApp:
         self.app = Starlette(routes=routes, lifespan=lifespan,
                              exception_handlers={HTTPException: _http_error,
                                                  Exception: _server_error})
-        self.app.add_middleware(_ApiKey, key=options.api_key)
+        self.app.add_middleware(_ApiKey, keys=options.api_keys)
         self.bodies = BodyBudget(BODY_BUDGET)
 
     # -- the router's own endpoints --------------------------------------------------------------
@@ -437,12 +438,12 @@ class _Relayed(StreamingResponse):
                 await self.finish()
 
 
-def _hub_files(repo: str) -> list[str]:
+def _hub_files(repo: str, token: str | None = None) -> list[str]:
     """The file names of ``repo`` on the hub ``HF_ENDPOINT`` names; LookupError if none."""
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
     try:
-        info = HfApi().model_info(repo)
+        info = HfApi(token=token).model_info(repo)
     except RepositoryNotFoundError:
         raise LookupError(f"model repo {repo!r} not found on the hub") from None
     except HFValidationError as exc:  # split_name takes what the library takes: a 400 anyway
@@ -578,21 +579,23 @@ def _autoload(value: str | None) -> bool | None:
 
 
 class _ApiKey:
-    """With ``--api-key``, every endpoint but /health needs ``Authorization: Bearer KEY``."""
+    """With API keys (``--api-key``, ``--api-key-file``), every endpoint but /health needs
+    ``Authorization: Bearer KEY`` with one of them."""
 
-    def __init__(self, app: Any, key: str | None) -> None:
+    def __init__(self, app: Any, keys: tuple[str, ...]) -> None:
         self.app = app
-        self.key = key.encode() if key else None
+        self.keys = [key.encode() for key in keys]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self.key is None or scope["type"] != "http" or scope["path"] == "/health":
+        if not self.keys or scope["type"] != "http" or scope["path"] == "/health":
             await self.app(scope, receive, send)
             return
         given = b""
         for name, value in scope.get("headers", []):
             if name == b"authorization" and value.startswith(b"Bearer "):
                 given = value[len(b"Bearer "):]
-        if hmac.compare_digest(given, self.key):  # constant time
+        # constant time, and every key compared: which one matched is not told by the timing
+        if sum(hmac.compare_digest(given, key) for key in self.keys):
             await self.app(scope, receive, send)
             return
         response = error(401, "Invalid API Key", "authentication_error")

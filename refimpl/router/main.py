@@ -77,7 +77,8 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
     core = RouterCore(RouterConfig(models=specs, models_max=opts.models_max, devices=devices,
                                    autoload=opts.models_autoload, policy=opts.policy))
     spawner: Spawner = make_spawner(opts.child_cmd, opts.port, log)
-    download_spawner: Spawner = make_download_spawner(opts.download_cmd, opts.port, log)
+    download_spawner: Spawner = make_download_spawner(opts.download_cmd, opts.port, log,
+                                                      opts.hf_token)
     if opts.debug_fake_timing:  # upstream's test hook: every start (load, download) 2 s late
         spawner, download_spawner = delayed(spawner), delayed(download_spawner)
     driver = Driver(core, spawner, log=log, download_spawner=download_spawner,

@@ -20,10 +20,12 @@ before each load and after a request takes its model (``refimpl/router/debug.py`
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Mapping
 
 from refimpl import flags
@@ -48,15 +50,16 @@ NUMERIC_CHILD_FLAGS: dict[str, type[int | float]] = {
 ROUTER_FLAGS = frozenset({"--host", "--port", "--models-dir", "--models-preset", "--models-max",
                           "--models-autoload", "--api-key", "--sleep-idle-seconds",
                           "--offline"})
+# The flags the router acts on: its own, the key file, and the hub token (for downloads)
+ROUTER_ACTS_ON = ROUTER_FLAGS | {"--api-key-file", "--hf-token"}
 # What llama-server's router keeps from its children (server-models.cpp: unset_reserved_args,
 # and --log-file); --host, --port and --alias each child gets its own.
 NOT_FORWARDED = (ROUTER_FLAGS - {"--sleep-idle-seconds"}) | {
     "--api-key-file", "--ssl-key-file", "--ssl-cert-file", "--model", "--mmproj", "--alias",
     "--hf-repo", "--log-file"}
 # Accepted by llama-server, refused here: taken silently they would leave a router that its
-# user believes authenticated, or encrypted, serving plain and open.
+# user believes encrypted serving plain.
 REFUSED = {
-    "--api-key-file": "the reference router takes one key, from --api-key or LLAMA_API_KEY",
     "--ssl-key-file": "the reference router serves plain HTTP; put TLS in front of it",
     "--ssl-cert-file": "the reference router serves plain HTTP; put TLS in front of it",
 }
@@ -143,7 +146,10 @@ class RouterOptions:
     models_memory_margin: int = 1024  # MiB, 0 = off
     device_memory: dict[str, int] = field(default_factory=dict)  # declared capacities
     models_autoload: bool = True
-    api_key: str | None = None
+    api_key: str | None = None  # as given (--api-key or LLAMA_API_KEY)
+    # every key a client may send: --api-key's comma-separated list and --api-key-file's lines
+    api_keys: tuple[str, ...] = ()
+    hf_token: str | None = None  # --hf-token or HF_TOKEN: the download child and the hub check
     sleep_idle_seconds: float | None = None
     offline: bool = False
     policy: str = DEFAULT_POLICY
@@ -273,7 +279,7 @@ def parse(argv: list[str], env: Mapping[str, str] | None = None) -> RouterOption
     child_args = [w for g in given if g.flag.key not in NOT_FORWARDED for w in g.words]
     if known.sleep_idle_seconds is not None:  # the router takes it, and so does every child
         child_args += ["--sleep-idle-seconds", f"{known.sleep_idle_seconds:g}"]
-    acted = ROUTER_FLAGS | CHILD_ACTS_ON
+    acted = ROUTER_ACTS_ON | CHILD_ACTS_ON
     no_effect = [*(g.words[0] for g in given if g.flag.key not in acted),
                  *(str(g.flag.env) for g in from_env if g.flag.key not in acted | ACTS_FROM_ENV)]
     if known.api_key is None and API_KEY_ENV in env:
@@ -286,12 +292,31 @@ def parse(argv: list[str], env: Mapping[str, str] | None = None) -> RouterOption
             + " to run without authentication")
     if known.api_key is not None and any(ord(c) < 32 or ord(c) == 127 for c in known.api_key):
         parser.error(f"{where} has a control character: no client could send that key")
+    # As llama-server: a comma-separated list (CSV: a key may be quoted), and --api-key-file's
+    # lines that are not empty and do not start with '#'.
+    keys = [k for k in next(csv.reader([known.api_key]), []) if k] \
+        if known.api_key is not None else []
+    for g in [*given, *from_env]:
+        if g.flag.key == "--api-key-file":
+            try:
+                lines = Path(g.values[0]).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                parser.error(f"--api-key-file {g.values[0]}: cannot read it: "
+                             f"{getattr(exc, 'strerror', None) or exc}")
+            keys += [line for line in lines if line and not line.startswith("#")]
+            if not keys:
+                parser.error(f"--api-key-file {g.values[0]} holds no key")
+    if any(ord(c) < 32 or ord(c) == 127 for k in keys for c in k):
+        parser.error("an API key has a control character: no client could send that key")
+    token = next((g.values[0] for g in [*given, *from_env] if g.flag.key == "--hf-token"),
+                 None)
     return RouterOptions(
         host=known.host, port=known.port, models_dir=known.models_dir,
         models_preset=known.models_preset, models_max=known.models_max,
         models_memory_margin=known.models_memory_margin,
         device_memory=dict(known.device_memory), models_autoload=known.models_autoload,
-        api_key=known.api_key, sleep_idle_seconds=known.sleep_idle_seconds,
+        api_key=known.api_key, api_keys=tuple(dict.fromkeys(keys)), hf_token=token,
+        sleep_idle_seconds=known.sleep_idle_seconds,
         offline=known.offline, policy=known.policy, child_cmd=known.child_cmd,
         download_cmd=known.download_cmd,
         stop_timeout=known.stop_timeout, child_args=child_args,

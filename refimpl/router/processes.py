@@ -248,12 +248,14 @@ def make_spawner(template: str, router_port: int, log: Callable[[str], None]
 DOWNLOAD_MODE = "download"
 
 
-def make_download_spawner(template: str, router_port: int, log: Callable[[str], None]
+def make_download_spawner(template: str, router_port: int, log: Callable[[str], None],
+                          hf_token: str | None = None
                           ) -> Callable[[Spawn], Awaitable[ChildProcess]]:
     """A spawner of download children: ``template`` run with ``LLAMA_SERVER_CHILD_MODE=download``
     and ``LLAMA_ARG_HF_REPO=<user/repo:TAG>`` in its environment, as upstream starts them. It
     listens on no port; ``HF_ENDPOINT`` and the cache variables come from the router's
-    environment."""
+    environment; ``HF_TOKEN`` is the router's ``--hf-token`` when given (as upstream hands its
+    token to the download)."""
 
     async def spawn(command: Spawn) -> ChildProcess:
         model = command.model
@@ -261,6 +263,8 @@ def make_download_spawner(template: str, router_port: int, log: Callable[[str], 
         env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port),
                    LLAMA_SERVER_CHILD_MODE=DOWNLOAD_MODE, LLAMA_ARG_HF_REPO=model)
         env.pop("LLAMA_API_KEY", None)
+        if hf_token is not None:
+            env["HF_TOKEN"] = hf_token
         child = ChildProcess.start(cmd, env, 0, log)
         log(f"[router] started the download of {model} (pid {child.pid}): {shlex.join(cmd)}")
         return child

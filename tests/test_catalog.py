@@ -106,3 +106,21 @@ def test_an_alias_moved_to_a_model_listed_before_its_old_owner_stays_with_it() -
     out = core.handle(CatalogChanged((ModelSpec("B"), ModelSpec("C", aliases=("x",)),
                                       ModelSpec("A")), (), 2), 0.0)
     assert Reply(2, 200, errors.OK) in out and core.resolve("x") == "C"
+
+
+def test_the_names_of_a_model_that_vanished_are_free_while_its_child_exits() -> None:
+    """Found by the memory state machine (mutation profile) once reloads read the sources whole:
+    A vanished while running; before its child had exited, a reload gave its alias to C. The
+    alias no longer resolved to A, yet the clash check still read A's spec and refused C."""
+    core = RouterCore(RouterConfig(models=(A, B), models_max=2))
+    inst = loaded(core, "A")
+    out = core.handle(CatalogChanged((B,), (), 1, reload=True), 3.0)
+    assert Reply(1, 200, errors.OK) in out and SendExit(inst) in out  # A vanished, stopping
+    assert core.resolve("a1") is None and "A" in core.models  # until its child has exited
+    c = ModelSpec("C", aliases=("a1",), launch=("c.gguf",))
+    out = core.handle(CatalogChanged((B, c), (), 2, reload=True), 3.5)
+    assert Reply(2, 200, errors.OK) in out, out
+    assert core.resolve("a1") == "C"
+    core.handle(ChildExited(inst, 0), 4.0)
+    assert "A" not in core.models and core.resolve("a1") == "C"
+    assert Publish("*", "models_reload") in out

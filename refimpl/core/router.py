@@ -72,11 +72,10 @@ class RouterCore:
     def _catalog_clash(self, event: CatalogChanged) -> str | None:
         """Why ``event`` cannot be applied (a name or alias of two models), or None."""
         changed = {spec.name for spec in event.specs} | set(event.removed)
-        owners: dict[str, str] = {}
-        for name, model in self.models.items():
-            if name not in changed or model.downloading:
-                for alias in (name, *model.spec.aliases):
-                    owners[alias] = name
+        # The names that resolve now: a model that vanished or is being removed has none left,
+        # though it stays known until its child has exited.
+        owners = {alias: name for alias, name in self.names.items()
+                  if name not in changed or self.models[name].downloading}
         for spec in event.specs:
             known = self.models.get(spec.name)
             if known is not None and known.status is Status.DOWNLOADING:

@@ -167,26 +167,35 @@ def test_a_load_started_for_a_request_that_left_keeps_its_place() -> None:
     assert forwards == ["A", "C"], forwards
 
 
-def _drain_run(then: list[tuple[float, str, bool | None]]) -> tuple[dict[int, Any], list[At]]:
-    """Two models, one slot: a 30 s request for B, then one for A (B drains for it); then
-    each ``(wait, model, autoload)`` sends a 30 s request after ``wait`` more seconds. What
-    each request got (``"forwarded to X"`` or the reply's kind), and the trace."""
+DRAIN = RouterConfig(models=tuple(ModelSpec(n, stop_timeout=5.0) for n in "AB"),
+                     models_max=1, drain_timeout=10.0)
+
+
+def _draining() -> Any:
+    """Two models, one slot: a 30 s request for B (1), then one for A (2), for which B drains."""
     from simulator.engine import Simulation
 
-    from .machine import MACHINE_FAULTS, SETTLE
-    config = RouterConfig(models=tuple(ModelSpec(n, stop_timeout=5.0) for n in "AB"),
-                          models_max=1, drain_timeout=10.0)
-    s = Simulation(config, None, MACHINE_FAULTS, random.Random(0), duration=0.0, drain=1e9)
+    from .machine import MACHINE_FAULTS
+    s = Simulation(DRAIN, None, MACHINE_FAULTS, random.Random(0), duration=0.0, drain=1e9)
     s.start()
     s.run_until(0.0)
     s.request("B", 30.0)
     s.request("A", 30.0)
+    return s
+
+
+def _drain_run(then: list[tuple[float, str, bool | None]]) -> tuple[dict[int, Any], list[At]]:
+    """B drains for A (``_draining``); then each ``(wait, model, autoload)`` sends a 30 s
+    request after ``wait`` more seconds. What each request got (``"forwarded to X"`` or the
+    reply's kind), and the trace."""
+    from .machine import SETTLE
+    s = _draining()
     for wait, name, autoload in then:
         s.run_until(s.now + wait)
         s.request(name, 30.0, autoload=autoload)
     s.run_until(s.now + SETTLE)
     assert s.trace is not None
-    assert check_all(s.trace, config) == []
+    assert check_all(s.trace, DRAIN) == []
     got: dict[int, Any] = {}
     for at in s.trace:
         if isinstance(at.what, Forward):
@@ -212,25 +221,17 @@ def test_autoload_off_waits_behind_a_drain() -> None:
 def test_autoload_off_is_served_when_the_drain_is_called_off() -> None:
     """The drain ends without a stop (A's client leaves): B keeps running, and the request
     with autoload off that waited behind the drain goes to B."""
-    from simulator.engine import Simulation
-
-    from .machine import MACHINE_FAULTS, SETTLE
-    config = RouterConfig(models=tuple(ModelSpec(n, stop_timeout=5.0) for n in "AB"),
-                          models_max=1, drain_timeout=10.0)
-    s = Simulation(config, None, MACHINE_FAULTS, random.Random(0), duration=0.0, drain=1e9)
-    s.start()
-    s.run_until(0.0)
-    s.request("B", 30.0)
-    a = s.request("A", 30.0)
+    from .machine import SETTLE
+    s = _draining()
     s.run_until(15.0)
     held = s.request("B", 30.0, autoload=False)
     s.run_until(20.0)
     assert not any(isinstance(at.what, (Forward, Reply)) and at.what.req == held
                    for at in s.trace or []), "served while B drains"
-    s.give_up(a)
+    s.give_up(2)  # A's client leaves
     s.run_until(s.now + SETTLE)
     assert s.trace is not None
-    assert check_all(s.trace, config) == []
+    assert check_all(s.trace, DRAIN) == []
     forwards = {at.what.req: at.what.model for at in s.trace if isinstance(at.what, Forward)}
     assert forwards.get(held) == "B", forwards
 

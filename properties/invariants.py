@@ -466,7 +466,7 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
     """An API call answered 200 did what it says: a load starts a child for the model (at once,
     or when its download or the queue lets it, unless an unload, a removal or a reload that
     made it too big for a device came first); an
-    unload leaves the model with no child that takes requests; a download starts a download
+    unload leaves the model with no child that takes requests but one started for a later demand; a download starts a download
     child; a removal publishes ``model_remove`` and removes the files; a catalog change makes
     every new name resolve and leaves no removed or changed model's old child taking requests."""
     out: list[Violation] = []
@@ -476,7 +476,10 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
 
     def settle(replay: Replay) -> None:
         for req, r, extra in checks:
-            if r.kind == "unload" and replay.usable(r.model) is not None:
+            child = replay.usable(r.model)
+            # a child started after the unload was asked (for a load asked after it) is not one
+            # the unload was about
+            if r.kind == "unload" and child is not None and child.seq < r.seq:
                 out.append(Violation("api_calls_take_effect", replay.now, f"unload {req} of "
                                      f"{r.model} answered 200 but its child still takes "
                                      "requests"))

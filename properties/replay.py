@@ -261,7 +261,7 @@ class Replay:
                 name = what.model
                 known = bool(name) and name in self.names
                 r = Req(what.req, self.model_of(name), at.t, kind=API_KINDS[type(what)],
-                        name=name, known=known)
+                        name=name, known=known, seq=self.index)
                 self.requests[what.req] = r
                 if isinstance(what, RemoveAsked) and known:
                     self._forget_names(r.model)  # unresolvable from now on

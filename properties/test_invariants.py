@@ -13,7 +13,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from refimpl.core import errors
 from refimpl.core.commands import Forward, Listed, ModelView, Publish, Reply, SendExit, Spawn
-from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.core.config import Card, ModelSpec, RouterConfig
 from refimpl.core.events import (CatalogChanged, ChildExited, ChildStarted, DownloadAsked, ListAsked, LoadAsked,
                                  RequestArrived, ResponseEnded, RouterStarted, TimerFired,
                                  UnloadAsked)
@@ -258,3 +258,26 @@ def test_a_listing_that_misses_a_model_or_its_failure_is_caught() -> None:
         [*crash, At(4, ListAsked(2)), At(4, Listed(2, hidden_failure))], ONE))
     assert "does not list ['C']" in str(listing_true(
         [*crash, At(4, ListAsked(2)), At(4, Listed(2, views[:2]))], ONE))
+
+
+def test_an_unload_is_judged_by_the_child_it_was_about() -> None:
+    """Found by the whole-router simulation once it shared the engine's children: a finished
+    download's child ignored its exit command; an unload (answered at that child's exit) and
+    then a load of the model were asked; at the exit the unload is answered and the load's
+    child starts, in the same event. ``api_calls_take_effect`` took that new child for the one
+    the unload left running. The unload still fails the check if it stops nothing."""
+    from dataclasses import replace
+
+    from simulator.scenario import STEADY, Download, Hang, Load, Unload, play
+    model = "tiny/x-GGUF:F16"
+    config = RouterConfig(models=(ModelSpec("a", stop_timeout=2.0),), models_max=1)
+    trace = play(config, [(0.0, Download(model)), (0.5, Hang(model)), (2.0, Unload(model)),
+                          (2.0, Load(model))],
+                 faults=replace(STEADY, download_time=(1.0, 1.0)), until=40)
+    exit_at = next(at.t for at in trace if isinstance(at.what, ChildExited))
+    assert [at.what for at in trace if at.t == exit_at and isinstance(at.what, (Reply, Spawn))
+            ] == [Reply(2, 200, errors.OK), Spawn(2, model, card=Card(source="cache"))]
+    assert check_all(trace, config) == []
+    # an unload that stops nothing: its child (1, started before it) still takes requests
+    stays = [*serve_a(), At(3, UnloadAsked(2, "A")), At(3, Reply(2, 200, errors.OK))]
+    assert "unload 2 of A answered 200" in str(check_all(stays, ONE))

@@ -18,6 +18,7 @@ everything else, trio's scheduling order included, so one program replays one ru
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import random
@@ -27,7 +28,7 @@ import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Union
+from typing import Any, AsyncIterator, Callable, Union
 
 import httpx
 import trio
@@ -38,9 +39,8 @@ from properties.invariants import check_all
 from refimpl.cache import list_cached
 from refimpl.core.commands import Spawn
 from refimpl.core.config import ModelSpec, RouterConfig
-from refimpl.core.protocol import (EXIT_COMMAND, MAX_LINE, STATE_PREFIX, DownloadProgress,
-                                   DownloadResult, LoadingState, Progress, ReadyState,
-                                   SleepingState, format_message)
+from refimpl.core.events import ChildExited, ChildOutput, Event, ResponseEnded
+from refimpl.core.protocol import EXIT_COMMAND
 from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
 from refimpl.router.app import RouterApp
@@ -48,6 +48,7 @@ from refimpl.router.driver import Driver
 from refimpl.router.options import RouterOptions
 from refimpl.router.sources import ModelEntry, card_of
 
+from .children import SimChild, SimDownloadChild
 from .faults import FAULT_PRESETS, Faults
 
 CALL_HEADER = "x-sim-call"  # names a client's call, so that what reached a child is matched
@@ -274,31 +275,29 @@ def whole_checks(run: Run) -> list[str]:
 
 class SimProcess:
     """A simulated child process: the driver's ``Child`` (stdout, stdin, kill, wait) and the HTTP
-    server the proxy reaches on its port."""
+    server the proxy reaches on its port. What it does (what it writes and when, its faults,
+    sleeping, waking, exiting) is its ``life``: a child of ``simulator.children``, as the engine
+    runs, with the world as its host."""
 
-    def __init__(self, world: WholeWorld, instance: int, model: str) -> None:
+    def __init__(self, world: WholeWorld, life: SimChild) -> None:
         self.world = world
-        self.instance = instance
-        self.model = model
-        self.port = 20_000 + instance
-        self._pid = PID_BASE + instance
-        self.faults = world.faults
+        self.life = life
+        self.instance = life.instance
+        self.model = life.model
+        self.port = 20_000 + life.instance
+        self._pid = PID_BASE + life.instance
         self._send, self._receive = trio.open_memory_channel[bytes](math.inf)
-        self.alive = True
-        self.ready = False
-        self.exiting = False
         self.code: int | None = None
         self.dead = trio.Event()
         self.reaped = False  # wait() has returned its exit code
-        self.sleeping = False
-        self.inflight = 0  # requests it is working on
-        self.idle_token = 0  # bumped on activity: a sleep armed before it is stale
-        self.hangs = world.chance(self.faults.hang_on_exit)
-        self.deaf = world.chance(world.config.ignore_stdin)
 
     @property
     def pid(self) -> int:
         return self._pid
+
+    @property
+    def alive(self) -> bool:
+        return self.life.alive
 
     # the driver's side
     async def read(self) -> bytes:
@@ -309,18 +308,16 @@ class SimProcess:
 
     async def write_stdin(self, data: bytes) -> None:
         await trio.lowlevel.checkpoint()
-        if not self.alive:
+        if not self.life.alive:
             raise BrokenPipeError("the child has exited")
-        if data == EXIT_COMMAND and not self.deaf and not self.exiting:
-            self.exiting = True
-            if not self.hangs:
-                self.world.soon(self.exit, 0, self.world.rng.uniform(*self.faults.exit_time))
+        if data == EXIT_COMMAND:
+            self.life.exit_command()
 
     def kill(self) -> None:
         if self.reaped:  # a real pid may belong to another process by now (Z16)
             self.world.misuse.append(f"instance {self.instance} ({self.model}) was killed after "
                                      f"it was reaped")
-        self.exit(-9)
+        self.life.kill()
 
     async def wait(self) -> int:
         await self.dead.wait()
@@ -328,94 +325,16 @@ class SimProcess:
         self.reaped = True
         return self.code
 
-    # its life
-    async def life(self) -> None:
-        f, rng = self.faults, self.world.rng
-        load = rng.uniform(*f.load_time)
-        crash_at = rng.uniform(0.0, load) if self.world.chance(f.crash_loading) else None
-        self.write(format_message(LoadingState()))
-        done = 0.0
-        for frac in (0.25, 0.5, 0.75, 1.0):
-            step = frac * load - done
-            if crash_at is not None and crash_at < frac * load:
-                await trio.sleep(max(0.0, crash_at - done))
-                self.exit(1)
-                return
-            await trio.sleep(step)
-            done = frac * load
-            if not self.alive:
-                return
-            if frac < 1.0:
-                self.write(format_message(LoadingState(Progress(("text_model",), "text_model",
-                                                                frac))))
-        self.ready = True
-        self.write(format_message(ReadyState({"id": self.model, "object": "model",
-                                               "owned_by": "llamacpp"})))
-        if self.world.chance(f.crash_idle):
-            self.world.soon(self.exit, 134, rng.expovariate(1 / 30.0))
-        self.arm_sleep()
+    # what its life does, as the world delivers it
+    def output(self, chunk: bytes) -> None:
+        self._send.send_nowait(chunk)
 
-    def arm_sleep(self) -> None:
-        """Report ``sleeping`` after ``sleep_idle`` idle seconds (``--sleep-idle-seconds``)."""
-        if self.faults.sleep_idle is not None and not self.inflight and self.alive:
-            self.idle_token += 1
-            self.world.soon(self._sleep, self.idle_token, self.faults.sleep_idle)
-
-    def _sleep(self, token: int) -> None:
-        if self.alive and not self.exiting and self.ready and not self.inflight \
-                and token == self.idle_token:
-            self.sleeping = True
-            self.write(format_message(SleepingState()))
-
-    async def busy(self, request: httpx.Request) -> None:
-        """A request starts: wake up first if asleep."""
-        self.inflight += 1
-        self.idle_token += 1
-        if self.sleeping:
-            self.sleeping = False
-            await self.work(self.world.rng.uniform(*self.faults.wake_time), request)
-            self.write(format_message(ReadyState({})))
-
-    def idle(self) -> None:
-        self.inflight -= 1
-        self.arm_sleep()
-
-    def write(self, line: bytes) -> None:
-        """One line of stdout, in random chunks, after the faults the plan says."""
-        f, world = self.faults, self.world
-        if world.chance(f.garbage):
-            self._raw(world.rng.randbytes(world.rng.randrange(1, 64)) + b"\n")
-            self._raw(STATE_PREFIX + b'{"state": "ready", "payload": ' + b"\n")
-            self._raw(b"log: " + STATE_PREFIX + b'{"state": "ready", "payload": {}}\n')
-        if world.chance(f.overlong):
-            self._raw(STATE_PREFIX + b"x" * (MAX_LINE + 1) + b"\n")
-        if world.chance(f.unknown_state):
-            self._raw(STATE_PREFIX + b'{"state": "exploding", "payload": {}}\n')
-        self._raw(line)
-
-    def _raw(self, data: bytes) -> None:
-        rng = self.world.chunk_rng
-        while data and self.alive:
-            cut = rng.randrange(1, len(data) + 1) if rng.random() < 0.5 else len(data)
-            self._send.send_nowait(data[:cut])
-            data = data[cut:]
-
-    def exit(self, code: int) -> None:
-        if not self.alive:
-            return
-        self.alive = False
+    def exited(self, code: int) -> None:
         self.code = code
         self._send.close()
         self.dead.set()
 
     # its HTTP server
-    async def work(self, seconds: float, request: httpx.Request) -> None:
-        """Work for ``seconds``; a child that dies meanwhile breaks off the answer."""
-        with trio.move_on_after(seconds):
-            await self.dead.wait()
-        if not self.alive:
-            raise httpx.ReadError("the child died", request=request)
-
     async def serve(self, request: httpx.Request, call: int) -> httpx.Response:
         world = self.world
         body = await request.aread()
@@ -423,27 +342,63 @@ class SimProcess:
             parsed = json.loads(body) if body else {}
         except ValueError:
             parsed = {}
-        if world.chance(self.faults.crash_serving):
-            world.soon(self.exit, 139, world.rng.uniform(0.0, world.config.service))
-        if not self.ready:  # the router never forwards before the child said it was ready
+        if not self.life.ready:  # the router never forwards before the child said it was ready
             world.misuse.append(f"instance {self.instance} ({self.model}) got a request "
                                 f"before it said it was ready")
             return _json(503, {"error": {"code": 503, "message": "Loading model",
                                          "type": "unavailable_error"}})
         odd = [("x-odd", "a\x7fb")] if world.chance(world.config.odd_headers) else []
         if isinstance(parsed, dict) and parsed.get("stream") is True:
-            await self.busy(request)
+            tokens = parsed.get("max_tokens", 4)
+            count = tokens if isinstance(tokens, int) and 0 < tokens <= 1000 else 4
+            delays = [world.rng.uniform(0.0, world.config.service) for _ in range(count)]
+            answer = world.answer(self.life, sum(delays))
+            try:
+                await answer.until(answer.start, request)  # it wakes up first, if asleep
+            except BaseException:
+                answer.drop()
+                raise
             return httpx.Response(200, headers=[("content-type", "text/event-stream"),
                                                 ("connection", "keep-alive"),
                                                 ("transfer-encoding", "chunked"), *odd],
-                                  stream=_Tokens(self, request, parsed.get("max_tokens", 4)))
-        await self.busy(request)
+                                  stream=_Tokens(answer, request, delays))
+        answer = world.answer(self.life, world.rng.uniform(0.0, world.config.service))
         try:
-            await self.work(world.rng.uniform(0.0, world.config.service), request)
+            await answer.until(math.inf, request)
         finally:
-            self.idle()
+            answer.drop()
         return _json(200, {"path": request.url.path, "query": request.url.query.decode(),
                            "model": self.model, "call": call}, odd)
+
+
+class _Answer:
+    """An answer a child is giving: its life works on it as request ``req`` from ``start`` on,
+    and it is over when the life delivers ``ResponseEnded`` for it."""
+
+    def __init__(self, life: SimChild, req: int, pending: dict[int, _Answer]) -> None:
+        self.life = life
+        self.req = req
+        self.pending = pending  # the world's answers not over yet
+        self.start = 0.0
+        self.ok = False
+        self.over = trio.Event()
+
+    def end(self, ok: bool) -> None:
+        self.ok = ok
+        self.over.set()
+
+    async def until(self, t: float, request: httpx.Request) -> None:
+        """Wait until virtual time ``t``; the answer breaks off if the child failed it."""
+        with trio.move_on_at(t):
+            await self.over.wait()
+        if self.over.is_set() and not self.ok:
+            raise httpx.ReadError("the child broke off its answer", request=request)
+
+    def drop(self) -> None:
+        """Nobody reads the answer any more: if it is not over, the child stops working on it
+        (the router's client left)."""
+        if self.pending.pop(self.req, None) is not None:
+            self.life.cancel(self.req)
 
 
 def _json(status: int, value: Any, extra: list[tuple[str, str]] = []) -> httpx.Response:
@@ -457,76 +412,46 @@ def _json(status: int, value: Any, extra: list[tuple[str, str]] = []) -> httpx.R
 
 
 class _Tokens(httpx.AsyncByteStream):
-    """A streamed completion: ``max_tokens`` tokens, then ``[DONE]``; broken off if the child
-    dies."""
+    """A streamed completion: a token after each of ``delays`` seconds, then ``[DONE]`` once the
+    answer is over; broken off if the child fails it."""
 
-    def __init__(self, child: SimProcess, request: httpx.Request, tokens: Any) -> None:
-        self.child = child
+    def __init__(self, answer: _Answer, request: httpx.Request, delays: list[float]) -> None:
+        self.answer = answer
         self.request = request
-        self.tokens = tokens if isinstance(tokens, int) and 0 < tokens <= 1000 else 4
-        self.over = False
+        self.delays = delays
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        rng = self.child.world.rng
         try:
-            for i in range(self.tokens):
-                await self.child.work(rng.uniform(0.0, self.child.world.config.service),
-                                      self.request)
+            t = self.answer.start
+            for i, delay in enumerate(self.delays):
+                t += delay
+                await self.answer.until(t, self.request)
                 yield b'data: {"choices": [{"delta": {"content": "t%d"}}]}\n\n' % i
+            await self.answer.until(math.inf, self.request)
             yield b"data: [DONE]\n\n"
         finally:
             await self.aclose()
 
-    async def aclose(self) -> None:
-        if not self.over:  # the stream is over, or the router closed it (its client left)
-            self.over = True
-            self.child.idle()
+    async def aclose(self) -> None:  # the stream is over, or the router closed it
+        self.answer.drop()
 
 
-class SimDownload(SimProcess):
-    """A simulated download child: progress every 100 ms, then the files in the run's cache and
-    the result, then it waits for the exit command (as upstream's does). An exit command before
-    the result cancels it: it reports failure and exits."""
+class _CacheFolder:
+    """The run's cache folder, as download children fill it: a model's files appear there, as
+    the hub's cache lays them out, once its download is complete."""
 
-    TOTAL = 1_000_000
+    def __init__(self, path: Path) -> None:
+        self.path = path
 
-    async def life(self) -> None:
-        f, rng = self.faults, self.world.rng
-        duration = rng.uniform(*f.download_time)
-        fails = self.world.chance(f.download_fail)
-        end = rng.uniform(0.0, duration) if fails else duration
-        url = f"http://hub.sim/{self.model}/resolve/main/model.gguf"
-        steps = max(1, int(duration / 0.1))
-        for i in range(steps + 1):
-            t = duration * i / steps
-            if t > end:
-                break
-            await trio.sleep(t - (duration * (i - 1) / steps if i else 0.0))
-            if not self.alive or self.ready:
-                return
-            self.write(format_message(DownloadProgress(url, self.TOTAL * i // steps, self.TOTAL)))
-        if not self.alive or self.ready:
+    def __setitem__(self, model: str, files: str, /) -> None:
+        if files != "complete":
             return
-        if not fails:
-            repo, _, tag = self.model.partition(":")
-            snapshot = self.world.cache / f"models--{repo.replace('/', '--')}" / "snapshots" / COMMIT
-            snapshot.mkdir(parents=True, exist_ok=True)
-            (snapshot.parent.parent / "refs").mkdir(exist_ok=True)
-            (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
-            (snapshot / f"x-{tag}.gguf").write_bytes(b"GGUF")
-        self.ready = True  # its work is over, whatever the result
-        self.write(format_message(DownloadResult(not fails)))
-
-    async def write_stdin(self, data: bytes) -> None:
-        await trio.lowlevel.checkpoint()
-        if not self.alive:
-            raise BrokenPipeError("the child has exited")
-        if data == EXIT_COMMAND and not self.exiting:
-            if not self.ready:  # cancelled: it says so, then exits
-                self.ready = True
-                self.write(format_message(DownloadResult(False)))
-            self.exiting = True
-            self.world.soon(self.exit, 0, self.world.rng.uniform(*self.faults.exit_time))
+        repo, _, tag = model.partition(":")
+        snapshot = self.path / f"models--{repo.replace('/', '--')}" / "snapshots" / COMMIT
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (snapshot.parent.parent / "refs").mkdir(exist_ok=True)
+        (snapshot.parent.parent / "refs" / "main").write_text(COMMIT)
+        (snapshot / f"x-{tag}.gguf").write_bytes(b"GGUF")
 
 
 class ChildNetwork(httpx.AsyncBaseTransport):
@@ -615,7 +540,9 @@ async def call(app: Any, ex: Exchange, body: bytes, leave: float | None,
 # -- the world as a whole ------------------------------------------------------------------------
 
 class WholeWorld:
-    """One run: the real router (driver, app) and the fake world around it."""
+    """One run: the real router (driver, app) and the fake world around it, which is the
+    children's ``ChildHost``: what they schedule runs in trio, what they do reaches their
+    processes and the answers they give."""
 
     def __init__(self, program: Program) -> None:
         self.program = program
@@ -624,29 +551,34 @@ class WholeWorld:
         self.rng = random.Random(program.seed)
         self.chunk_rng = random.Random(program.seed + 1)
         self.by_port: dict[int, SimProcess] = {}
+        self.by_instance: dict[int, SimProcess] = {}
         self.processes: list[SimProcess] = []
+        self.answers: dict[int, _Answer] = {}  # the children's answers that are not over
+        # what the children scheduled: (time, order asked, fn, arg)
+        self._due: list[tuple[float, int, Callable[[Any], object], Any]] = []
+        self._seq = 0
+        self._wake = trio.CancelScope()  # the scheduler's sleep until the next of ``_due``
         self.seen: dict[int, Seen] = {}
         self.misuse: list[str] = []  # what the driver did to a child that a real one forbids
         self.exchanges: list[Exchange] = []
         self.log: list[str] = []
         self.sources = {m: ModelEntry(m, Path(f"/sim/{m}.gguf"), "preset")
                         for m in self.config.models}
-        self.cache = Path(tempfile.mkdtemp(prefix="whole-sim-cache-"))  # the downloads' files
-        self.nursery: trio.Nursery | None = None
+        self.cache = _CacheFolder(Path(tempfile.mkdtemp(prefix="whole-sim-cache-")))
         self._stuck_watch = trio.CancelScope()
         specs = tuple(self.spec_for(e) for e in self.sources.values())
         self.core = RouterCore(RouterConfig(models=specs, models_max=self.config.models_max))
         self.driver = Driver(self.core, self.spawn, record=True, log=self.log.append,
-                             download_spawner=self.spawn_download)
+                             download_spawner=self.spawn)
         self.driver.trace = _Bounded(self.config.max_trace)
         self.app = RouterApp(self.driver, RouterOptions(models_max=self.config.models_max),
                              load_entries=self.load_entries, spec_for=self.spec_for,
-                             cache=self.cache, transport=ChildNetwork(self), blocking=_inline,
-                             hub_files=_hub_files)
+                             cache=self.cache.path, transport=ChildNetwork(self),
+                             blocking=_inline, hub_files=_hub_files)
 
     def load_entries(self) -> list[ModelEntry]:
         """What the sources say now: the presets, and the complete models in the cache."""
-        cached = [ModelEntry(c.name, c.path, "cache") for c in list_cached(self.cache)]
+        cached = [ModelEntry(c.name, c.path, "cache") for c in list_cached(self.cache.path)]
         return [*self.sources.values(), *cached]
 
     def spec_for(self, entry: ModelEntry) -> ModelSpec:
@@ -656,38 +588,61 @@ class WholeWorld:
     def chance(self, p: float) -> bool:
         return p > 0.0 and self.rng.random() < p
 
-    def soon(self, fn: Any, arg: Any, delay: float) -> None:
-        async def later() -> None:
-            await trio.sleep(delay)
-            fn(arg)
-        assert self.nursery is not None
-        self.nursery.start_soon(later)
+    # the children's host
+    @property
+    def now(self) -> float:
+        return trio.current_time()
+
+    def at(self, t: float, fn: Callable[[Any], object], arg: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._due, (t, self._seq, fn, arg))
+        self._wake.deadline = min(self._wake.deadline, t)
+
+    async def _keep_time(self) -> None:
+        """Run what the children scheduled when its time comes, in order: one task, so that
+        trio's shuffle cannot reorder the chunks of a line."""
+        while True:
+            while self._due and self._due[0][0] <= trio.current_time():
+                _, _, fn, arg = heapq.heappop(self._due)
+                fn(arg)
+            self._wake = trio.CancelScope(deadline=self._due[0][0] if self._due else math.inf)
+            with self._wake:
+                await trio.sleep_forever()
+
+    def deliver(self, event: Event) -> None:
+        if isinstance(event, ChildOutput):
+            self.by_instance[event.instance].output(event.data)
+        elif isinstance(event, ChildExited):
+            self.by_instance[event.instance].exited(event.code)
+        elif isinstance(event, ResponseEnded):
+            answer = self.answers.pop(event.req, None)
+            if answer is not None:  # else nobody reads it any more
+                answer.end(event.ok)
+
+    def answer(self, life: SimChild, service: float) -> _Answer:
+        """``life`` starts on an answer that takes ``service`` seconds."""
+        self._seq += 1  # a number no other answer has
+        answer = _Answer(life, self._seq, self.answers)
+        self.answers[answer.req] = answer
+        answer.start = life.serve(answer.req, service)
+        return answer
 
     async def spawn(self, command: Spawn) -> SimProcess:
-        instance, model = command.instance, command.model
+        """Start a model's child, or a download child (the driver's ``download_spawner``)."""
         delay = self.rng.uniform(0.0, self.config.spawn_delay) if self.config.spawn_delay else 0
         if delay:
             await trio.sleep(delay)
         if self.chance(self.config.spawn_fail):
-            raise OSError("simulated: the child's executable could not be started")
-        child = SimProcess(self, instance, model)
+            raise OSError(f"simulated: the {'download' if command.download else 'model'} child "
+                          f"could not be started")
+        kind = SimDownloadChild if command.download else SimChild
+        child = SimProcess(self, kind(self, command.instance, command.model,
+                                      ignore_stdin=self.config.ignore_stdin))
         self.processes.append(child)
-        self.by_port[child.port] = child
-        assert self.nursery is not None
-        self.nursery.start_soon(child.life)
-        return child
-
-    async def spawn_download(self, command: Spawn) -> SimProcess:
-        instance, model = command.instance, command.model
-        delay = self.rng.uniform(0.0, self.config.spawn_delay) if self.config.spawn_delay else 0
-        if delay:
-            await trio.sleep(delay)
-        if self.chance(self.config.spawn_fail):
-            raise OSError("simulated: the download child could not be started")
-        child = SimDownload(self, instance, model)
-        self.processes.append(child)
-        assert self.nursery is not None
-        self.nursery.start_soon(child.life)
+        self.by_instance[child.instance] = child
+        if not command.download:
+            self.by_port[child.port] = child
+        child.life.start()
         return child
 
     # the clients and the chaos monkey
@@ -728,7 +683,7 @@ class WholeWorld:
         elif isinstance(step, Crash):
             alive = [p for p in self.processes if p.model == step.model and p.alive]
             if alive:
-                alive[-1].exit(step.code)
+                alive[-1].life.crash(step.code)
 
     async def http(self, method: str, target: str, body: bytes, leave: float | None,
                    headers: list[tuple[bytes, bytes]] = []) -> None:
@@ -738,7 +693,7 @@ class WholeWorld:
 
     async def main(self) -> float:
         async with trio.open_nursery() as world:
-            self.nursery = world
+            world.start_soon(self._keep_time)
             await world.start(self.driver.run)
             with trio.move_on_after(self.end_of_steps() + self.config.settle) as calls:
                 async with trio.open_nursery() as clients:
@@ -836,7 +791,7 @@ def run_program(program: Program) -> Run:
         runaway, end = True, clock.current_time()
     finally:
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = deterministic  # type: ignore[misc]
-        shutil.rmtree(world.cache, ignore_errors=True)
+        shutil.rmtree(world.cache.path, ignore_errors=True)
     assert world.driver.trace is not None
     return Run(program, world.driver.trace, world.core.config, world.exchanges, world.seen,
                world.log, end, world.misuse, runaway)

@@ -35,6 +35,7 @@ from refimpl.core.events import (
     ChildOutput,
     ClientGone,
     DownloadAsked,
+    ListAsked,
     LoadAsked,
     RemoveAsked,
     RequestArrived,
@@ -468,7 +469,8 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
     made it too big for a device came first); an
     unload leaves the model with no child that takes requests but one started for a later demand; a download starts a download
     child; a removal publishes ``model_remove`` and removes the files; a catalog change makes
-    every new name resolve and leaves no removed or changed model's old child taking requests."""
+    every new name resolve and leaves no removed or changed model's old child taking requests,
+    and a reload of the sources (``reload``) publishes ``models_reload`` once."""
     out: list[Violation] = []
     due_load: dict[str, tuple[float, int]] = {}  # model -> (when, call) of a 200 load
     checks: list[tuple[int, Req, Any]] = []  # (call, request, what to check after the event)
@@ -496,6 +498,12 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
                                      "files"))
             elif r.kind == "catalog":
                 event, before, removed = extra
+                reloads = sum(isinstance(c, Publish) and c.event == "models_reload" for c in seen)
+                if reloads != (1 if event.reload else 0):
+                    out.append(Violation("api_calls_take_effect", replay.now,
+                                         f"catalog change {req} published models_reload "
+                                         f"{reloads} time(s): a reload of the sources publishes "
+                                         "it once, any other change never"))
                 for spec in event.specs:
                     if replay.downloading(spec.name):
                         continue
@@ -672,11 +680,16 @@ def loading_stops(trace: Trace, config: RouterConfig) -> list[Violation]:
 
 def coalesced(trace: Trace, config: RouterConfig) -> list[Violation]:
     """Requests for one model share one load: at most one child per model at once, and every load
-    answers a demand (a waiting request, a load asked through the API, or load-on-startup)."""
+    answers a demand (a waiting request, a load asked through the API, or load-on-startup) and
+    starts what the model's source says now (its card)."""
     out: list[Violation] = []
     for at, replay in _walk(trace, config):
         what = at.what
         if isinstance(what, Spawn) and not what.download:
+            spec = replay.specs.get(what.model)
+            if spec is not None and what.model in replay.from_trace and what.card != spec.card:
+                out.append(Violation("coalesced", at.t, f"{what.model}: started with "
+                                     f"{what.card!r}, its source says {spec.card!r}"))
             other = replay.by_model.get(what.model)
             if other is not None:
                 out.append(Violation("coalesced", at.t, f"{what.model}: second child "
@@ -883,11 +896,8 @@ def listing_true(trace: Trace, config: RouterConfig) -> list[Violation]:
     published when it loaded."""
     out: list[Violation] = []
     published: dict[str, dict[str, Any]] = {}  # model -> its last status_change
-    told: set[int] = set()  # ids of the specs the trace gave (a checker's config may lack cards)
     for at, replay in _walk(trace, config):
         what = at.what
-        if isinstance(what, CatalogChanged):
-            told.update(id(spec) for spec in what.specs)
         if isinstance(what, Publish) and what.event == "status_change":
             published[what.model] = what.data
         elif isinstance(what, Publish) and what.event == "model_remove":
@@ -897,6 +907,9 @@ def listing_true(trace: Trace, config: RouterConfig) -> list[Violation]:
 
         def wrong(detail: str) -> None:
             out.append(Violation("listing_true", at.t, f"GET /models {what.req}: {detail}"))
+        asked = replay.cause
+        if not isinstance(asked, ListAsked) or asked.req != what.req:
+            wrong("answers no GET /models of that id")
         names = [view.name for view in what.models]
         if len(set(names)) != len(names):
             wrong(f"lists a model twice: {sorted(names)}")
@@ -908,15 +921,18 @@ def listing_true(trace: Trace, config: RouterConfig) -> list[Violation]:
             if replay.names.get(name) != name and replay.by_model.get(name) is None:
                 wrong(f"lists {name}, which no request can name and has no child")
             spec = replay.specs.get(name)
+            # (a card is compared where the trace gave the spec: a checker's configuration of a
+            # live router may lack what its sources said)
             if spec is not None and replay.names.get(name) == name and (
-                    view.aliases != spec.aliases or (id(spec) in told and view.card != spec.card)):
+                    view.aliases != spec.aliases
+                    or (name in replay.from_trace and view.card != spec.card)):
                 wrong(f"{name}: aliases {view.aliases} and card {view.card!r}, but its source "
                       f"says {spec.aliases} and {spec.card!r}")
             data = published.get(name, {"status": "unloaded"})
             if view.status != data["status"]:
                 wrong(f"{name} is {view.status}, but {data['status']} was published last")
             elif view.failed != bool(data.get("failed")) or (
-                    view.failed and view.exit_code != data.get("exit_code")):
+                    view.exit_code != (data.get("exit_code") if view.failed else None)):
                 wrong(f"{name}: failed={view.failed} exit_code={view.exit_code}, but "
                       f"{data} was published last")
             elif "info" in data and dict(view.info) != data["info"]:

@@ -93,9 +93,12 @@ class Replay:
         self._flight: dict[int, set[int]] = {}  # instance -> requests forwarded, not ended
         # A catalog change is applied at once and undone if the router refuses it (400).
         self._catalog_undo: tuple[int, dict[str, ModelSpec], dict[str, str], dict[str, float],
-                                  dict[str, float]] | None = None
+                                  dict[str, float], set[str]] | None = None
         self.cause: Item | None = None  # the event the current commands answer
         self.removed_now: tuple[str, ...] = ()  # what the last catalog change removed
+        # models whose spec the trace itself gave (a catalog change, a download), not only the
+        # checker's configuration (which may lack what a live router's sources said)
+        self.from_trace: set[str] = set()
         self.now = 0.0
         self.index = 0  # entries stepped so far: with the time, a place in the trace
 
@@ -209,7 +212,7 @@ class Replay:
     def _apply_catalog(self, what: CatalogChanged) -> None:
         if what.req is not None:
             self._catalog_undo = (what.req, dict(self.specs), dict(self.names),
-                                  dict(self.asked), dict(self.asked_by))
+                                  dict(self.asked), dict(self.asked_by), set(self.from_trace))
         self.removed_now = self.vanishing(what)
         for name in self.removed_now:
             if not self.downloading(name):
@@ -224,6 +227,7 @@ class Replay:
             if old is not None:
                 self._forget_names(spec.name)
             self.specs[spec.name] = spec
+            self.from_trace.add(spec.name)
             for name in (spec.name, *spec.aliases):
                 self.names[name] = spec.name
 
@@ -362,10 +366,12 @@ class Replay:
             self.asked_by.setdefault(r.model, self.index)
         elif r.kind == "download" and reply.status == 200:
             self.specs.setdefault(r.model, ModelSpec(r.model, card=Card(source="cache")))
+            self.from_trace.add(r.model)
             self.names[r.model] = r.model
         elif r.kind == "catalog" and reply.status != 200 and self._catalog_undo is not None \
                 and self._catalog_undo[0] == r.req:
-            _, self.specs, self.names, self.asked, self.asked_by = self._catalog_undo
+            _, self.specs, self.names, self.asked, self.asked_by, self.from_trace = \
+                self._catalog_undo
         if r.kind == "catalog":
             self._catalog_undo = None
 

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from refimpl.core import errors
 from refimpl.core.commands import (Forward, Kill, Listed, Log, ModelView, Publish, RemoveFiles,
                                    Reply, SendExit, Spawn)
 from refimpl.core.config import POLICIES, Card, ModelSpec, RouterConfig
@@ -468,3 +469,90 @@ def test_waiters_of_a_model_on_its_way_out_are_answered_when_its_child_exits(
     for i in range(waiters):
         assert d.replies(21 + i) == [(503, "model_load_failed")], d.out
     assert d.replies(40) == [(200, "ok")] and name not in d.core.models and not d.core.requests
+
+
+# -- the text of a trace entry, and a card ---------------------------------------------------
+
+
+def test_a_spawn_without_a_card_writes_as_before_cards() -> None:
+    """Traces recorded before cards stay byte-comparable: a spawn with the default card writes
+    no card at all; one with a card writes it."""
+    assert repr(Spawn(1, "a")) == "Spawn(instance=1, model='a', download=False)"
+    card = Card("cache", "/m/a.gguf")
+    assert repr(Spawn(1, "a", card=card)) == (
+        f"Spawn(instance=1, model='a', download=False, card={card!r})")
+
+
+@given(arch=st.dictionaries(NAMES, st.lists(NAMES, max_size=3), max_size=3))
+def test_a_card_keeps_its_modalities_frozen(arch: dict[str, list[str]]) -> None:
+    """A card holds the modalities it was given, as tuples, and cannot be changed through them."""
+    card = Card(architecture=arch)
+    assert card.architecture is not None
+    assert dict(card.architecture) == {k: tuple(v) for k, v in arch.items()}
+    with pytest.raises(TypeError):
+        card.architecture["x"] = ()  # type: ignore[index]
+
+
+# -- requests with autoload off ---------------------------------------------------------------
+
+
+@given(waiters=st.integers(0, 2))
+def test_autoload_off_for_a_model_still_downloading_is_refused_at_once(waiters: int) -> None:
+    """ROUTER.md: autoload off for a model that is not running is 400 ``model_not_loaded``; a
+    model still downloading is not running (and the requests that may wait for it still do)."""
+    d = Driven("A")
+    d.send(DownloadAsked(10, D))
+    for i in range(waiters):
+        d.send(RequestArrived(21 + i, D))
+    got = d.send(RequestArrived(30, D, autoload=False))
+    assert got == [Reply(30, 400, errors.MODEL_NOT_LOADED,
+                         f"model {D!r} is not loaded (still downloading)")]
+    assert all(d.replies(21 + i) == [] for i in range(waiters))
+
+
+def test_autoload_off_waiting_for_a_load_that_was_stopped_is_refused() -> None:
+    """A request with autoload off joined A's load; A was unloaded while loading (killed), and
+    its ``ready`` came before its exit: the request gets what autoload off gets for a model not
+    running; a request with autoload on queues again for the next load."""
+    d = Driven("A")
+    d.send(RequestArrived(1, "A"))
+    d.send(RequestArrived(2, "A", autoload=False))
+    inst = d.child("A")
+    assert Kill(inst) in d.send(UnloadAsked(3, "A"))
+    d.send(ChildOutput(inst, READY_LINE))
+    assert d.replies(2) == [(400, errors.MODEL_NOT_LOADED)]
+    assert [c for c in d.out if isinstance(c, Reply) and c.req == 2][0].message == \
+        "model 'A' is not loaded"
+    assert d.replies(1) == [] and 1 in d.core.scheduler.queue["A"].waiters
+    d.send(ChildExited(inst, -9))
+    assert d.child("A") != inst  # the next load, for request 1
+
+
+def test_autoload_off_held_behind_a_drain_is_refused_when_the_model_crashes() -> None:
+    """Held behind B's drain, a request with autoload off is answered when B's child crashes
+    (not stopped by the router): B is not running any more."""
+    d = Driven("A", "B")
+    d.send(RequestArrived(1, "B"))
+    b = d.child("B")
+    d.send(ChildOutput(b, READY_LINE))
+    d.send(RequestArrived(2, "A"))  # B drains for it
+    d.send(RequestArrived(3, "B", autoload=False))
+    assert d.replies(3) == [] and 3 not in d.forwarded()
+    got = d.send(ChildExited(b, 139))
+    assert Reply(3, 400, errors.MODEL_NOT_LOADED, "model 'B' is not loaded (it was unloaded "
+                 "while the request waited for its turn)") in got
+    assert d.child("A") is not None
+
+
+def test_a_clash_after_a_downloading_model_in_the_same_change_is_still_refused() -> None:
+    """A catalog change naming a model still downloading (left alone) and, after it, a model
+    that takes another's alias is refused as a whole."""
+    d = Driven("A")
+    a_alias = ModelSpec("A", aliases=("a1",))
+    d.send(CatalogChanged((a_alias,), (), 5))
+    d.send(DownloadAsked(10, D))
+    got = d.send(CatalogChanged((a_alias, ModelSpec(D), ModelSpec("C", aliases=("a1",))), (),
+                                6))
+    assert Reply(6, 400, errors.INVALID_REQUEST,
+                 "name 'a1' of model 'C' already belongs to model 'A'") in got
+    assert "C" not in d.core.models

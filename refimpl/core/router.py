@@ -25,8 +25,8 @@ from .commands import (Command, Forward, Kill, Listed, Log, ModelView, Publish, 
                        Reply, SendExit, Spawn)
 from .config import Card, ModelSpec, RouterConfig
 from .events import (CatalogChanged, ChildExited, ChildOutput, ChildStarted, ClientGone,
-                     DownloadAsked, Event, ListAsked, LoadAsked, RemoveAsked, RequestArrived, ResponseEnded, RouterStarted,
-                     TimerFired, UnloadAsked)
+                     DownloadAsked, Event, ListAsked, LoadAsked, RemoveAsked, RequestArrived,
+                     ResponseEnded, RouterStarted, TimerFired, UnloadAsked)
 from .lifecycle import Status, check_transition
 from .protocol import (DownloadProgress, DownloadResult, LoadingState, LogLine,
                        Overlong, ReadyState, Rejection, SleepingState, parse_line)
@@ -88,14 +88,12 @@ class RouterCore:
         return None
 
     def _on_catalog(self, event: CatalogChanged, now: float, out: list[Command]) -> None:
-        if event.reload:  # what the sources no longer name vanished
+        reload = event.reload
+        if reload:  # what the sources no longer name vanished
             named = {spec.name for spec in event.specs}
             event = CatalogChanged(event.specs, (*event.removed, *(
                 name for name, m in self.models.items()
                 if name not in named and not m.downloading and not m.vanished)), event.req)
-            publish = True
-        else:
-            publish = False
         clash = self._catalog_clash(event)
         if clash is not None:
             if event.req is not None:
@@ -136,7 +134,7 @@ class RouterCore:
                 self.stop(model, now, out)  # a stale child: the next load starts the new one
         if event.req is not None:
             out.append(Reply(event.req, 200, errors.OK))
-        if publish:
+        if reload:
             out.append(Publish("*", "models_reload"))
         self.scheduler.run(now, out)
 

@@ -12,14 +12,28 @@ The pinned programs below are the shrunk counterexamples of the bugs the simulat
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
+import pytest
 from hypothesis import Phase, example, given, settings
 from hypothesis import strategies as st
 
-from simulator.whole import (Chat, Crash, Download, Get, Load, Program, Reload, Remove, Unload,
-                             Watch, World, run_program)
+from simulator.whole import (
+    Chat,
+    Crash,
+    Download,
+    Get,
+    Load,
+    Program,
+    Reload,
+    Remove,
+    Unload,
+    Watch,
+    World,
+    run_program,
+)
 
 MODELS = ("a", "b")
 CACHED = ("tiny/x-GGUF:Q8_0", "tiny/x-GGUF:F16")  # once downloaded
@@ -183,3 +197,33 @@ def find(max_examples: int = 5000) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["find"]:
         find()
+
+
+def test_a_signal_for_a_reaped_child_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Z16 lives in ``ChildProcess.kill``, which the simulated children run as it is; every
+    ``os.kill`` it sends reaches the world, never a real process. The router never reaches the
+    bug: the driver forgets a child in the step that reaps it (``Driver._run_child``), so no
+    Kill finds a reaped child, and ``python -m properties.zoo Z16 --tests
+    properties/test_whole_router.py`` leaves Z16 alive. Both checks are shown failing here on a
+    driver that kills each child it reaps: its own misuse, and with Z16's kill, the signal."""
+    from simulator.whole import SimProcess
+
+    wait = SimProcess.wait
+
+    async def wait_then_kill(self: SimProcess) -> int:  # the driver's half of upstream #22452
+        code = await wait(self)
+        self.kill()
+        return code
+
+    def z16_kill(self: SimProcess) -> None:  # the zoo's Z16: no guard, the pid is signalled
+        os.kill(self.process.pid, 9)
+
+    monkeypatch.setattr(SimProcess, "wait", wait_then_kill)
+    program = Program((Chat("a"), Crash("a", after=1.0)), World(), seed=0)
+    problems = run_program(program).violations()
+    assert any("was killed after it was reaped" in p for p in problems), problems
+    assert not any("signal" in p for p in problems), problems  # the guard held
+    monkeypatch.setattr("refimpl.router.processes.ChildProcess.kill", z16_kill)
+    problems = run_program(program).violations()
+    assert any("signal 9 sent to pid" in p and "after it was reaped" in p
+               for p in problems), problems

@@ -18,9 +18,11 @@ everything else, trio's scheduling order included, so one program replays one ru
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -28,7 +30,7 @@ import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Union
 
 import httpx
 import trio
@@ -46,6 +48,7 @@ from refimpl.core.trace import At
 from refimpl.router.app import RouterApp
 from refimpl.router.driver import Driver
 from refimpl.router.options import RouterOptions
+from refimpl.router.processes import ChildProcess
 from refimpl.router.sources import ModelEntry, card_of
 
 from .children import SimChild, SimDownloadChild
@@ -290,6 +293,7 @@ class SimProcess:
         self.code: int | None = None
         self.dead = trio.Event()
         self.reaped = False  # wait() has returned its exit code
+        self.process = SimPopen(self)
 
     @property
     def pid(self) -> int:
@@ -314,15 +318,18 @@ class SimProcess:
             self.life.exit_command()
 
     def kill(self) -> None:
-        if self.reaped:  # a real pid may belong to another process by now (Z16)
+        """The real ``ChildProcess.kill`` over this process's ``SimPopen``: its guard against a
+        reaped pid is production code, and any ``os.kill`` it sends reaches ``World.signal``."""
+        if self.reaped:  # the driver's half of Z16: it forgets a child as it reaps it
             self.world.misuse.append(f"instance {self.instance} ({self.model}) was killed after "
                                      f"it was reaped")
-        self.life.kill()
+        ChildProcess.kill(self)  # type: ignore[arg-type]
 
     async def wait(self) -> int:
         await self.dead.wait()
         assert self.code is not None
         self.reaped = True
+        self.process.returncode = self.code  # as Popen.wait() sets it
         return self.code
 
     # what its life does, as the world delivers it
@@ -369,6 +376,20 @@ class SimProcess:
             answer.drop()
         return _json(200, {"path": request.url.path, "query": request.url.query.decode(),
                            "model": self.model, "call": call}, odd)
+
+
+class SimPopen:
+    """What ``ChildProcess.kill`` reads of a ``subprocess.Popen``: the pid, the return code once
+    reaped, and ``kill()``."""
+
+    def __init__(self, owner: SimProcess) -> None:
+        self.owner = owner
+        self.pid = owner.pid
+        self.returncode: int | None = None
+
+    def kill(self) -> None:
+        if self.returncode is None:  # as Popen.send_signal: never signal a reaped pid
+            self.owner.life.kill()
 
 
 class _Answer:
@@ -627,6 +648,30 @@ class WholeWorld:
         answer.start = life.serve(answer.req, service)
         return answer
 
+    def signal(self, pid: int, sig: int) -> None:
+        """``os.kill`` while the run lasts: the world's signals reach simulated children only.
+        A signal for a reaped child's pid, or for a pid that is no child's (pid <= 0 is a whole
+        process group), is misuse, and is not sent (upstream #22452, #24728: Z16)."""
+        child = self.by_instance.get(pid - PID_BASE)
+        if child is None:
+            self.misuse.append(f"signal {sig} sent to pid {pid}, which is no child's")
+        elif child.reaped:
+            self.misuse.append(f"signal {sig} sent to pid {pid} of instance {child.instance} "
+                               f"({child.model}) after it was reaped: the pid may be another "
+                               f"process's by now")
+        else:
+            child.life.kill()
+
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """``os.kill`` is this world's ``signal`` while the run lasts: no real signal is sent."""
+        real = os.kill
+        os.kill = self.signal
+        try:
+            yield
+        finally:
+            os.kill = real
+
     async def spawn(self, command: Spawn) -> SimProcess:
         """Start a model's child, or a download child (the driver's ``download_spawner``)."""
         delay = self.rng.uniform(0.0, self.config.spawn_delay) if self.config.spawn_delay else 0
@@ -784,7 +829,8 @@ def run_program(program: Program) -> Run:
     runaway = False
     clock = trio.testing.MockClock(autojump_threshold=0)
     try:
-        end = trio.run(world.main, clock=clock)
+        with world.signals():
+            end = trio.run(world.main, clock=clock)
     except BaseException as exc:  # noqa: BLE001 - a Runaway, maybe inside exception groups
         if not _is_runaway(exc):
             raise

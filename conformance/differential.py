@@ -38,6 +38,7 @@ reference router with that bug-zoo mutant applied (``refimpl+Z18``; ``properties
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import os
@@ -97,12 +98,13 @@ class Scenario:
     router_args: tuple[str, ...] = ()
     settle: float = 1.0  # seconds after the last step, for late status changes
     about: str = ""
+    env: tuple[tuple[str, str], ...] = ()  # the router's environment, added on both sides
 
     @classmethod
     def parse(cls, raw: dict[str, Any]) -> Scenario:
         return cls(raw["name"], tuple(Step.parse(s) for s in raw["steps"]),
                    tuple(raw.get("router_args", ())), float(raw.get("settle", 1.0)),
-                   raw.get("about", ""))
+                   raw.get("about", ""), tuple(sorted(raw.get("env", {}).items())))
 
 
 def _s(do: str, model: str | None = None, **options: Any) -> dict[str, Any]:
@@ -139,6 +141,14 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in map(Scenario.parse, [
      "about": "a model falls asleep when idle and a request wakes it",
      "steps": [_s("request", "tiny-xs", sync=True), _s("wait", "tiny-xs", status="sleeping"),
                _s("request", "tiny-xs", sync=True), _s("wait", "tiny-xs", status="loaded")]},
+    {"name": "fake-timing", "router_args": ["--models-max", "1"],
+     "env": {"LLAMA_SERVER_DEBUG_FAKE_TIMING": "1"}, "settle": 3.0,
+     "about": "llama-server's own race-widening hook (2 s in each load and after a request "
+              "takes its model): cold requests for two models at once, one slot, then the "
+              "first model again",
+     "steps": [_s("request", "tiny-xs"), _s("request", "tiny-s", at=0.2),
+               _s("request", "tiny-xs", at=0.4), _s("wait", "tiny-xs", status="loaded"),
+               _s("sleep", seconds=1.0), _s("request", "tiny-s", at=0.0, sync=True)]},
     {"name": "errors", "router_args": ["--no-models-autoload"],
      "about": "answers without a load: autoload off, unknown model, unload of a model not running",
      "steps": [_s("request", "tiny-xs", sync=True), _s("request", "no-such-model", sync=True),
@@ -219,6 +229,8 @@ def run_scenario(scenario: Scenario, side: str, target: Target, models: ModelsDi
                  log_dir: Path) -> Run:
     run = Run(side)
     args = ["--models-dir", str(models.root), *scenario.router_args]
+    if scenario.env:
+        target = dataclasses.replace(target, env=(*target.env, *scenario.env))
     try:
         router = Router(target, args, log_dir / f"{scenario.name}-{side}.log")
     except AssertionError as exc:
@@ -333,7 +345,8 @@ def compare(scenario: Scenario, left: Run, right: Run) -> tuple[str, bool]:
     """The report of one scenario, and whether both sides did the same."""
     width = 30
     lines = [f"== {scenario.name}: {scenario.about}",
-             f"   router args: {' '.join(scenario.router_args) or '(none)'}",
+             f"   router args: {' '.join(scenario.router_args) or '(none)'}"
+             + "".join(f"; {k}={v}" for k, v in scenario.env),
              f"    {left.side:<{width}} | {right.side}"]
     same = True
     if left.error or right.error:

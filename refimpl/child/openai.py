@@ -40,6 +40,7 @@ _CONTEXT = re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+
 SSE_HEADERS = {"Cache-Control": "no-store", "Connection": "keep-alive",
                "X-Accel-Buffering": "no"}
 SSE_MEDIA_TYPE = "text/event-stream; charset=utf-8"
+IGNORE_EOS = "ignore_eos"
 
 Body = Union[CreateChatCompletionRequest, CreateCompletionRequest]
 
@@ -57,7 +58,13 @@ class OneAtATime:
 
 
 def _prepared(body: Body, llama: llama_cpp.Llama, kwargs: dict[str, Any]) -> None:
-    """``prepare_request_resources`` of llama_cpp.server.app, on ``kwargs`` in place."""
+    """``prepare_request_resources`` of llama_cpp.server.app, on ``kwargs`` in place; and
+    llama-server's ``ignore_eos`` (the end-of-generation token is never sampled), which
+    llama-cpp-python's request models do not have (``IGNORE_EOS``, taken from the raw body)."""
+    ignore_eos = kwargs.pop(IGNORE_EOS, False) is True
+    if ignore_eos:
+        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList(
+            [llama_cpp.MinTokensLogitsProcessor(2**62, llama.token_eos())])
     if body.logit_bias is not None:
         kwargs["logit_bias"] = (_bias_by_text(llama, body.logit_bias)
                                 if body.logit_bias_type == "tokens" else body.logit_bias)
@@ -70,6 +77,16 @@ def _prepared(body: Body, llama: llama_cpp.Llama, kwargs: dict[str, Any]) -> Non
             kwargs["logits_processor"] = minimum
         else:
             kwargs["logits_processor"].extend(minimum)
+
+
+def _with_ignore_eos(kwargs: dict[str, Any], raw: bytes) -> dict[str, Any]:
+    """``kwargs`` with the body's ``ignore_eos`` when it is ``true`` (checked JSON: the body
+    was validated already)."""
+    if b'"ignore_eos"' in raw:
+        value = json.loads(raw).get(IGNORE_EOS) if raw.lstrip().startswith(b"{") else None
+        if value is True:
+            kwargs[IGNORE_EOS] = True
+    return kwargs
 
 
 def _bias_by_text(llama: llama_cpp.Llama, bias: dict[str, float]) -> dict[str, float]:
@@ -118,20 +135,24 @@ class OpenAIRoutes:
         self._completion_answer: TypeAdapter[Any] | None = None
 
     async def chat(self, request: Request) -> Response:
-        body = CreateChatCompletionRequest.model_validate_json(await request.body())
+        raw = await request.body()
+        body = CreateChatCompletionRequest.model_validate_json(raw)
         if self._chat_answer is None:
             self._chat_answer = TypeAdapter(Union[CreateChatCompletionResponse, str])
-        return await self._answer(body, body.model_dump(exclude=_CHAT_EXCLUDE),
+        return await self._answer(body, _with_ignore_eos(body.model_dump(exclude=_CHAT_EXCLUDE),
+                                                         raw),
                                   llama_cpp.Llama.create_chat_completion, self._chat_answer)
 
     async def completion(self, request: Request) -> Response:
-        body = CreateCompletionRequest.model_validate_json(await request.body())
+        raw = await request.body()
+        body = CreateCompletionRequest.model_validate_json(raw)
         if isinstance(body.prompt, list):
             assert len(body.prompt) <= 1  # as llama-cpp-python's route: one prompt at most
             body.prompt = body.prompt[0] if body.prompt else ""
         if self._completion_answer is None:
             self._completion_answer = TypeAdapter(Union[CreateCompletionResponse, str])
-        return await self._answer(body, body.model_dump(exclude=_COMPLETION_EXCLUDE),
+        return await self._answer(body, _with_ignore_eos(
+            body.model_dump(exclude=_COMPLETION_EXCLUDE), raw),
                                   llama_cpp.Llama.__call__, self._completion_answer)
 
     async def _answer(self, body: Body, kwargs: dict[str, Any],

@@ -4,4 +4,4 @@ import sys
 
 from refimpl.router.main import main
 
-sys.exit(main())
+sys.exit(main(prog="python -m refimpl"))

@@ -310,7 +310,7 @@ def test_child_announces_loading_then_ready_with_its_models_entry(child: Child,
     info = messages[-1].info
     assert info["id"] == "xs-alias" and info["owned_by"] == "llamacpp"
     assert isinstance(info["created"], int)
-    assert info["meta"]["n_ctx_train"] == 256 and info["meta"]["n_params"] > 0
+    assert info["meta"]["n_ctx_train"] == 512 and info["meta"]["n_params"] > 0
     assert info["meta"]["size"] > 0
     # ready means listening: no retry needed. And the ready entry is the /v1/models entry.
     models = http.get("/v1/models")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import pickle
+import re
 import resource
 import sys
 from pathlib import Path
@@ -32,9 +33,13 @@ def log(line: str) -> None:
     print(printable(line), file=sys.stderr, flush=True)
 
 
+SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$")  # llama.cpp's shard names
+
+
 def example_model(entries: dict[str, ModelEntry]) -> str | None:
-    """The smallest model whose GGUF file is whole (``gguf_complete``): the one the printed
-    curl should name."""
+    """The model the printed curl should name: the simplest whose GGUF file is whole
+    (``gguf_complete``). A plain text model in one file comes before one with a projector or in
+    shards (their loads do more, and can fail in more ways), then the smallest, then by name."""
     readable = []
     for entry in entries.values():
         if entry.path is None or not entry.path.exists():
@@ -42,10 +47,12 @@ def example_model(entries: dict[str, ModelEntry]) -> str | None:
         try:
             if not gguf_complete(entry.path):
                 continue
+            size = entry.path.stat().st_size
         except OSError:  # an unreadable file makes a bad example, nothing more
             continue
-        readable.append((entry.path.stat().st_size, entry.name))
-    return min(readable)[1] if readable else None
+        plain = entry.mmproj is None and not SPLIT.search(entry.path.name)
+        readable.append((not plain, size, entry.name))
+    return min(readable)[2] if readable else None
 
 
 def example_curl(opts: router_options.RouterOptions, model: str) -> str:
@@ -129,8 +136,19 @@ def concurrency(wanted: int, log: Callable[[str], None]) -> int:
     return min(wanted, allowed)
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = router_options.parse(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, prog: str = "refimpl-router") -> int:
+    try:
+        return serve(sys.argv[1:] if argv is None else argv, prog)
+    except KeyboardInterrupt:
+        # Ctrl-C before the server is up (generating the tiny models, reading the models):
+        # nothing is running yet, so nothing to report but the interruption itself.
+        log(f"{prog}: interrupted")
+        return 130
+
+
+def serve(argv: list[str], prog: str = "refimpl-router") -> int:
+    """The router of ``argv``, served until it is stopped; the exit status."""
+    opts = router_options.parse(argv, prog=prog)
     if opts.no_effect:
         log(f"[router] accepted, no effect here: {' '.join(opts.no_effect)}")
     if opts.debug_fake_timing:
@@ -144,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         app, driver = build(opts)
     except SourceError as exc:
-        log(f"refimpl-router: error: {exc}")
+        log(f"{prog}: error: {exc}")
         return 2
     import uvicorn
 
@@ -165,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
                             server_header=False, date_header=False, lifespan="on",
                             timeout_graceful_shutdown=5)
     server = Server(config)
-    server.run()
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn stops gracefully on Ctrl-C (the children have exited by now), then raises
+        # SIGINT again for its caller. Ctrl-C is how a user stops the router: a clean stop,
+        # unless it came before the router was up.
+        return 0 if server.started else 130
     return 0 if server.started else 1
 

@@ -169,9 +169,9 @@ class RouterOptions:
     debug_fake_timing: bool = False  # LLAMA_SERVER_DEBUG_FAKE_TIMING
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "refimpl-router") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="refimpl-router", allow_abbrev=False,  # '--device X' must not be --device-memory
+        prog=prog, allow_abbrev=False,  # '--device X' must not be --device-memory
         description="Reference router for llama-server router mode: one child process per "
                     "model, requests routed by their \"model\", models loaded on demand and "
                     "evicted under --models-max and a per-device memory budget. Every other "
@@ -253,10 +253,11 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def parse(argv: list[str], env: Mapping[str, str] | None = None) -> RouterOptions:
+def parse(argv: list[str], env: Mapping[str, str] | None = None,
+          prog: str = "refimpl-router") -> RouterOptions:
     """The options of ``argv`` and of ``env`` (default: os.environ), the command line winning;
-    a bad value exits 2 with argparse's message."""
-    parser = build_parser()
+    a bad value exits 2 with argparse's message (``prog``: the name it is run by)."""
+    parser = build_parser(prog)
     env = os.environ if env is None else env
     try:
         own, given = _split(argv, parser)

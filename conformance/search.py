@@ -1,0 +1,454 @@
+"""``python -m conformance.search``: a live search for races in a router, Jepsen-style.
+
+Hypothesis generates programs of concurrent steps (``conformance/live_program.py``: bursts of
+requests released together, streams, clients that leave, loads, unloads, children paused and
+killed at chosen points of their life, upstream's ``LLAMA_SERVER_DEBUG_FAKE_TIMING`` hook) and
+plays each against a fresh router on 127.0.0.1: the reference router by default (with fake
+children, which can load slowly or speak out of turn by their model's name), or a llama-server
+binary (``--router-bin``). Each run's history is checked by the file's own checks and by the
+invariants of ``properties/observed.py``. A failure is shrunk and written out as a standalone
+reproduction (``conformance/repros/``), which is then run ``--repeat`` times to say how often it
+fails. The hypothesis example database (``out/search-db/``) keeps failures between runs.
+
+A check that depends on timing (an unload of a LOADING child taking too long) is reported apart
+and does not stop the search, unless ``--timing-checks fail``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
+
+from . import live_program as lp
+
+ROOT = Path(__file__).resolve().parent.parent
+REPROS = ROOT / "conformance" / "repros"
+DB = ROOT / "out" / "search-db"
+WORK = ROOT / "out" / "search"
+# Fake children load for 0.3 s (slow-load: 3 s), so that a step can meet a child loading.
+FAKE = (f"{sys.executable} -m fixtures.fake_child --faults-from-name --fault-seconds 3 "
+        "--load-seconds 0.3")
+PLAIN = ("a", "b", "c")  # the models every program may name
+ODD = ("slow-load", "unknown-state")  # fake children: loads for 3 s; says unknown states first
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    budget: float  # seconds of search before shrinking
+    shrink: float  # seconds of shrinking at most
+    max_steps: int
+    pauses: tuple[float, ...]
+
+
+PROFILES = {
+    # quick: CI, a few minutes; long: nightly, where a pause outlasts the drain timeout (Z19)
+    "quick": Profile("quick", 180.0, 120.0, 6, (0.3, 1.0, 3.0)),
+    "long": Profile("long", 1800.0, 600.0, 10, (0.3, 1.0, 3.0, 35.0)),
+}
+
+
+def programs(profile: Profile) -> st.SearchStrategy[lp.Program]:
+    """Each program names two or three models, so that its steps meet on them."""
+    names = st.lists(st.sampled_from(PLAIN) | st.sampled_from(ODD), min_size=2, max_size=3,
+                     unique=True)
+    return names.flatmap(lambda models: _programs(profile, tuple(models)))
+
+
+def _programs(profile: Profile, models: tuple[str, ...]) -> st.SearchStrategy[lp.Program]:
+    model = st.sampled_from(models)
+    chat = st.builds(lp.Chat, model, stream=st.booleans(), tokens=st.sampled_from([4, 16]),
+                     leave=st.sampled_from([None, None, None, 0.05, 0.5]))
+    step = st.one_of(
+        chat,
+        st.builds(lp.Burst, st.lists(chat, min_size=2, max_size=4).map(tuple)),
+        st.builds(lp.Get, model, path=st.sampled_from(["/props", "/slots"]),
+                  query=st.sampled_from(["foo=1", ""])),
+        st.builds(lp.Load, model),
+        st.builds(lp.Unload, model),
+        st.builds(lp.Pause, model, seconds=st.sampled_from(profile.pauses)),
+        st.builds(lp.Kill, model, when=st.sampled_from(["now", "loading", "loaded"])),
+        st.builds(lp.Wait, st.sampled_from([0.05, 0.3, 1.0])),
+    )
+    world = st.builds(lp.World, models_max=st.sampled_from([1, 1, 2, 0]),
+                      fake_timing=st.sampled_from([False, False, True]))
+    return st.builds(lp.Program, st.lists(step, min_size=1, max_size=profile.max_steps)
+                     .map(tuple), world)
+
+
+# -- the router under test --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Setup:
+    """How to start the router under test: its command line (``{port}`` where the port goes;
+    the world adds ``--models-max``), its extra environment, its models."""
+
+    name: str
+    base: list[str]
+    env: dict[str, str]
+    models_dir: Path
+
+
+def models_dir(root: Path) -> Path:
+    """Copies of the smallest tiny model, one per name a program may use."""
+    from fixtures.tiny_models import build_models_dir, default_cache_dir
+    tiny = build_models_dir(default_cache_dir())["tiny-xs"].path
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PLAIN + ODD:
+        target = root / f"{name}.gguf"
+        if not target.exists() or target.stat().st_size != tiny.stat().st_size:
+            shutil.copyfile(tiny, target)
+    return root
+
+
+def setup(router_bin: str | None, mutant: str | None, children: str) -> Setup:
+    models = models_dir(WORK / "models")
+    env: dict[str, str] = {}
+    if mutant:
+        from properties.mutants import variables
+        env = variables([mutant])
+    if router_bin:
+        base = [router_bin, "--host", "127.0.0.1", "--port", "{port}", "--models-dir",
+                str(models)]
+        return Setup("llama-server", base, env, models)
+    base = [sys.executable, "-m", "refimpl", "--host", "127.0.0.1", "--port", "{port}",
+            "--models-dir", str(models), "--stop-timeout", "2"]
+    if children == "fake":
+        base += ["--child-cmd", FAKE]
+    name = "refimpl" + ("" if children == "fake" else "-real") + (f"-{mutant}" if mutant else "")
+    return Setup(name, base, env, models)
+
+
+# -- the search -------------------------------------------------------------------------------
+
+def size(program: lp.Program) -> tuple[int, int]:
+    """Smaller is simpler: fewer steps (a burst counts its requests), then less text."""
+    steps = sum(len(s.chats) if isinstance(s, lp.Burst) else 1 for s in program.steps)
+    return steps, len(repr(program))
+
+
+class Found(AssertionError):
+    """A program failed (hypothesis shrinks it)."""
+
+
+@dataclass
+class Result:
+    setup: Setup
+    found: bool = False
+    seconds_to_find: float | None = None
+    examples: int = 0
+    shrink_runs: int = 0
+    program: lp.Program | None = None
+    failures: list[lp.Failure] = field(default_factory=list)
+    first: lp.Program | None = None
+    timing: list[tuple[lp.Program, list[lp.Failure]]] = field(default_factory=list)
+    seconds: float = 0.0
+    repro: Path | None = None
+    reproduced: tuple[int, int] | None = None  # (failed, runs)
+
+
+def search(s: Setup, profile: Profile, *, budget: float | None = None,
+           shrink_budget: float | None = None, timing_fails: bool = False,
+           db: Path | None = None, say: Callable[[str], None] = print,
+           chunk: int = 10) -> Result:
+    """Search for ``budget`` seconds (then shrink for ``shrink_budget`` at most)."""
+    budget = profile.budget if budget is None else budget
+    shrink_budget = profile.shrink if shrink_budget is None else shrink_budget
+    result = Result(s)
+    start = time.monotonic()
+    deadline = [start + budget]
+    logs = WORK / "logs" / s.name
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def probe(program: lp.Program) -> None:
+        if time.monotonic() > deadline[0]:
+            return  # budget spent: hypothesis's remaining calls pass at once
+        n = result.examples + result.shrink_runs + 1
+        history, failures, _ = lp.play(program, s.base, s.models_dir,
+                                        logs / f"router-{n % 20}.log", s.env)
+        timing = [f for f in failures if f.timing]
+        hard = [f for f in failures if not f.timing or timing_fails]
+        if result.found:
+            result.shrink_runs += 1
+        else:
+            result.examples += 1
+        if timing and not timing_fails:
+            result.timing.append((program, timing))
+        t = time.monotonic() - start
+        phase = "shrink" if result.found else "search"
+        verdict = "; ".join(map(str, hard))[:300] if hard else "ok"
+        say(f"[{t:7.1f}s] {phase} #{n} {len(program.steps)} steps, "
+            f"models_max {program.world.models_max}"
+            f"{', fake timing' if program.world.fake_timing else ''}: {verdict}")
+        if hard:
+            if not result.found:
+                result.found = True
+                result.seconds_to_find = t
+                result.first = program
+                deadline[0] = time.monotonic() + shrink_budget
+            say(f"  {program}")
+            if result.program is None or size(program) < size(result.program):
+                result.program, result.failures = program, hard
+            raise Found("; ".join(map(str, hard)))
+
+    database = DirectoryBasedExampleDatabase(str(db or DB / s.name))
+    first_chunk = True
+    while time.monotonic() < deadline[0] and not result.found:
+        phases = [Phase.generate, Phase.shrink]
+        if first_chunk:  # what earlier runs found comes first
+            phases.insert(0, Phase.reuse)
+        run = settings(max_examples=chunk, deadline=None, database=database, phases=phases,
+                       suppress_health_check=list(HealthCheck), print_blob=False,
+                       derandomize=False)(given(programs(profile))(probe))
+        first_chunk = False
+        try:
+            run()
+        except Exception as exc:  # Found, or hypothesis's Flaky when a replay passed
+            if not result.found:
+                raise
+            say(f"hypothesis ended with {type(exc).__name__}")
+    result.seconds = time.monotonic() - start
+    return result
+
+
+# -- the reproduction ----------------------------------------------------------------------------
+
+REPRO_TAIL = '''
+
+# -- this reproduction ------------------------------------------------------------------------
+
+COMMAND = {command!r}  # "{{port}}": a free port
+EXTRA_ENV = {env!r}
+MODELS_DIR = {models!r}
+CWD = {cwd!r}
+PROGRAM = {program!r}
+FOUND = {found!r}
+
+
+def main() -> int:
+    import argparse
+    import sys
+    import tempfile
+    p = argparse.ArgumentParser(description="Replay a program found by conformance.search "
+                                            "against the router it was found on.")
+    p.add_argument("--repeat", type=int, default=1, help="runs (default 1); prints how many failed")
+    p.add_argument("--no-extra-env", action="store_true",
+                   help="start the router without EXTRA_ENV (e.g. without the zoo mutant)")
+    p.add_argument("--verbose", action="store_true", help="print each run's history")
+    args = p.parse_args()
+    os.chdir(CWD)
+    env = {{}} if args.no_extra_env else EXTRA_ENV
+    failed = 0
+    print("program:", PROGRAM)
+    print("expected: every check passes; when found it failed:")
+    for line in FOUND:
+        print("  -", line)
+    for i in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            history, failures, run = play(PROGRAM, COMMAND, Path(MODELS_DIR),
+                                          Path(tmp) / "router.log", env)
+            log = run.log_path.read_text(errors="replace")[-3000:]
+        failed += bool(failures)
+        print(f"run {{i + 1}}: " + ("FAILED" if failures else "passed"))
+        for f in failures:
+            print("  happened:", f)
+        if args.verbose or (failures and args.repeat == 1):
+            print("  history:")
+            print("\\n".join("    " + line for line in history.lines()))
+            print("  router log (tail):")
+            print("\\n".join("    " + line for line in log.splitlines()[-40:]))
+    print(f"failed {{failed}} of {{args.repeat}} runs")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+'''
+
+
+def write_repro(result: Result, directory: Path = REPROS) -> Path:
+    """One file: live_program.py's source, the router's command line and the shrunk program."""
+    assert result.program is not None
+    source = Path(lp.__file__).read_text()
+    body = re.sub(r'\A""".*?"""\n', "", source, count=1, flags=re.DOTALL)
+    checks = "-".join(sorted({f.check.split(".")[-1] for f in result.failures}))[:60]
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = directory / f"{result.setup.name}-{checks}-{stamp}.py"
+    directory.mkdir(parents=True, exist_ok=True)
+    command, env = lp.command_for(result.program, result.setup.base)
+    header = (f'"""Reproduction written by `python -m conformance.search` ({stamp}).\n\n'
+              f"Router: {result.setup.name}; {len(result.program.steps)} steps after "
+              f"shrinking.\nFailed: "
+              + "; ".join(str(f) for f in result.failures)[:600].replace("\\", "/")
+              + "\n\nRun: python " + path.name + " [--repeat 10] [--no-extra-env] "
+              "[--verbose]\nNeeds only httpx and the standard library (inside the harness's "
+              "checkout it also applies properties/observed.py).\n"
+              '"""\n')
+    del command, env  # the world's flags are added at play time (command_for)
+    tail = REPRO_TAIL.format(command=result.setup.base, env=result.setup.env,
+                             models=str(result.setup.models_dir), cwd=str(ROOT),
+                             program=result.program, found=[str(f) for f in result.failures])
+    path.write_text("#!/usr/bin/env python3\n" + header + body + tail)
+    return path
+
+
+def reproduce(path: Path, repeat: int, *, no_extra_env: bool = False,
+              timeout: float = 600.0) -> tuple[int, int, str]:
+    """Run a reproduction: (runs that failed, runs, its output)."""
+    cmd = [sys.executable, str(path), "--repeat", str(repeat)]
+    if no_extra_env:
+        cmd.append("--no-extra-env")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          cwd=path.parent)
+    m = re.search(r"failed (\d+) of (\d+) runs", proc.stdout)
+    failed, runs = (int(m.group(1)), int(m.group(2))) if m else (repeat, repeat)
+    return failed, runs, proc.stdout + proc.stderr
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m conformance.search",
+        description=(__doc__ or "").split("\n\n", 1)[1].split("\n\nA check")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit status: 0 when nothing was found, 1 when a failure was (its reproduction "
+               "written), 2 on a usage error.\nExamples:\n"
+               "  python -m conformance.search --profile quick\n"
+               "  python -m conformance.search --mutant Z10 --budget 120\n"
+               "  python -m conformance.search --router-bin build/bin/llama-server "
+               "--profile long")
+    p.add_argument("--router-bin", metavar="PATH",
+                   help="a llama-server binary to search (default: the reference router)")
+    p.add_argument("--children", choices=["fake", "real"], default="fake",
+                   help="reference router only: its children; fake (fixtures/fake_child.py: "
+                        "quick, faults by model name) or real (llama-cpp-python) "
+                        "(default: %(default)s)")
+    p.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                   help="quick: a few minutes, programs of up to 6 steps (CI); long: 30 "
+                        "minutes, up to 10 steps, pauses past the drain timeout (nightly) "
+                        "(default: %(default)s)")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="seconds of search before shrinking (default: the profile's)")
+    p.add_argument("--shrink-budget", type=float, metavar="SECONDS",
+                   help="seconds of shrinking at most (default: the profile's)")
+    p.add_argument("--mutant", metavar="ZN",
+                   help="reference router only: run it under a bug-zoo mutant "
+                        "(properties/mutants; shared/spec/BUGZOO.md)")
+    p.add_argument("--timing-checks", choices=["report", "fail"], default="report",
+                   help="a timing-dependent check that fails: reported apart (default) or a "
+                        "failure like the others")
+    p.add_argument("--repeat", type=int, default=10,
+                   help="runs of the written reproduction (default: %(default)s)")
+    p.add_argument("--db", type=Path, help=f"hypothesis example database (default: "
+                                           f"{DB.relative_to(ROOT)}/<router>)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--zoo", nargs="*", metavar="ZN",
+                   help="measure: search the reference router under each of these mutants "
+                        f"(none named: {' '.join(LIVE)}), one after the other, each with the "
+                        "budget and a fresh example database; print the table")
+    args = p.parse_args(argv)
+    if args.zoo is not None:
+        return zoo(args.zoo or list(LIVE), PROFILES[args.profile], args.budget,
+                   args.shrink_budget, args.repeat, args.timing_checks == "fail", args.json)
+    if args.mutant and args.router_bin:
+        p.error("--mutant applies to the reference router only")
+    if args.mutant:
+        from properties.mutants import MUTANTS
+        if args.mutant not in MUTANTS:
+            p.error(f"unknown mutant {args.mutant}; known: {', '.join(MUTANTS)}")
+    profile = PROFILES[args.profile]
+    s = setup(args.router_bin, args.mutant, args.children)
+    print(f"searching {s.name} for {args.budget or profile.budget:g} s "
+          f"(profile {profile.name}): {' '.join(s.base)}", flush=True)
+    result = search(s, profile, budget=args.budget, shrink_budget=args.shrink_budget,
+                    timing_fails=args.timing_checks == "fail", db=args.db,
+                    say=lambda line: print(line, flush=True))
+    print()
+    print(f"{result.examples} programs in {result.seconds:.0f} s, "
+          f"{result.shrink_runs} runs while shrinking")
+    for program, timing in result.timing:
+        print(f"timing-dependent (reported apart): {'; '.join(map(str, timing))}\n  {program}")
+    if result.found:
+        result.repro = write_repro(result)
+        print(f"FOUND after {result.seconds_to_find:.1f} s, shrunk to "
+              f"{len(result.program.steps)} steps:\n  {result.program}")  # type: ignore[union-attr]
+        for f in result.failures:
+            print(f"  {f}")
+        print(f"reproduction: {result.repro}")
+        if args.repeat:
+            failed, runs, _ = reproduce(result.repro, args.repeat)
+            result.reproduced = (failed, runs)
+            print(f"it fails {failed} of {runs} runs")
+    else:
+        print("nothing found")
+    if args.json:
+        args.json.write_text(json.dumps(summary(result), indent=1) + "\n")
+    return 1 if result.found else 0
+
+
+# The zoo's mutants that can exist live, against a router process (BUGZOO.md): Z11-Z13 are in
+# the line protocol and the child's output, which a router's client does not reach.
+LIVE = ("Z1", "Z2", "Z3", "Z4", "Z5", "Z6", "Z7", "Z8", "Z9", "Z10", "Z14", "Z15", "Z16", "Z17",
+        "Z18", "Z19", "Z20", "Z21")
+
+
+def zoo(names: list[str], profile: Profile, budget: float | None, shrink: float | None,
+        repeat: int, timing_fails: bool, out: Path | None) -> int:
+    """Search under each mutant in turn; print a markdown table row as each ends."""
+    import tempfile
+    rows = []
+    print("| mutant | found | seconds to find | programs | steps after shrinking | "
+          "reproduces | check that failed |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names:
+        s = setup(None, name, "fake")
+        with tempfile.TemporaryDirectory() as db:
+            r = search(s, profile, budget=budget, shrink_budget=shrink,
+                       timing_fails=timing_fails, db=Path(db), say=lambda line: None)
+        if r.found:
+            r.repro = write_repro(r)
+            if repeat:
+                failed, runs, _ = reproduce(r.repro, repeat)
+                r.reproduced = (failed, runs)
+        checks = ", ".join(sorted({f.check + (" (timing)" if f.timing else "")
+                                   for f in r.failures}))
+        rows.append(summary(r) | {"mutant": name})
+        print(f"| {name} | {'yes' if r.found else 'no'} | "
+              f"{f'{r.seconds_to_find:.0f}' if r.found else f'> {r.seconds:.0f}'} | "
+              f"{r.examples} | {len(r.program.steps) if r.program else '-'} | "
+              f"{f'{r.reproduced[0]} of {r.reproduced[1]}' if r.reproduced else '-'} | "
+              f"{checks or '-'} |", flush=True)
+        if out:
+            out.write_text(json.dumps(rows, indent=1) + "\n")
+    return 0
+
+
+def summary(result: Result) -> dict[str, Any]:
+    return {
+        "router": result.setup.name, "found": result.found,
+        "seconds_to_find": result.seconds_to_find, "examples": result.examples,
+        "shrink_runs": result.shrink_runs, "seconds": result.seconds,
+        "steps": len(result.program.steps) if result.program else None,
+        "program": repr(result.program) if result.program else None,
+        "failures": [str(f) for f in result.failures],
+        "timing": [[repr(p), [str(f) for f in fs]] for p, fs in result.timing],
+        "repro": str(result.repro) if result.repro else None,
+        "reproduced": result.reproduced,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

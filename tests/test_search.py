@@ -1,0 +1,85 @@
+"""The live search (``conformance/search.py``), bounded: it finds a bug-zoo mutant of the
+reference router and shrinks it to a reproduction that fails on the mutant and passes without it,
+and a short search of the correct router finds nothing.
+
+The searches here have budgets (an upper bound; each ends as soon as it has its answer). The
+quick profile's full search is off by default, like the llama-server column of the conformance
+suite: ``LLAMA_ROUTER_SEARCH=quick python -m pytest tests/test_search.py`` runs it too.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from conformance import live_program as lp
+from conformance import search
+
+pytestmark = [pytest.mark.live, pytest.mark.slow]
+EASY = "Z20"  # duplicated headers: any proxied answer shows it
+
+
+@pytest.fixture(scope="module")
+def found(tmp_path_factory: pytest.TempPathFactory) -> search.Result:
+    db = tmp_path_factory.mktemp("search-db")
+    result = search.search(search.setup(None, EASY, "fake"), search.PROFILES["quick"],
+                           budget=120, shrink_budget=40, db=db, say=lambda line: None)
+    return result
+
+
+def test_the_search_finds_a_zoo_mutant_and_shrinks_it(found: search.Result) -> None:
+    assert found.found, f"{EASY} not found in {found.examples} programs"
+    assert found.program is not None
+    assert {f.check for f in found.failures} >= {"headers_once"}, found.failures
+    assert len(found.program.steps) <= len(found.first.steps)  # type: ignore[union-attr]
+
+
+def test_the_reproduction_fails_on_the_mutant_and_passes_without_it(
+        found: search.Result, tmp_path: Path) -> None:
+    path = search.write_repro(found, tmp_path)
+    failed, runs, out = search.reproduce(path, 1, timeout=240)
+    assert (failed, runs) == (1, 1), out
+    assert "expected no header twice" in out, out
+    failed, runs, out = search.reproduce(path, 1, no_extra_env=True, timeout=240)
+    assert (failed, runs) == (0, 1), out
+
+
+def test_a_reproduction_needs_only_httpx_and_the_standard_library(
+        found: search.Result, tmp_path: Path) -> None:
+    """Its top-level imports; the harness's invariants are imported only where it runs inside
+    the harness's checkout (``observed_checks``), and are optional there."""
+    tree = ast.parse(search.write_repro(found, tmp_path).read_text())
+    names = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
+             for alias in node.names}
+    names |= {(node.module or "").split(".")[0] for node in tree.body
+              if isinstance(node, ast.ImportFrom)}
+    assert names - {"httpx"} <= set(sys.stdlib_module_names), names
+
+
+def test_a_short_search_of_the_correct_router_finds_nothing(tmp_path: Path) -> None:
+    result = search.search(search.setup(None, None, "fake"), search.PROFILES["quick"],
+                           budget=40, shrink_budget=0, db=tmp_path / "db",
+                           say=lambda line: None)
+    assert result.examples >= 1
+    assert not result.found, f"{result.program}\n" + "\n".join(map(str, result.failures))
+
+
+def test_a_program_reads_as_python() -> None:
+    """The repr of a program is the Python that builds it (a reproduction embeds it)."""
+    program = lp.Program((lp.Burst((lp.Chat("a"), lp.Chat("b", stream=True, leave=0.5))),
+                          lp.Pause("a", 1.0), lp.Kill("b", "loading"), lp.Wait(0.3)),
+                         lp.World(models_max=2, fake_timing=True))
+    assert eval(repr(program), vars(lp)) == program
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(os.environ.get("LLAMA_ROUTER_SEARCH") != "quick",
+                    reason="the quick profile's whole search: set LLAMA_ROUTER_SEARCH=quick")
+def test_the_quick_profile_finds_nothing_on_the_reference_router(tmp_path: Path) -> None:
+    result = search.search(search.setup(None, None, "fake"), search.PROFILES["quick"],
+                           db=tmp_path / "db")
+    assert not result.found, f"{result.program}\n" + "\n".join(map(str, result.failures))

@@ -315,7 +315,9 @@ def test_child_announces_loading_then_ready_with_its_models_entry(child: Child,
     # ready means listening: no retry needed. And the ready entry is the /v1/models entry.
     models = http.get("/v1/models")
     assert models.status_code == 200
-    assert models.json() == {"object": "list", "data": [info]}
+    assert models.json()["data"] == [info] and models.json()["object"] == "list"
+    assert info["aliases"] == ["xs-alias"] and info["meta"]["n_ctx"] == 512
+    assert info["meta"]["ftype"] == "all F32"  # llama.cpp's name for the tiny models' weights
     print(f"\nchild start-to-ready: {child.ready_after:.2f} s")  # type: ignore[attr-defined]
 
 
@@ -325,7 +327,8 @@ def test_health_and_props(http: Any) -> None:
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     props = http.get("/props").json()
     assert props["model_path"].endswith("tiny-xs.gguf")
-    assert props["n_ctx"] == 512 == props["default_generation_settings"]["n_ctx"]
+    assert props["default_generation_settings"]["n_ctx"] == 512
+    assert props["model_ftype"] == "all F32" and props["total_slots"] == 1
     assert "im_start" in props["chat_template"]
     assert re.fullmatch(r"b\d+-[0-9a-f]{7}", props["build_info"])  # llama-server's form
     assert props["is_sleeping"] is False
@@ -423,6 +426,46 @@ def test_native_completion_streamed(http: Any) -> None:
 
 
 @pytest.mark.live
+def test_answers_report_the_settings_in_effect_and_measured_timings(http: Any) -> None:
+    """llama-server's ``generation_settings``, ``timings``, ``usage`` and ``/slots`` carry the
+    real values: the request's sampling, the prompt the cache held, the tokens generated."""
+    ask = {"prompt": "hello", "n_predict": 3, "top_k": 7, "typical_p": 0.9, "stop": ["zz"]}
+    first = http.post("/completion", json=ask).json()
+    again = http.post("/completion", json=ask).json()
+    settings = again["generation_settings"]
+    assert (settings["top_k"], settings["typical_p"], settings["stop"]) == (7, 0.9, ["zz"])
+    assert settings["n_predict"] == settings["max_tokens"] == 3
+    assert settings["temperature"] == 0.0 and settings["seed"] == 7  # the command line's
+    assert again["prompt"] == "<s> hello"  # the prompt's tokens written out, BOS included
+    n_prompt = again["tokens_evaluated"]
+    assert first["timings"]["cache_n"] == 0 or first["timings"]["cache_n"] < n_prompt
+    timings = again["timings"]  # the same prompt again: all but its last token were cached
+    assert timings["cache_n"] == n_prompt - 1 and timings["prompt_n"] == 1
+    assert timings["predicted_n"] == again["tokens_predicted"] == 3
+    assert timings["prompt_ms"] > 0 and timings["predicted_ms"] >= 0
+    assert again["tokens_cached"] == n_prompt + 3 - 1  # the last token is sampled, not decoded
+    slot = http.get("/slots").json()[0]
+    assert slot["params"]["top_k"] == 7 and "stop" not in slot["params"]
+    assert slot["n_prompt_tokens"] == n_prompt and slot["next_token"][0]["n_decoded"] == 3
+    chat = http.post("/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}).json()
+    assert chat["system_fingerprint"] == http.get("/props").json()["build_info"]
+    assert chat["usage"]["completion_tokens"] == chat["timings"]["predicted_n"]
+    assert chat["usage"]["prompt_tokens"] == (chat["timings"]["prompt_n"]
+                                              + chat["timings"]["cache_n"])
+    assert "logprobs" not in chat["choices"][0]
+
+
+@pytest.mark.live
+def test_endpoints_llama_server_serves_only_when_turned_on_answer_501(http: Any) -> None:
+    for method, path in (("GET", "/metrics"), ("POST", "/v1/embeddings"),
+                         ("POST", "/embeddings")):
+        res = http.request(method, path, json={"input": "hello"} if method == "POST" else None)
+        assert res.status_code == 501, (path, res.text)
+        assert res.json()["error"]["type"] == "not_supported_error"
+
+
+@pytest.mark.live
 def test_tokenize_detokenize_round_trip(http: Any) -> None:
     text = "hello world, how are you?"
     tokens = http.post("/tokenize", json={"content": text}).json()["tokens"]
@@ -457,7 +500,9 @@ def test_bad_requests_get_openai_style_400(http: Any, path: str, payload: bytes)
 @pytest.mark.live
 def test_unknown_path_is_404(http: Any) -> None:
     res = http.get("/no/such/thing")
-    assert res.status_code == 404 and res.json()["error"]["code"] == 404
+    assert res.status_code == 404  # llama-server's body, in its key order
+    assert res.json() == {"error": {"message": "File Not Found", "type": "not_found_error",
+                                    "code": 404}}
 
 
 # -- exit, sleep, failure, flags -------------------------------------------------------------------

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import os
+import string
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -41,9 +43,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from refimpl import flags
-from refimpl.child import completion
+from refimpl.child import completion, settings, timings
 from refimpl.child.openai import OneAtATime, OpenAIRoutes
 from refimpl.child.model import token_bytes
+from refimpl.child.slots import Slots
 from refimpl.child.runtime import ChildRuntime, ChildState, NotServing
 
 
@@ -71,6 +74,47 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": status, "message": message,
                                    "type": _ERROR_TYPES.get(status, "server_error")}},
                         status_code=status)
+
+
+def not_found() -> JSONResponse:
+    """llama-server's answer to a path it does not serve (its own key order, server-http.cpp)."""
+    return JSONResponse({"error": {"message": "File Not Found", "type": "not_found_error",
+                                   "code": 404}}, status_code=404)
+
+
+def _media_marker() -> str:
+    """llama-server's marker for a media item in a prompt (server-common.cpp): random per
+    process unless ``LLAMA_MEDIA_MARKER`` pins it. Reported only: this child takes no media."""
+    pinned = os.environ.get("LLAMA_MEDIA_MARKER")
+    if pinned:
+        return pinned
+    alphabet = string.ascii_letters + string.digits
+    return "<__media_" + "".join(alphabet[b % len(alphabet)] for b in os.urandom(32)) + "__>"
+
+
+def _template_caps(template: str) -> dict[str, bool]:
+    """``chat_template_caps``. llama.cpp finds them by rendering probe conversations with its
+    own Jinja engine, which this child does not have; they are read here from the template's
+    text, for the capabilities a plain template has or names outright."""
+    return {
+        "supports_object_arguments": False,
+        "supports_parallel_tool_calls": False,
+        "supports_preserve_reasoning": False,
+        "supports_reasoning_effort": "reasoning_effort" in template,
+        "supports_string_content": True,
+        "supports_system_role": True,
+        "supports_tool_calls": "tool_calls" in template,
+        "supports_tools": "tools" in template,
+        "supports_typed_content": False,
+    }
+
+
+def _not_enabled(message: str) -> Handler:
+    """An endpoint llama-server serves only when a flag turns it on, and this child never does:
+    its 501 (``--metrics``, ``--embeddings``: accepted, no effect here)."""
+    async def route(_request: Request) -> Response:
+        return error_response(501, message)
+    return route
 
 
 def _describe(errors: list[Any]) -> str:
@@ -231,7 +275,14 @@ class NativeCompletionRequest(BaseModel):
     top_k: int = 40
     top_p: float = 0.95
     min_p: float = 0.05
+    typical_p: float = 1.0
     repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    mirostat: int = Field(default=0, ge=0, le=2)
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    ignore_eos: bool = False
     seed: int | None = None
     stop: list[str] | str | None = None
 
@@ -283,37 +334,63 @@ def _with_body(model: type[_Body], handler: Callable[[_Body], Awaitable[Any]]) -
     return route
 
 
-def _native_routes(runtime: ChildRuntime, model: OneAtATime) -> list[Route]:
+def _native_routes(runtime: ChildRuntime, model: OneAtATime, slots: Slots) -> list[Route]:
     options = runtime.options
+    media_marker = _media_marker()
 
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [runtime.models_entry()]}
+        # the first list is Ollama's form; llama-server fills it with these same placeholders
+        # (server-context.cpp, get_res_models)
+        return {"models": [{
+            "name": options.alias, "model": options.alias, "modified_at": "", "size": "",
+            "digest": "", "type": "model", "description": "", "tags": [""],
+            "capabilities": ["completion"], "parameters": "",
+            "details": {"parent_model": "", "format": "gguf", "family": "", "families": [""],
+                        "parameter_size": "", "quantization_level": ""}}],
+            "object": "list", "data": [runtime.models_entry()]}
+
+    def defaults() -> dict[str, Any]:
+        """The generation settings a request that sets nothing gets (the command line's)."""
+        return settings.generation_settings({
+            "seed": llama_cpp.LLAMA_DEFAULT_SEED if options.seed < 0 else options.seed,
+            "temperature": options.temp, "n_predict": options.n_predict,
+            # llama-cpp-python's Llama default, which this child does not change
+            "repeat_last_n": settings.DEFAULTS["repeat_last_n"]}, full=False)
 
     async def props() -> dict[str, Any]:
         facts = runtime.facts
         assert facts is not None  # ChildGate answers 503 until the first load is done
         return {
-            "default_generation_settings": {
-                "id": 0, "n_ctx": facts.n_ctx,
-                "params": {"n_predict": options.n_predict, "temperature": options.temp,
-                           "seed": options.seed, "top_k": 40, "top_p": 0.95, "min_p": 0.05,
-                           "repeat_penalty": 1.0, "n_probs": 0},
-            },
+            "default_generation_settings": {"params": defaults(), "n_ctx": facts.n_ctx},
             "total_slots": options.parallel,
             "model_alias": options.alias,
+            "model_ftype": facts.ftype,
             "model_path": str(options.model),
-            "n_ctx": facts.n_ctx,
-            "modalities": {"vision": options.mmproj is not None, "audio": False},
-            "mmproj_path": None if options.mmproj is None else str(options.mmproj),
+            # the projector is recorded, not used: no media in
+            "modalities": {"vision": options.mmproj is not None, "video": False,
+                           "audio": False},
+            "media_marker": media_marker,
+            "endpoint_slots": True,
+            "endpoint_props": False,  # no POST /props
+            "endpoint_metrics": False,  # no /metrics
+            "ui": False,  # no web UI here
+            "ui_settings": {},
             "chat_template": facts.chat_template,
+            "chat_template_caps": _template_caps(facts.chat_template),
             "bos_token": facts.bos_token,
             "eos_token": facts.eos_token,
             "build_info": BUILD_INFO,
             "is_sleeping": runtime.state is ChildState.SLEEPING,
+            "cors_proxy_enabled": False,  # no CORS proxy
         }
+
+    async def slot_list() -> list[dict[str, Any]]:
+        facts = runtime.facts
+        assert facts is not None
+        return slots.describe(options.parallel, facts.n_ctx, model.lock.locked())
 
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
         llama = _loaded(runtime)
@@ -356,19 +433,34 @@ def _native_routes(runtime: ChildRuntime, model: OneAtATime) -> list[Route]:
             repeat_penalty=body.repeat_penalty,
             seed=llama_cpp.LLAMA_DEFAULT_SEED if seed < 0 else seed,
             stop=tuple(s for s in stop if s), n_probs=body.n_probs,
+            typical_p=body.typical_p, presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty, mirostat=body.mirostat,
+            mirostat_tau=body.mirostat_tau, mirostat_eta=body.mirostat_eta,
+            ignore_eos=body.ignore_eos, stream=body.stream,
         )
+
+        def served(final: dict[str, Any], text: str, before: Any) -> None:
+            record = timings.last_generation(llama)  # ``before``: nothing was generated
+            slots.served(None if record is before else record,
+                         settings.short(final["generation_settings"]), text)
+
         if not body.stream:
             async with model.held():
+                before = timings.last_generation(llama)
                 result = await run_in_threadpool(
-                    lambda: completion.collect(completion.generate(llama, params)))
-            result["model"] = options.alias
+                    lambda: completion.collect(completion.generate(llama, params, options.alias)))
+                served(result, result["content"], before)
             return result
 
         async def events() -> AsyncIterator[bytes]:
             async with model.held():
-                async for chunk in iterate_in_threadpool(completion.generate(llama, params)):
+                before = timings.last_generation(llama)
+                text = []
+                async for chunk in iterate_in_threadpool(
+                        completion.generate(llama, params, options.alias)):
+                    text.append(chunk["content"])
                     if chunk["stop"]:
-                        chunk["model"] = options.alias
+                        served(chunk, "".join(text), before)
                     yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -377,6 +469,13 @@ def _native_routes(runtime: ChildRuntime, model: OneAtATime) -> list[Route]:
         Route("/health", _json(health), methods=["GET"]),
         Route("/v1/models", _json(models), methods=["GET"]),
         Route("/props", _json(props), methods=["GET"]),
+        Route("/slots", _json(slot_list), methods=["GET"]),
+        Route("/metrics", _not_enabled(
+            "This server does not support metrics endpoint. Start it with `--metrics`"),
+            methods=["GET"]),
+        *(Route(path, _not_enabled(
+            "This server does not support embeddings. Start it with `--embeddings`"),
+            methods=["POST"]) for path in ("/embedding", "/embeddings", "/v1/embeddings")),
         Route("/tokenize", _with_body(TokenizeRequest, tokenize), methods=["POST"]),
         Route("/detokenize", _with_body(DetokenizeRequest, detokenize), methods=["POST"]),
         Route("/completion", _with_body(NativeCompletionRequest, complete), methods=["POST"]),
@@ -388,14 +487,17 @@ def _native_routes(runtime: ChildRuntime, model: OneAtATime) -> list[Route]:
 
 async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return not_found()
     return error_response(exc.status_code, str(exc.detail))
 
 
 def build_app(runtime: ChildRuntime) -> ASGIApp:
     model = OneAtATime()
     runtime.exclusive = model.held
-    openai = OpenAIRoutes(lambda: _loaded(runtime), model)
-    routes = [*_native_routes(runtime, model),
+    slots = Slots()
+    openai = OpenAIRoutes(lambda: _loaded(runtime), model, BUILD_INFO, slots)
+    routes = [*_native_routes(runtime, model, slots),
               Route("/v1/chat/completions", openai.chat, methods=["POST"]),
               Route("/v1/completions", openai.completion, methods=["POST"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})

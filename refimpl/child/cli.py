@@ -115,9 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
             "and it exits on 'cmd_router_to_child:exit' or EOF on stdin."
         ),
         epilog=(
-            "HTTP: GET /health, /props, /v1/models (/models); POST /v1/chat/completions "
+            "HTTP: GET /health, /props, /slots, /v1/models (/models); POST /v1/chat/completions "
             "(/chat/completions), /v1/completions, /completion (/completions), /tokenize, "
-            "/detokenize. Errors are {\"error\": {\"code\", \"message\", \"type\"}}. "
+            "/detokenize. /metrics and embeddings answer 501, as llama-server's do without "
+            "--metrics and --embeddings. Errors are {\"error\": {\"code\", \"message\", "
+            "\"type\"}}. "
             "With LLAMA_API_KEY set, every endpoint but /health and /v1/models needs "
             "'Authorization: Bearer KEY' (--api-key is refused: argv is world-readable)."
         ),

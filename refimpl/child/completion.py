@@ -12,7 +12,6 @@ field names (``content``, ``tokens``, ``stop``, ``stop_type``, ``tokens_predicte
 from __future__ import annotations
 
 import codecs
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
+from refimpl.child import settings, timings
 from refimpl.child.model import token_bytes
 from refimpl.child.probabilities import LogitRow
 
@@ -40,12 +40,26 @@ class CompletionParams:
     seed: int
     stop: tuple[str, ...] = ()
     n_probs: int = 0
+    typical_p: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    ignore_eos: bool = False
+    stream: bool = False
 
-    def settings(self) -> dict[str, Any]:
-        return {"n_predict": self.n_predict, "temperature": self.temperature,
-                "top_k": self.top_k, "top_p": self.top_p, "min_p": self.min_p,
-                "repeat_penalty": self.repeat_penalty, "seed": self.seed,
-                "stop": list(self.stop), "n_probs": self.n_probs}
+    def settings(self, repeat_last_n: int) -> dict[str, Any]:
+        """llama-server's ``generation_settings`` for these parameters."""
+        return settings.generation_settings({
+            "seed": self.seed, "temperature": self.temperature, "top_k": self.top_k,
+            "top_p": self.top_p, "min_p": self.min_p, "typical_p": self.typical_p,
+            "repeat_last_n": repeat_last_n, "repeat_penalty": self.repeat_penalty,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty, "mirostat": self.mirostat,
+            "mirostat_tau": self.mirostat_tau, "mirostat_eta": self.mirostat_eta,
+            "stop": list(self.stop), "n_predict": self.n_predict, "ignore_eos": self.ignore_eos,
+            "stream": self.stream, "n_probs": self.n_probs}, full=True)
 
 
 def tokenize_prompt(llama: llama_cpp.Llama, prompt: str | list[int]) -> list[int]:
@@ -114,8 +128,10 @@ def _probability_entry(llama: llama_cpp.Llama, token: int, row: LogitRow,
     return entry
 
 
-def generate(llama: llama_cpp.Llama, params: CompletionParams) -> Iterator[dict[str, Any]]:
-    """Stream chunks: one per generated token (``stop: false``), then one with ``stop: true``.
+def generate(llama: llama_cpp.Llama, params: CompletionParams,
+             model: str = "") -> Iterator[dict[str, Any]]:
+    """Stream chunks: one per generated token (``stop: false``), then one with ``stop: true``
+    (``model`` is named in that one).
 
     Blocking; call it on a worker thread, with the model held exclusively.
     """
@@ -129,15 +145,21 @@ def generate(llama: llama_cpp.Llama, params: CompletionParams) -> Iterator[dict[
     n_vocab = llama.n_vocab()
     predicted = 0
     stop_type = "limit"
-    started = time.perf_counter()
-    prompt_done = started
+    text: list[str] = []
+    before = timings.last_generation(llama)
+    processors = None
+    if params.ignore_eos:
+        processors = llama_cpp.LogitsProcessorList(
+            [llama_cpp.MinTokensLogitsProcessor(2**62, llama.token_eos())])
     tokens = llama.generate(params.prompt, top_k=params.top_k, top_p=params.top_p,
-                            min_p=params.min_p, temp=params.temperature,
-                            repeat_penalty=params.repeat_penalty, reset=True)
+                            min_p=params.min_p, typical_p=params.typical_p,
+                            temp=params.temperature, repeat_penalty=params.repeat_penalty,
+                            reset=True, frequency_penalty=params.frequency_penalty,
+                            presence_penalty=params.presence_penalty,
+                            mirostat_mode=params.mirostat, mirostat_tau=params.mirostat_tau,
+                            mirostat_eta=params.mirostat_eta, logits_processor=processors)
     try:
         for token in tokens if limit > 0 else ():
-            if predicted == 0:
-                prompt_done = time.perf_counter()
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 stop_type = "eos"
                 break
@@ -150,6 +172,7 @@ def generate(llama: llama_cpp.Llama, params: CompletionParams) -> Iterator[dict[
                 chunk["completion_probabilities"] = [
                     _probability_entry(llama, token, LogitRow(logits), params.n_probs)]
             chunk["content"] = stops.feed(decoder.decode(token_bytes(llama, token, special=False)))
+            text.append(chunk["content"])
             yield chunk
             if stops.hit:
                 stop_type = "word"
@@ -159,22 +182,22 @@ def generate(llama: llama_cpp.Llama, params: CompletionParams) -> Iterator[dict[
     finally:
         tokens.close()
     tail = "" if stops.hit else stops.feed(decoder.decode(b"", final=True)) + stops.flush()
-    finished = time.perf_counter()
-    gen_ms = (finished - prompt_done) * 1000.0
+    record = timings.last_generation(llama)
+    if record is before:  # nothing was asked for: the prompt was not even evaluated
+        record = None
+    # in llama-server's order (server-task.cpp, ``to_json_non_oaicompat_final``)
     yield {
-        "index": 0, "content": tail, "tokens": [], "stop": True, "id_slot": 0,
-        "stop_type": stop_type, "stopping_word": stops.hit,
+        "index": 0, "content": tail, "tokens": [], "id_slot": 0, "stop": True, "model": model,
         "tokens_predicted": predicted, "tokens_evaluated": len(params.prompt),
-        "tokens_cached": 0,
+        "generation_settings": params.settings(llama.last_n_tokens_size),
+        # the prompt as text, special tokens written out (``<s> hello``)
+        "prompt": b"".join(token_bytes(llama, t) for t in params.prompt).decode(
+            "utf-8", errors="replace"),
+        "has_new_line": "\n" in "".join(text) + tail,
         "truncated": stop_type == "limit" and predicted >= room,
-        "generation_settings": params.settings(),
-        "timings": {
-            "prompt_n": len(params.prompt),
-            "prompt_ms": (prompt_done - started) * 1000.0,
-            "predicted_n": predicted,
-            "predicted_ms": gen_ms,
-            "predicted_per_second": predicted / (gen_ms / 1000.0) if gen_ms > 0 else 0.0,
-        },
+        "stop_type": stop_type, "stopping_word": stops.hit,
+        "tokens_cached": llama.n_tokens,  # the prompt and the answer, as the KV cache holds them
+        "timings": timings.nothing_done() if record is None else record.timings(),
     }
 
 

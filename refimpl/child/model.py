@@ -34,7 +34,7 @@ from typing import Any
 import llama_cpp
 import llama_cpp.llama_cpp as llama_low
 
-from refimpl.child import chat, detokenize
+from refimpl.child import chat, detokenize, timings
 from refimpl.child.cli import ChildOptions
 
 log = logging.getLogger("refimpl.child")
@@ -61,15 +61,16 @@ class ModelFacts:
     n_params: int
     size: int
     vocab_type: int
+    ftype: str  # llama.cpp's name for the weights' type ("all F32", "Q4_K - Medium")
     chat_template: str
     bos_token: str
     eos_token: str
 
     def meta(self) -> dict[str, Any]:
         """The ``meta`` object of a llama-server ``/v1/models`` entry."""
-        return {"vocab_type": self.vocab_type, "n_vocab": self.n_vocab,
+        return {"vocab_type": self.vocab_type, "n_vocab": self.n_vocab, "n_ctx": self.n_ctx,
                 "n_ctx_train": self.n_ctx_train, "n_embd": self.n_embd,
-                "n_params": self.n_params, "size": self.size}
+                "n_params": self.n_params, "size": self.size, "ftype": self.ftype}
 
 
 class _LlamaCppLog:
@@ -171,7 +172,8 @@ def load_llama(options: ChildOptions, on_progress: ProgressFn) -> llama_cpp.Llam
     try:
         with _progress_reported(progress):
             _llama_cpp_log.errors.clear()
-            return chat.like_llama_server(detokenize.linear(llama_cpp.Llama(**kwargs)))
+            return timings.recorded(chat.like_llama_server(detokenize.linear(
+                llama_cpp.Llama(**kwargs))))
     except Exception as exc:
         if stopped:
             raise LoadAborted() from None
@@ -189,10 +191,21 @@ def read_facts(llama: llama_cpp.Llama) -> ModelFacts:
         n_params=model.n_params(),
         size=model.size(),
         vocab_type=model.vocab_type(),
+        ftype=ftype_name(model.model),
         chat_template=llama.metadata.get("tokenizer.chat_template", ""),
         bos_token=token_text(llama, llama.token_bos()),
         eos_token=token_text(llama, llama.token_eos()),
     )
+
+
+def ftype_name(model: Any) -> str:
+    """llama.cpp's ``llama_ftype_name`` of the model, as llama-server reports it: the last part
+    of ``llama_model_desc`` ("<arch> <size> <ftype>"), the one public function that writes it
+    in the llama.cpp llama-cpp-python bundles."""
+    buffer = ctypes.create_string_buffer(256)
+    n = llama_low.llama_model_desc(model, buffer, ctypes.sizeof(buffer))
+    desc = buffer.value[:max(n, 0)].decode("utf-8", errors="replace")
+    return desc.split(" ", 2)[2] if desc.count(" ") >= 2 else ""
 
 
 def token_text(llama: llama_cpp.Llama, token: int) -> str:

@@ -9,6 +9,12 @@ route at import, most of a child's start-up (0.9 s of 1.2 s on a busy two-core m
 request models (``llama_cpp.server.types``) are reused; they need only pydantic.
 
 Bodies reach these handlers checked and completed by ``ChildGate`` (``app.py``).
+
+The answers are llama-cpp-python's, reshaped into llama-server's (server-task.cpp,
+``to_json_oaicompat*``): its key order, ``system_fingerprint`` (the build), ``usage`` with
+``prompt_tokens_details``, the measured ``timings`` (``timings.py``) in the answer and in a
+stream's last chunk (with ``usage`` there too for ``/v1/completions``), and a chat choice's
+``logprobs`` only when there are some.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from pydantic import TypeAdapter
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from refimpl.child import settings, timings
+from refimpl.child.slots import Slots
 
 log = logging.getLogger("refimpl.child")
 
@@ -125,12 +134,96 @@ def _server_error(error: Exception) -> JSONResponse:
                                    "param": None, "code": None}}, status_code=500)
 
 
+def _choice(choice: dict[str, Any]) -> dict[str, Any]:
+    """A choice in llama-server's key order."""
+    if "text" in choice:  # a completion's: the same keys as llama-server's
+        return {"text": choice["text"], "index": choice.get("index", 0),
+                "logprobs": choice.get("logprobs"), "finish_reason": choice.get("finish_reason")}
+    out: dict[str, Any] = {"finish_reason": choice.get("finish_reason"),
+                           "index": choice.get("index", 0)}
+    message = choice.get("message")
+    if isinstance(message, dict):
+        out["message"] = {"role": message.get("role", "assistant"),
+                          "content": message.get("content"),
+                          **{k: v for k, v in message.items()
+                             if k not in ("role", "content") and v is not None}}
+    if "delta" in choice:
+        out["delta"] = choice["delta"]
+    if choice.get("logprobs") is not None:
+        out["logprobs"] = choice["logprobs"]
+    return out
+
+
+def _text_of(answer: dict[str, Any]) -> str:
+    out = []
+    for choice in answer.get("choices", ()):
+        part = choice.get("text")
+        if part is None:
+            part = (choice.get("message") or choice.get("delta") or {}).get("content")
+        out.append(part or "")
+    return "".join(out)
+
+
+class _Reshaper:
+    """One request's answers (or chunks) in llama-server's shape."""
+
+    def __init__(self, fingerprint: str, llama: llama_cpp.Llama) -> None:
+        self.fingerprint = fingerprint
+        self.llama = llama
+        self.before = timings.last_generation(llama)
+        self.text: list[str] = []
+
+    def record(self) -> timings.Generation | None:
+        record = timings.last_generation(self.llama)
+        return None if record is self.before else record
+
+    def _measured(self, answer: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        record = self.record()
+        if record is not None:
+            return record.usage(), record.timings()
+        usage = dict(answer.get("usage") or {"completion_tokens": 0, "prompt_tokens": 0,
+                                              "total_tokens": 0})
+        return ({"completion_tokens": usage.get("completion_tokens", 0),
+                 "prompt_tokens": usage.get("prompt_tokens", 0),
+                 "total_tokens": usage.get("total_tokens", 0),
+                 "prompt_tokens_details": {"cached_tokens": 0}}, timings.nothing_done())
+
+    def answer(self, answer: dict[str, Any]) -> dict[str, Any]:
+        self.text.append(_text_of(answer))
+        usage, timing = self._measured(answer)
+        return {"choices": [_choice(c) for c in answer.get("choices", ())],
+                "created": answer.get("created"), "model": answer.get("model"),
+                "system_fingerprint": self.fingerprint, "object": answer.get("object"),
+                "usage": usage, "id": answer.get("id"), "timings": timing}
+
+    def chunk(self, chunk: dict[str, Any]) -> dict[str, Any]:
+        self.text.append(_text_of(chunk))
+        choices = [_choice(c) for c in chunk.get("choices", ())]
+        last = any(c.get("finish_reason") is not None for c in choices)
+        head = {"choices": choices, "created": chunk.get("created")}
+        if chunk.get("object") == "chat.completion.chunk":
+            out = {**head, "id": chunk.get("id"), "model": chunk.get("model"),
+                   "system_fingerprint": self.fingerprint, "object": chunk.get("object")}
+            if last:
+                out["timings"] = self._measured(chunk)[1]
+            return out
+        out = {**head, "model": chunk.get("model"), "system_fingerprint": self.fingerprint,
+               "object": chunk.get("object")}
+        if last:
+            usage, timing = self._measured(chunk)
+            return {**out, "usage": usage, "id": chunk.get("id"), "timings": timing}
+        return {**out, "id": chunk.get("id")}
+
+
 class OpenAIRoutes:
     """The two handlers, over whatever model ``current`` hands out now."""
 
-    def __init__(self, current: Callable[[], llama_cpp.Llama], model: OneAtATime) -> None:
+    def __init__(self, current: Callable[[], llama_cpp.Llama], model: OneAtATime,
+                 fingerprint: str, slots: Slots) -> None:
         self.current = current
         self.model = model
+        self.fingerprint = fingerprint
+        self.slots = slots
         self._chat_answer: TypeAdapter[Any] | None = None
         self._completion_answer: TypeAdapter[Any] | None = None
 
@@ -162,20 +255,35 @@ class OpenAIRoutes:
                                      media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
         async with self.model.held():
             llama = self.current()
+            reshaper = _Reshaper(self.fingerprint, llama)
+            in_effect = self._settings(llama, kwargs)
             try:
                 _prepared(body, llama, kwargs)
                 result = await run_in_threadpool(call, llama, **kwargs)
             except Exception as exc:  # noqa: BLE001 - answered as llama-cpp-python answers it
                 return _overflow(body, exc) or _server_error(exc)
-        # checked and serialized against the response type, as FastAPI did for that route
-        return JSONResponse(answer.dump_python(answer.validate_python(result), mode="json"))
+            # checked and serialized against the response type, as FastAPI did for that route
+            reply = reshaper.answer(answer.dump_python(answer.validate_python(result),
+                                                       mode="json"))
+            self.slots.served(reshaper.record(), in_effect, "".join(reshaper.text))
+        return JSONResponse(reply)
 
     async def _events(self, body: Body, kwargs: dict[str, Any],
                       call: Callable[..., Any]) -> AsyncIterator[bytes]:
         async with self.model.held():
             llama = self.current()
+            reshaper = _Reshaper(self.fingerprint, llama)
+            in_effect = self._settings(llama, kwargs)
             _prepared(body, llama, kwargs)
             chunks: Iterator[Any] = await run_in_threadpool(call, llama, **kwargs)
             async for chunk in iterate_in_threadpool(chunks):
-                yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                yield b"data: " + json.dumps(reshaper.chunk(chunk)).encode() + b"\n\n"
+            self.slots.served(reshaper.record(), in_effect, "".join(reshaper.text))
             yield b"data: [DONE]\n\n"
+
+    @staticmethod
+    def _settings(llama: llama_cpp.Llama, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The settings in effect, as ``/slots`` reports them (before ``_prepared`` takes
+        ``ignore_eos`` out and compiles the grammar)."""
+        return settings.generation_settings(
+            settings.from_openai(kwargs, llama.last_n_tokens_size), full=False)

@@ -81,7 +81,9 @@ class ChildRuntime:
 
     def models_entry(self) -> dict[str, Any]:
         """This model's ``/v1/models`` entry: also the ``ready`` message's payload."""
-        entry: dict[str, Any] = {"id": self.options.alias, "object": "model",
+        # --tags is not acted on here (accepted, no effect): no tags
+        entry: dict[str, Any] = {"id": self.options.alias, "aliases": [self.options.alias],
+                                 "tags": [], "object": "model",
                                  "architecture": self.architecture,
                                  "created": self.created, "owned_by": "llamacpp"}
         if self.facts is not None:

@@ -465,10 +465,12 @@ def test_waiters_of_a_model_on_its_way_out_are_answered_when_its_child_exits(
     else:
         d.send(RemoveAsked(40, D))
     d.send(ChildOutput(d.child(name), READY_LINE))
-    d.send(ChildExited(d.child(name), 137))
+    at_exit = d.send(ChildExited(d.child(name), 137))
     for i in range(waiters):
         assert d.replies(21 + i) == [(503, "model_load_failed")], d.out
     assert d.replies(40) == [(200, "ok")] and name not in d.core.models and not d.core.requests
+    if how == "vanished":  # gone from the catalog once its child has exited, and said so
+        assert Publish("A", "model_remove") in at_exit, at_exit
 
 
 # -- the text of a trace entry, and a card ---------------------------------------------------
@@ -556,3 +558,137 @@ def test_a_clash_after_a_downloading_model_in_the_same_change_is_still_refused()
     assert Reply(6, 400, errors.INVALID_REQUEST,
                  "name 'a1' of model 'C' already belongs to model 'A'") in got
     assert "C" not in d.core.models
+
+
+# -- a reload while requests wait in the queue -------------------------------------------------
+
+
+@given(waiters=st.integers(1, 3))
+def test_a_reload_that_drops_a_queued_model_answers_its_waiters_at_once(waiters: int) -> None:
+    """A serves in the one slot; B's requests wait in the queue for it. A reload that no longer
+    names B answers each of them 404 ``model_removed`` at once, naming B; A keeps serving."""
+    d = Driven("A", "B")
+    d.send(RequestArrived(1, "A"))
+    d.send(ChildOutput(d.child("A"), READY_LINE))
+    for i in range(waiters):
+        d.send(RequestArrived(21 + i, "B"))
+    got = d.send(CatalogChanged((ModelSpec("A", stop_timeout=5.0),), (), 40, reload=True))
+    for i in range(waiters):
+        assert Reply(21 + i, 404, errors.REMOVED,
+                     "model 'B' is no longer in the model sources") in got, got
+    assert "B" not in d.core.scheduler.queue and d.replies(40) == [(200, "ok")]
+    assert d.replies(1) == [] and not any(isinstance(c, (Kill, SendExit)) for c in got)
+
+
+def test_a_reload_that_lets_a_queued_model_fit_starts_it_at_once() -> None:
+    """Two devices' worth of need: B waits for memory A holds (A busy, fifo never evicts it).
+    A reload that halves B's need lets B fit beside A: B starts in the same step, and its
+    request joins that load; under drain-timeout the drain deadline set while B was blocked is
+    dropped once B fits."""
+    for policy in ("fifo", "drain-timeout"):
+        specs = (ModelSpec("A", memory={"gpu0": 6}), ModelSpec("B", memory={"gpu0": 6}))
+        core = RouterCore(RouterConfig(specs, devices={"gpu0": 10}, policy=policy))
+        core.handle(RouterStarted(), 0.0)
+        core.handle(RequestArrived(1, "A"), 0.1)
+        core.handle(ChildOutput(1, READY), 0.2)
+        core.handle(RequestArrived(2, "B"), 0.3)
+        assert (core.next_timer() is not None) == (policy == "drain-timeout")
+        got = core.handle(CatalogChanged((specs[0], ModelSpec("B", memory={"gpu0": 4})), (),
+                                         9, reload=True), 0.4)
+        assert [c for c in got if isinstance(c, Spawn)] == [Spawn(2, "B")], (policy, got)
+        assert core.models["B"].waiters == [2] and core.next_timer() is None
+
+
+def test_drain_timeout_with_more_models_on_start_than_slots_waits_without_a_deadline() -> None:
+    """Under drain-timeout, two models loaded on start-up and one slot: the first loads, the
+    second waits for it, blocked, with the drain deadline ``drain_timeout`` after the start."""
+    specs = (ModelSpec("A", load_on_startup=True), ModelSpec("B", load_on_startup=True))
+    core = RouterCore(RouterConfig(specs, models_max=1, policy="drain-timeout"))
+    got = core.handle(RouterStarted(), 0.0)
+    assert [c.model for c in got if isinstance(c, Spawn)] == ["A"]
+    assert "B" in core.scheduler.queue
+    assert core.next_timer() == core.config.drain_timeout
+
+
+def test_a_downloading_model_named_in_a_change_is_left_alone_even_with_a_taken_alias() -> None:
+    """A change that names a model still downloading leaves that spec alone (its download child
+    says how it ends), so an alias in it that another model holds refuses nothing: the rest of
+    the change is applied."""
+    d = Driven("A")
+    d.send(CatalogChanged((ModelSpec("A", aliases=("a1",)),), (), 5))
+    d.send(DownloadAsked(10, D))
+    got = d.send(CatalogChanged((ModelSpec("A", aliases=("a1",)), ModelSpec(D, aliases=("a1",)),
+                                 ModelSpec("C")), (), 6))
+    assert Reply(6, 200, errors.OK) in [c for c in got if isinstance(c, Reply)], got
+    assert "C" in d.core.models and d.core.resolve("a1") == "A"
+
+
+def test_a_load_through_the_api_evicts_an_idle_model_and_times_its_stop() -> None:
+    """POST /models/load of B while A idles in the one slot: A is asked to exit at once, with
+    its kill due ``stop_timeout`` later."""
+    d = Driven("A", "B")
+    d.send(RequestArrived(1, "A"))
+    a = d.child("A")
+    d.send(ChildOutput(a, READY_LINE))
+    d.send(ResponseEnded(1))
+    got = d.send(LoadAsked(2, "B"))
+    assert SendExit(a) in got and d.core.next_timer() == pytest.approx(d.now + 5.0)
+
+
+def test_models_loaded_through_the_api_are_evicted_by_when_they_became_ready() -> None:
+    """Two slots, A then B loaded through the API (no request yet): C evicts A, the least
+    recently used, by the time it became ready."""
+    core = RouterCore(RouterConfig((ModelSpec("A"), ModelSpec("B"), ModelSpec("C")),
+                                   models_max=2))
+    core.handle(RouterStarted(), 0.0)
+    core.handle(LoadAsked(1, "A"), 0.1)
+    core.handle(ChildOutput(1, READY), 0.2)
+    core.handle(LoadAsked(2, "B"), 0.3)
+    core.handle(ChildOutput(2, READY), 0.4)
+    got = core.handle(RequestArrived(3, "C"), 0.5)
+    assert [c for c in got if isinstance(c, (SendExit, Kill))] == [SendExit(1)], got
+
+
+def test_a_model_counts_only_on_the_devices_its_spec_names() -> None:
+    """A needs all of gpu0 and nothing of gpu1; B needs all of gpu1: both run at once."""
+    specs = (ModelSpec("A", memory={"gpu0": 10}), ModelSpec("B", memory={"gpu1": 10}))
+    core = RouterCore(RouterConfig(specs, devices={"gpu0": 10, "gpu1": 10}))
+    core.handle(RouterStarted(), 0.0)
+    core.handle(RequestArrived(1, "A"), 0.1)
+    core.handle(ChildOutput(1, READY), 0.2)
+    got = core.handle(RequestArrived(2, "B"), 0.3)
+    assert Spawn(2, "B") in got and not any(isinstance(c, (SendExit, Kill)) for c in got)
+
+
+def test_a_running_child_counts_with_the_need_it_was_started_with() -> None:
+    """A runs busy with the 6 of 10 its spec said at its start; a reload that says 2 now (same
+    launch: A is not restarted) does not make room: B, which needs 6, waits for A."""
+    specs = (ModelSpec("A", memory={"gpu0": 6}), ModelSpec("B", memory={"gpu0": 6}))
+    core = RouterCore(RouterConfig(specs, devices={"gpu0": 10}))
+    core.handle(RouterStarted(), 0.0)
+    core.handle(RequestArrived(1, "A"), 0.1)
+    core.handle(ChildOutput(1, READY), 0.2)
+    core.handle(CatalogChanged((ModelSpec("A", memory={"gpu0": 2}), specs[1]), (), 9,
+                               reload=True), 0.3)
+    got = core.handle(RequestArrived(2, "B"), 0.4)
+    assert not any(isinstance(c, Spawn) for c in got), got
+    assert "B" in core.scheduler.queue
+
+
+@pytest.mark.parametrize("first", ["loading", "download"])
+def test_an_idle_model_is_a_victim_whatever_child_came_before_it(first: str) -> None:
+    """A child that cannot be evicted was started first: a model still loading (two slots),
+    or a download (it takes no slot; one slot). B idles in the slot left. C evicts B at once."""
+    core = RouterCore(RouterConfig((ModelSpec("A"), ModelSpec("B"), ModelSpec("C")),
+                                   models_max=2 if first == "loading" else 1))
+    core.handle(RouterStarted(), 0.0)
+    if first == "loading":
+        core.handle(RequestArrived(1, "A"), 0.1)  # instance 1 loads, and does not say ready
+    else:
+        core.handle(DownloadAsked(1, D), 0.1)  # instance 1 downloads (it takes no slot)
+    core.handle(RequestArrived(2, "B"), 0.2)
+    core.handle(ChildOutput(2, READY), 0.3)
+    core.handle(ResponseEnded(2), 0.4)
+    got = core.handle(RequestArrived(3, "C"), 0.5)
+    stops = [c for c in got if isinstance(c, (SendExit, Kill))]
+    assert stops == [SendExit(2)], got

@@ -207,6 +207,34 @@ def load(key: str) -> Run | None:
     return Run(Suite(**data["suite"]), data["seconds"], mutants, data["versions"], data["partial"])
 
 
+def run_again(suite: Suite, key: str, max_children: int) -> Run:
+    """The saved ``key`` run, with the mutants it did not kill run again against the tests as
+    they are now. A mutant the old tests killed stays killed (tests were added, the core is the
+    same), so the result is what a whole run with today's tests gives, in a fraction of the
+    time; the core must be unchanged, or the saved verdicts would be of other code."""
+    saved = load(key)
+    if saved is None or saved.partial:
+        sys.exit(f"properties.mutation: no whole saved {key} run in {SAVED}/ to run again")
+    if saved.versions.get("core") != core_digest():
+        sys.exit(f"properties.mutation: the saved {key} run mutated core "
+                 f"{saved.versions.get('core')}, not this one ({core_digest()}): run it whole")
+    names = sorted(m.name for m in saved.mutants.values() if m.status in NOT_KILLED)
+    print(f"{suite.title}: running again the {len(names)} mutants the saved run did not kill",
+          flush=True)
+    now = versions()
+    seconds = run_mutmut(suite.selection, max_children, names) if names else 0.0
+    again = collect() if names else {}
+    for name in names:
+        if name in again and again[name].status != "not checked":
+            saved.mutants[name] = again[name]
+    saved.versions["again"] = (f"the {len(names)} mutants it did not kill were run again "
+                               f"{now['started']} against the tests of code "
+                               f"{now.get('code', '?')}")
+    saved.seconds += seconds
+    save(saved)
+    return saved
+
+
 # -- the classification --------------------------------------------------------------------------
 
 
@@ -370,7 +398,8 @@ def run_section(run: Run, verdicts: dict[str, Verdict], stale: dict[str, str],
     selection = shlex.join(run.suite.selection)
     v = run.versions
     when = (f" Started {v.get('started', 'at an unrecorded time')} on code "
-            f"{v.get('code', '?')} (digest of `{MUTATED}`: {v.get('core', 'not recorded')}).")
+            f"{v.get('code', '?')} (digest of `{MUTATED}`: {v.get('core', 'not recorded')})"
+            + (f"; {v['again']} (`--again`)." if v.get("again") else "."))
     note: list[str] = []
     if current is not None and current is not run and (
             v.get("core") is None or v.get("core") != current.versions.get("core")):
@@ -505,6 +534,11 @@ def main(argv: Iterable[str] | None = None) -> int:
                         help=f"the survivors' classification (default {CLASSIFICATION})")
     parser.add_argument("--report-only", action="store_true",
                         help=f"run nothing: report the runs saved in {SAVED}/")
+    parser.add_argument("--again", action="store_true",
+                        help="run again only the mutants the saved run did not kill, against "
+                             "the tests as they are now (the core must be the one that run "
+                             "mutated: the same digest); the saved run takes the new verdicts, "
+                             "and the document says when and on which code they were reached")
     parser.add_argument("--stubs", type=Path, metavar="FILE",
                         help="write classification entries to fill in for unclassified survivors")
     parser.add_argument("--only", nargs="+", default=[], metavar="GLOB",
@@ -531,6 +565,9 @@ def main(argv: Iterable[str] | None = None) -> int:
             selection = [*(args.tests or suite.selection),
                          *(f"--deselect={t}" for t in args.deselect)]
             suite = Suite(suite.key, suite.title, selection, suite.command)
+        if args.again:
+            runs.append(run_again(suite, key, args.max_children))
+            continue
         if args.report_only:
             saved = load(key)
             if saved is None:
@@ -545,6 +582,9 @@ def main(argv: Iterable[str] | None = None) -> int:
         save(run)
         runs.append(run)
 
+    if args.again and (partial or args.report_only):
+        parser.error("--again re-runs a whole saved run: leave out --only, --tests and "
+                     "--report-only")
     if args.write and any(run.partial for run in runs):
         parser.error("--write wants whole runs: a saved run was partial (--only or --tests)")
     stale = stale_entries(verdicts, runs[0])

@@ -170,11 +170,15 @@ def collect() -> dict[str, Mutant]:
 
 
 def core_digest() -> str:
-    """A digest of the mutated code, ``refimpl/core/*.py``: two runs with the same digest
-    mutated the same core (the git commit alone does not say so when the tree has changes)."""
+    """A digest of the mutated code, ``refimpl/core/*.py`` less what mutmut is told to leave
+    (``do_not_mutate``: the diagram's command line): two runs with the same digest mutated the
+    same core (the git commit alone does not say so when the tree has changes)."""
     import hashlib
     digest = hashlib.sha256()
+    kept = set(mutmut_config().get("do_not_mutate", []))  # never mutated: not the core's code
     for path in sorted(MUTATED.glob("*.py")):
+        if str(path) in kept:
+            continue
         digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:12]
 

@@ -12,17 +12,23 @@ import os
 from hypothesis import HealthCheck, Phase, settings
 
 from properties import mutants
+from properties.example_database import ENV as EXAMPLE_DB, example_database
 
 # The tiny GGUF models fixture (``tiny_models``), for every test folder; the end-of-run leak check.
 pytest_plugins = ["fixtures.pytest_fixtures", "fixtures.leakcheck"]
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow],
                print_blob=False)
+# Where failing examples are kept (properties/example_database.py): ROUTER_EXAMPLE_DB names a
+# directory or a Redis server that a fleet shares; unset, hypothesis's own .hypothesis/examples.
+_database = example_database(os.environ.get(EXAMPLE_DB))
+_SAVED = {} if _database is None else {"database": _database}
 
-settings.register_profile("dev", max_examples=60, **_COMMON)  # type: ignore[arg-type]
+settings.register_profile("dev", max_examples=60, **_SAVED, **_COMMON)  # type: ignore[arg-type]
 settings.register_profile("ci", max_examples=100, derandomize=True,  # type: ignore[arg-type]
                           **_COMMON)
-settings.register_profile("nightly", max_examples=2000, **_COMMON)  # type: ignore[arg-type]
+settings.register_profile("nightly", max_examples=2000,  # type: ignore[arg-type]
+                          **_SAVED, **_COMMON)
 # The mutmut run (python -m properties.mutation): the same examples every run and no example
 # database, so a mutant's verdict depends on the mutant alone; few examples, since every mutant
 # reruns the tests that reach it; no shrinking, since a failure is all a mutant's run needs.

@@ -6,6 +6,11 @@ the tests start carry the bug too). It is *killed* when a test fails; the table 
 failing test and the time the run took. Each set of tests first runs with no mutant and must pass:
 a suite that fails on the correct code kills nothing. The core-level suite is the baseline of the
 core and protocol layers; the live layers (child, process, proxy) get their own baseline run.
+
+The pytest runs are independent units: they run on a dask ``LocalCluster`` (one per core), on the
+cluster of ``--scheduler`` (whose workers need a checkout of the same commit: the tests are not in
+the wheel), or in this process with ``--workers 0`` (``simulator/distributed.py``). The baselines
+run first, then every mutant; rows print in table order as they end.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.report import write_section
+from simulator.cli import positive_int
+from simulator.distributed import default_workers, executor, in_order
+from simulator.progress import Progress
 
 from .mutants import LAYERS, MUTANTS, StaleMutant, apply, environment
 
@@ -60,6 +68,22 @@ class Outcome:
     @property
     def passed(self) -> bool:
         return not self.failed and self.by == "-"
+
+
+@dataclass(frozen=True)
+class TestRun:
+    """One unit of the zoo: :func:`run_tests`'s arguments."""
+    __test__ = False  # not a pytest test class, despite its name
+
+    mutant: str | None
+    paths: tuple[str, ...]
+    first_only: bool
+    timeout: float
+
+
+def run_unit(run: TestRun) -> Outcome:
+    """Runs on a worker (or in this process)."""
+    return run_tests(run.mutant, list(run.paths), first_only=run.first_only, timeout=run.timeout)
 
 
 def run_tests(mutant: str | None, paths: list[str], *, first_only: bool,
@@ -116,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds allowed per pytest run (default: %(default)s)")
     parser.add_argument("--write", action="store_true",
                         help=f"also write the table into {DOC.relative_to(ROOT)}")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:8786", default=None,
+                        help="run the pytest runs on the dask cluster of this scheduler; each "
+                             "worker needs a checkout of the same commit (docs/SCALE.md)")
+    parser.add_argument("--workers", type=positive_int, default=default_workers(), metavar="N",
+                        help="without --scheduler: pytest runs at once, on a dask LocalCluster; "
+                             "0 = one after another in this process (default: the cores, "
+                             "%(default)s)")
     args = parser.parse_args(argv)
     unknown = [m for m in args.mutants if m not in MUTANTS]
     if unknown:
@@ -137,36 +168,53 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(line)
 
     # One baseline per set of tests (the protocol layer runs the core suite in another order).
-    baselines: dict[frozenset[str], Outcome] = {}
-    say("Baselines (no mutant; each must pass):")
-    say()
+    distinct: list[tuple[str, ...]] = []
     for paths in suites.values():
-        if frozenset(paths) in baselines:
-            continue
-        outcome = run_tests(None, paths, first_only=True, timeout=args.timeout)
-        baselines[frozenset(paths)] = outcome
-        verdict = "passed" if outcome.passed else f"FAILED: {outcome.by} ({outcome.why})"
-        say(f"- `{' '.join(paths)}`: {verdict} in {outcome.seconds:.1f} s")
-    say()
-    green = {paths for paths, o in baselines.items() if o.passed}
-
-    say("| mutant | bug | layer | killed | by | time |")
-    say("|---|---|---|---|---|---|")
+        if not any(set(paths) == set(d) for d in distinct):
+            distinct.append(tuple(paths))
+    baselines: dict[frozenset[str], Outcome] = {}
     survivors = 0
-    for name in names:
-        mutant, paths = MUTANTS[name], suites[name]
-        if frozenset(paths) not in green:
-            survivors += 1
-            say(f"| {name} | {mutant.bug} | {mutant.layer} | not run | (its baseline failed) "
-                f"| - |")
-            continue
-        outcome = run_tests(name, paths, first_only=not args.all_failures,
-                            timeout=args.timeout)
-        survivors += not outcome.failed
-        by = outcome.by + (f" (+{outcome.failures - 1} more)"
-                           if args.all_failures and outcome.failures > 1 else "")
-        say(f"| {name} | {mutant.bug} | {mutant.layer} | {'yes' if outcome.failed else 'NO'} "
-            f"| {by} | {outcome.seconds:.1f} s |")
+    with executor(args.scheduler, args.workers, len(distinct) + len(names)) as where:
+        print(f"{len(distinct)} baseline run(s), then {len(names)} mutant run(s), "
+              f"{where.where}", file=sys.stderr)
+        say("Baselines (no mutant; each must pass):")
+        say()
+        progress = Progress(len(distinct), "baselines")
+        runs = [TestRun(None, paths, True, args.timeout) for paths in distinct]
+        for i, outcome in in_order(where.map_unordered(run_unit, runs),
+                                   lambda _, o: progress.advance(1, not o.passed)):
+            baselines[frozenset(distinct[i])] = outcome
+            verdict = "passed" if outcome.passed else f"FAILED: {outcome.by} ({outcome.why})"
+            progress.note(f"- `{' '.join(distinct[i])}`: {verdict} in {outcome.seconds:.1f} s",
+                          say)
+        progress.close()
+        say()
+        green = {paths for paths, o in baselines.items() if o.passed}
+
+        say("| mutant | bug | layer | killed | by | time |")
+        say("|---|---|---|---|---|---|")
+        # A mutant whose baseline failed is not run: its row says so, in its place in the table.
+        runnable = [name for name in names if frozenset(suites[name]) in green]
+        runs = [TestRun(name, tuple(suites[name]), not args.all_failures, args.timeout)
+                for name in runnable]
+        progress = Progress(len(runs), "mutants", counted="survived")
+        outcomes = in_order(where.map_unordered(run_unit, runs),
+                            lambda _, o: progress.advance(1, not o.failed))
+        for name in names:
+            mutant = MUTANTS[name]
+            if name not in runnable:
+                survivors += 1
+                say(f"| {name} | {mutant.bug} | {mutant.layer} | not run | (its baseline failed) "
+                    f"| - |")
+                continue
+            _, outcome = next(outcomes)
+            survivors += not outcome.failed
+            by = outcome.by + (f" (+{outcome.failures - 1} more)"
+                               if args.all_failures and outcome.failures > 1 else "")
+            progress.note(f"| {name} | {mutant.bug} | {mutant.layer} | "
+                          f"{'yes' if outcome.failed else 'NO'} | {by} | {outcome.seconds:.1f} s |",
+                          say)
+        progress.close()
     failed_baselines = len(baselines) - len(green)
     say()
     say(f"{len(names) - survivors} of {len(names)} mutants killed"

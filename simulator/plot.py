@@ -1,10 +1,14 @@
-"""One trace drawn as a standalone SVG: children on their slots, request waits, evictions."""
+"""One trace drawn as a standalone SVG: children on their slots, request waits, evictions.
+
+A run with more loads than the slots can show as bars (``DETAIL_PX`` each, on average) is drawn in
+detail over its first stretch that fits, under a strip of the whole run: loads and evictions per
+time bucket, and where requests failed."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Literal, Sequence
 from xml.sax.saxutils import escape
 
 from properties.replay import Replay
@@ -30,6 +34,15 @@ REQ_H = 220
 PAD = 6
 FONT = "font-family='Helvetica, Arial, sans-serif'"
 CHAR_W = 6.6  # average glyph width at 12px, for layout without measuring text
+TITLE_SIZE = 17
+TITLE_CHAR_W = 0.6 * TITLE_SIZE  # bold glyphs, a little wide so that a wrapped line never clips
+# Mean width a child's bar gets in the detail: below it, bars turn to slivers and the eviction
+# marks above them (10 px wide) to a solid row, so the detail is zoomed in until it holds.
+DETAIL_PX = 30
+OVERVIEW_H = 44
+BUCKETS = 120  # at most, across the overview strip
+
+Window = tuple[float, float] | Literal["auto", "all"]
 
 
 @dataclass(slots=True)
@@ -275,22 +288,165 @@ def _crash(x: float, y: float) -> str:
             f"L{_n(x + 4)},{_n(y - 4)}' stroke='#111' stroke-width='2.2'/>")
 
 
+# -- what the detail shows --------------------------------------------------------------------
+
+
+def _end_of(c: _Child, d: _Digest) -> float:
+    return c.exited if c.exited is not None else d.end
+
+
+def _children_in(d: _Digest, t0: float, t1: float) -> list[_Child]:
+    """The children alive at some instant of [t0, t1]."""
+    return [c for c in d.children if c.spawned <= t1 and _end_of(c, d) >= t0]
+
+
+def detail_window(trace: Sequence[At], config: RouterConfig) -> tuple[float, float] | None:
+    """The stretch of ``trace`` drawn in detail: None for the whole run when its bars average at
+    least ``DETAIL_PX`` on the slots, else the longest round stretch from the start whose bars
+    do (never under a second)."""
+    return _detail_window(_digest(trace, config))
+
+
+def _detail_window(d: _Digest) -> tuple[float, float] | None:
+    lanes = d.lanes + d.over_lanes
+    room = max(1, int(lanes * PLOT_W / DETAIL_PX))
+    if len(d.children) <= room:
+        return None
+    fitting = [step for step in _TIME_STEPS if step >= 1 and step < d.end - d.start
+               and len(_children_in(d, d.start, d.start + step)) <= room]
+    return d.start, d.start + (max(fitting) if fitting else 1.0)
+
+
+def wrap_title(title: str, width: float = PLOT_W) -> list[str]:
+    """``title`` in lines that fit ``width`` pixels, broken between words; a command line's
+    ``--option value`` stays on one line."""
+    per_line = max(8, int(width / TITLE_CHAR_W))
+    units: list[str] = []
+    for word in title.split(" "):
+        if units and units[-1].startswith("--") and " " not in units[-1] \
+                and not word.startswith("-"):
+            units[-1] += " " + word
+        else:
+            units.append(word)
+    lines: list[str] = []
+    for unit in units:
+        # A word longer than a line is cut into lines of its own.
+        for piece in [unit[i:i + per_line] for i in range(0, len(unit), per_line)] or [""]:
+            if lines and len(lines[-1]) + 1 + len(piece) <= per_line:
+                lines[-1] += " " + piece
+            else:
+                lines.append(piece)
+    return lines
+
+
+def _overview(d: _Digest, window: tuple[float, float], y: float) -> tuple[list[str], float]:
+    """The whole run in a strip: loads and evictions per bucket, a red tick under each bucket
+    where a request failed or was never answered, and the detail's window shaded. Returns the
+    SVG pieces and the y below them."""
+    t0, t1 = d.start, d.end
+    span = t1 - t0
+    bucket = min((s for s in _TIME_STEPS if span / s <= BUCKETS), default=span / BUCKETS)
+    n = max(1, math.ceil(span / bucket - 1e-9))
+    loads, evictions, failed = [0] * n, [0] * n, [0] * n
+
+    def index(t: float) -> int:
+        return min(n - 1, max(0, int((t - t0) / bucket)))
+
+    for c in d.children:
+        loads[index(c.spawned)] += 1
+        if c.evicted and c.stopped is not None:
+            evictions[index(c.stopped)] += 1
+    for r in d.requests:
+        if r.outcome in (None, "error"):
+            failed[index(r.arrived)] += 1
+    scale_x = PLOT_W / span
+
+    def x_of(t: float) -> float:
+        return LEFT + (t - t0) * scale_x
+
+    out = [_text(LEFT - 8, y, "whole run", 13, "end", extra=" font-weight='bold'"),
+           _text(LEFT, y, f"loads (grey) and evictions (red) per {_fmt_bucket(bucket)}, a red "
+                 "tick where requests failed; shaded: the stretch drawn below", 11,
+                 fill="#777")]
+    y += 6
+    top, bottom = y, y + OVERVIEW_H
+    high = max(loads + evictions + [1])
+    w0, w1 = (max(t0, window[0]), min(t1, window[1]))
+    parts = [f"<g class='overview'><rect x='{LEFT}' y='{_n(top)}' width='{PLOT_W}' "
+             f"height='{OVERVIEW_H}' fill='#fafafa' stroke='#ccc'/>",
+             f"<rect class='overview-window' x='{_n(x_of(w0))}' y='{_n(top)}' "
+             f"width='{_n(max(1.0, x_of(w1) - x_of(w0)))}' height='{OVERVIEW_H}' "
+             f"fill='#4e79a7' fill-opacity='0.15' stroke='#4e79a7'/>"]
+    bar_w = max(1.0, bucket * scale_x * 0.8)
+    for i in range(n):
+        x = x_of(t0 + i * bucket) + bucket * scale_x * 0.1
+        # Side by side: a bucket's loads, then its evictions.
+        for count, fill, at in ((loads[i], "#8c8c8c", 0.0), (evictions[i], RED, 0.5)):
+            if count:
+                h = count / high * (OVERVIEW_H - 4)
+                parts.append(f"<rect x='{_n(x + bar_w * at)}' y='{_n(bottom - h)}' "
+                             f"width='{_n(bar_w / 2)}' height='{_n(h)}' "
+                             f"fill='{fill}'><title>{_fmt_bucket(bucket)} from "
+                             f"{escape(_fmt_seconds(t0 + i * bucket))}: {loads[i]} loads, "
+                             f"{evictions[i]} evictions</title></rect>")
+        if failed[i]:
+            parts.append(f"<rect class='overview-failed' x='{_n(x)}' y='{_n(bottom + 2)}' "
+                         f"width='{_n(bar_w)}' height='4' fill='{RED}'><title>"
+                         f"{_count(failed[i], 'request')} failed or never answered</title>"
+                         f"</rect>")
+    out.append("".join(parts) + "</g>")
+    out.append(_text(LEFT - 6, top + 9, str(high), 10, "end", "#555"))
+    out.append(_text(LEFT - 6, bottom, "0", 10, "end", "#555"))
+    ticks, unit = _time_ticks(t0, t1)
+    for tk in ticks:
+        out.append(_text(x_of(tk), bottom + 18, _fmt_time(tk, unit), 10, "middle", "#555"))
+    return out, bottom + 18
+
+
+def _fmt_bucket(seconds: float) -> str:
+    if seconds >= 3600 and seconds % 3600 == 0:
+        return f"{seconds / 3600:g} h"
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{seconds / 60:g} min"
+    return f"{seconds:g} s"
+
+
 # -- the picture ----------------------------------------------------------------------------
 
 
-def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> str:
-    """The whole trace as one SVG document: slots on top, request waits below, then legend."""
+def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "",
+               window: Window = "auto") -> str:
+    """The trace as one SVG document: title and summary; the whole run's strip when the detail
+    is a stretch of it; slots, then request waits, in detail; the legend.
+
+    ``window`` is what the detail shows: ``"auto"`` (``detail_window``), ``"all"``, or (from, to)
+    in the trace's seconds; ValueError when that misses the run."""
     d = _digest(trace, config)
+    shown: tuple[float, float] | None
+    if window == "auto":
+        shown = _detail_window(d)
+    elif window == "all":
+        shown = None
+    else:
+        w0, w1 = max(window[0], d.start), min(window[1], d.end)
+        if not w0 < w1:
+            raise ValueError(f"{_fmt_seconds(window[0])} to {_fmt_seconds(window[1])} is not "
+                             f"within the run, which lasts from {_fmt_seconds(d.start)} to "
+                             f"{_fmt_seconds(d.end)}")
+        shown = None if w0 <= d.start and w1 >= d.end else (w0, w1)
     colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(d.models)}
     models_index = {m: str(i) for i, m in enumerate(d.models)}
     neutral = "#8c8c8c"  # legend swatches for the bar parts, so they are not read as one model
     defs = ("<defs>" + "".join(_patterns(models_index[m], colours[m]) for m in d.models)
             + _patterns("n", neutral) + "</defs>")
-    t0, t1 = d.start, d.end
+    t0, t1 = shown if shown is not None else (d.start, d.end)
     scale_x = PLOT_W / (t1 - t0)
+    children = d.children if shown is None else _children_in(d, t0, t1)
+    requests = d.requests if shown is None else [r for r in d.requests
+                                                 if t0 <= r.arrived <= t1]
 
     def x_of(t: float) -> float:
-        return LEFT + (t - t0) * scale_x
+        return LEFT + (min(max(t, t0), t1) - t0) * scale_x
 
     back: list[str] = []
     grid: list[str] = []
@@ -302,7 +458,7 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
     counts = {k: 0 for k in ("ok", "error", "gone", "lost")}
     for r in d.requests:
         counts[r.outcome or "lost"] += 1
-    stride = math.ceil(len(d.requests) / MAX_POINTS) if len(d.requests) > MAX_POINTS else 1
+    stride = math.ceil(len(requests) / MAX_POINTS) if len(requests) > MAX_POINTS else 1
     peak = max((c.lane for c in d.children), default=-1) + 1
     limit = str(config.models_max) if config.models_max else "unlimited"
     summary = (f"{_count(len(d.requests), 'request')} (ok {counts['ok']}, "
@@ -312,13 +468,28 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
                f"models_max {limit}, peak {peak} alive")
     if stride > 1:
         summary += f"  ·  points: 1 in {stride} ok/gone requests shown"
-    y += 24
-    out.append(_text(LEFT, y, title or "router trace", 17, extra=" font-weight='bold'"))
+    for line in wrap_title(title or "router trace"):
+        y += TITLE_SIZE + 5
+        out.append(_text(LEFT, y, line, TITLE_SIZE, extra=" font-weight='bold'"))
     y += 20
     out.append(_text(LEFT, y, summary, 12, fill="#444"))
     if not trace:
         out.append(_text(LEFT + PLOT_W, y, "(empty trace)", 12, "end", "#888"))
     y += 22
+    if shown is not None:
+        unit = _time_ticks(d.start, d.end)[1]
+        evicted_here = sum(1 for c in children if c.evicted and c.stopped is not None
+                           and t0 <= c.stopped <= t1)
+        out.append(_text(LEFT, y - 4, f"drawn below: {_fmt_time(t0, unit)} to "
+                         f"{_fmt_time(t1, unit)} of {_fmt_time(d.start, unit)} to "
+                         f"{_fmt_time(d.end, unit)}, with {len(children)} of the "
+                         f"{_count(len(d.children), 'load')}, {evicted_here} of the "
+                         f"{_count(evictions, 'eviction')} and {len(requests)} of the "
+                         f"{_count(len(d.requests), 'request')}", 12, fill="#444"))
+        y += 22
+        strip, y = _overview(d, shown, y)
+        out.extend(strip)
+        y += 28
 
     ticks, unit = _time_ticks(t0, t1)
 
@@ -347,7 +518,7 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
             out.append(_text(LEFT - 8, ly + LANE_H / 2 + 4, f"slot {i + 1}", 12, "end", "#555"))
 
     marks: list[str] = []
-    for c in d.children:
+    for c in children:
         colour = colours[c.model]
         ly = lane_y[c.lane]
         over = c.lane >= d.lanes
@@ -396,11 +567,12 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
             parts.append(_text(x_a + 3, ly + LANE_H / 2 + 4, c.model, 11, fill="#1a1a1a"))
         parts.append("</g>")
         out.append("".join(parts))
-        if c.stopped is not None and c.evicted:
+        if c.stopped is not None and c.evicted and t0 <= c.stopped <= t1:
             marks.append(f"<g class='eviction'><title>{escape(c.model)} evicted at "
                          f"{escape(_fmt_seconds(c.stopped))}</title>"
                          + _eviction(x_of(c.stopped), ly - 3) + "</g>")
-        elif c.stopped is None and c.exited is not None and c.code != 0:
+        elif c.stopped is None and c.exited is not None and c.code != 0 \
+                and t0 <= c.exited <= t1:
             marks.append(f"<g class='crash'><title>{escape(c.model)} exited on its own at "
                          f"{escape(_fmt_seconds(c.exited))} (code {c.code})</title>"
                          + _crash(x_of(c.exited), ly + LANE_H / 2) + "</g>")
@@ -414,7 +586,7 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
     y += 10
     req_top, req_bottom = y, y + REQ_H
     waits: list[tuple[_Request, float]] = []
-    for r in d.requests:
+    for r in requests:
         done = r.forwarded if r.forwarded is not None else (
             r.answered if r.answered is not None else t1)
         waits.append((r, max(0.0, done - r.arrived)))
@@ -441,10 +613,11 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
     mid = (req_top + req_bottom) / 2
     out.append(_text(16, mid, axis_label, 12, "middle", "#444",
                      f" transform='rotate(-90 16 {_n(mid)})'"))
-    if not d.requests:
-        out.append(_text(LEFT + PLOT_W / 2, mid, "no requests in this trace", 14, "middle",
-                         "#999"))
+    if not requests:
+        out.append(_text(LEFT + PLOT_W / 2, mid, "no requests in this trace" if shown is None
+                         else "no requests arrived in this stretch", 14, "middle", "#999"))
     by_kind: dict[str, list[str]] = {"ok": [], "gone": [], "error": [], "lost": []}
+    drawn = {k: sum(1 for r in requests if (r.outcome or "lost") == k) for k in by_kind}
     seen = {k: 0 for k in by_kind}
     for r, w in waits:
         kind = r.outcome or "lost"
@@ -452,7 +625,7 @@ def render_svg(trace: Sequence[At], config: RouterConfig, title: str = "") -> st
         # Errors and lost requests are rare and are what a reader looks for: thin only the rest.
         if stride > 1 and kind in ("ok", "gone") and (seen[kind] - 1) % stride:
             continue
-        if stride > 1 and kind in ("error", "lost") and counts[kind] > MAX_POINTS // 4 \
+        if stride > 1 and kind in ("error", "lost") and drawn[kind] > MAX_POINTS // 4 \
                 and (seen[kind] - 1) % stride:
             continue
         by_kind[kind].append(_marker(kind, x_of(r.arrived), y_of(w), OUTCOME_COLOURS[kind]))

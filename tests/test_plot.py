@@ -1,4 +1,5 @@
-"""The trace picture: valid SVG, one bar per child, one marker per eviction, violations shown."""
+"""The trace picture: valid SVG, one bar per child, one marker per eviction, violations shown; a
+run with many loads drawn in detail over a stretch that fits, under a strip of the whole run."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from refimpl.core import (ChildExited, ClientGone, Forward, Kill, ModelSpec, Pub
                           UnloadAsked)
 from refimpl.core.trace import At
 from simulator import FAULT_PRESETS, Simulation, make_workload
-from simulator.plot import MAX_POINTS, render_svg
+from simulator.cli import RunSpec, build_parser
+from simulator.plot import (DETAIL_PX, LEFT, MAX_POINTS, PLOT_W, TITLE_CHAR_W, detail_window,
+                            render_svg)
 
 
 def by_class(root: ET.Element, name: str) -> list[ET.Element]:
@@ -44,7 +47,7 @@ def config(*names: str, models_max: int = 2) -> RouterConfig:
 
 def test_sample_is_svg_with_one_bar_per_spawn(sample: tuple[list[At], RouterConfig, int]) -> None:
     trace, cfg, _ = sample
-    root = parse(render_svg(trace, cfg, "sample"))
+    root = parse(render_svg(trace, cfg, "sample", window="all"))
     spawns = sum(1 for a in trace if isinstance(a.what, Spawn))
     assert spawns > 10
     children = by_class(root, "child")
@@ -58,7 +61,7 @@ def test_sample_is_svg_with_one_bar_per_spawn(sample: tuple[list[At], RouterConf
 
 def test_sample_marks_each_eviction(sample: tuple[list[At], RouterConfig, int]) -> None:
     trace, cfg, evictions = sample
-    root = parse(render_svg(trace, cfg))
+    root = parse(render_svg(trace, cfg, window="all"))
     assert evictions > 10
     assert len(by_class(root, "eviction")) == evictions
     assert any(f"{evictions} evictions" in t for t in texts(root))
@@ -66,7 +69,7 @@ def test_sample_marks_each_eviction(sample: tuple[list[At], RouterConfig, int]) 
 
 def test_sample_draws_every_request(sample: tuple[list[At], RouterConfig, int]) -> None:
     trace, cfg, _ = sample
-    root = parse(render_svg(trace, cfg))
+    root = parse(render_svg(trace, cfg, window="all"))
     requests = sum(1 for a in trace if isinstance(a.what, RequestArrived))
     drawn = sum(len(list(g)) for kind in ("ok", "error", "gone", "lost")
                 for g in by_class(root, f"requests-{kind}"))
@@ -155,3 +158,96 @@ def test_trace_without_requests_renders() -> None:
     root = parse(render_svg(trace, config("a", models_max=0)))
     assert len(by_class(root, "child")) == 1
     assert "no requests in this trace" in texts(root)
+
+
+# -- many loads: a stretch in detail, the whole run in a strip ---------------------------------
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def cli_run(*argv: str) -> tuple[list[At], RouterConfig, str]:
+    """The trace, config and title of ``python -m simulator run ARGV``."""
+    spec = RunSpec(build_parser().parse_args(["run", *argv]))
+    sim = spec.simulation(0, record=True)
+    result = sim.run()
+    assert result.trace is not None
+    return result.trace, sim.config, spec.replay_command(0)
+
+
+@pytest.fixture(scope="module")
+def default_run() -> tuple[list[At], RouterConfig, str]:
+    return cli_run()  # 10 minutes, 8 models, 2 slots: about 400 loads
+
+
+def bar_extent(child: ET.Element) -> tuple[float, float]:
+    rects = [r for r in child if r.tag == f"{SVG}rect"]
+    xs = [float(r.get("x", 0)) for r in rects]
+    return min(xs), max(float(r.get("x", 0)) + float(r.get("width", 0)) for r in rects)
+
+
+def test_many_loads_are_drawn_over_a_stretch_where_bars_are_wide_enough(
+        default_run: tuple[list[At], RouterConfig, str]) -> None:
+    trace, cfg, title = default_run
+    spawns = [a for a in trace if isinstance(a.what, Spawn)]
+    window = detail_window(trace, cfg)
+    assert window is not None and len(spawns) > 300
+    t0, t1 = window
+    assert t0 == trace[0].t and t1 - t0 >= 30
+    root = parse(render_svg(trace, cfg, title))
+    children = by_class(root, "child")
+    widths = [b - a for a, b in map(bar_extent, children)]
+    assert 10 < len(children) <= cfg.models_max * PLOT_W / DETAIL_PX
+    assert sum(widths) / len(children) >= 20, widths  # the whole run's would be under 6 px
+    # Every bar lies within the plot, and every eviction of the stretch has its mark.
+    assert all(LEFT - 0.01 <= a and b <= LEFT + PLOT_W + 0.01
+               for a, b in map(bar_extent, children))
+    titles = [e.findtext(f"{SVG}title") or "" for e in by_class(root, "eviction")]
+    assert titles and all(t0 <= float(t.split(" evicted at ")[1].split()[0]) <= t1
+                          for t in titles)
+    # The strip shows the whole run, with the stretch shaded where it lies.
+    assert len(by_class(root, "overview")) == 1
+    shade = by_class(root, "overview-window")[0]
+    span = trace[-1].t - trace[0].t
+    assert float(shade.get("x", 0)) == pytest.approx(LEFT, abs=0.1)
+    assert float(shade.get("width", 0)) == pytest.approx(PLOT_W * (t1 - t0) / span, abs=0.2)
+    summary = " ".join(texts(root))
+    assert f"{len(spawns)} loads" in summary and f"with {len(children)} of the" in summary
+
+
+def test_the_detail_window_can_be_chosen_or_turned_off(
+        default_run: tuple[list[At], RouterConfig, str]) -> None:
+    trace, cfg, _ = default_run
+    root = parse(render_svg(trace, cfg, window=(120.0, 150.0)))
+    alive = [c for c in by_class(root, "child")]
+    requests = [a for a in trace if isinstance(a.what, RequestArrived) and 120 <= a.t <= 150]
+    drawn = sum(len(list(g)) for kind in ("ok", "error", "gone", "lost")
+                for g in by_class(root, f"requests-{kind}"))
+    assert alive and drawn == len(requests)
+    assert "2:00" in " ".join(texts(root)) and by_class(root, "overview")
+    whole = parse(render_svg(trace, cfg, window="all"))
+    assert not by_class(whole, "overview")
+    assert len(by_class(whole, "child")) == sum(1 for a in trace if isinstance(a.what, Spawn))
+    with pytest.raises(ValueError, match="not within the run"):
+        render_svg(trace, cfg, window=(5000.0, 6000.0))
+
+
+def test_a_short_ab_run_is_drawn_whole() -> None:
+    """The README's example picture: every load of a one-minute A/B run on one slot."""
+    trace, cfg, title = cli_run("--workload", "ab", "--models", "2", "--models-max", "1",
+                                "--duration", "1m")
+    assert detail_window(trace, cfg) is None
+    root = parse(render_svg(trace, cfg, title))
+    assert not by_class(root, "overview")
+    assert len(by_class(root, "child")) == sum(1 for a in trace if isinstance(a.what, Spawn))
+
+
+def test_a_long_title_is_wrapped_within_the_picture(
+        default_run: tuple[list[At], RouterConfig, str]) -> None:
+    trace, cfg, title = default_run
+    assert len(title) * TITLE_CHAR_W > PLOT_W  # the replay command: too long for one line
+    root = parse(render_svg(trace, cfg, title))
+    lines = [el.text or "" for el in root.iter(f"{SVG}text") if el.get("font-size") == "17"]
+    assert len(lines) >= 2 and " ".join(lines) == title
+    assert all(len(line) * TITLE_CHAR_W <= PLOT_W for line in lines)
+    # An option stays with its value.
+    assert not any(line.split()[-1].startswith("--") for line in lines)

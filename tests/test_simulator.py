@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.trace import format_trace
-from simulator.cli import main, parse_device, parse_duration
+from properties.invariants import check_all
+from properties.mutants import MUTANTS
+from refimpl.core.config import POLICIES
+from simulator.cli import (EXAMPLES, RunSpec, build_parser, main, parse_device, parse_duration,
+                           parse_window)
 from simulator.engine import Simulation
 from simulator.faults import FAULT_PRESETS
 from simulator.workloads import WORKLOADS, make_workload
@@ -74,6 +80,71 @@ def test_run_cli_exit_status_1_on_a_violation(capsys: pytest.CaptureFixture[str]
     assert code == 1 and "busy_never_evicted" in out
 
 
+def test_run_cli_counts_each_guarantee_before_the_examples(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's "see a thrash": the counts name no_thrash, however many busy evictions come
+    first in the trace, and each guarantee that broke has an example."""
+    argv = ["run", "--workload", "ab", "--models", "2", "--models-max", "1", "--policy",
+            "naive-lru", "--duration", "2m"]
+    assert main(argv) == 1
+    out = capsys.readouterr().out.splitlines()
+    spec = RunSpec(build_parser().parse_args(argv))
+    sim = spec.simulation(0, record=True)
+    result = sim.run()
+    assert result.trace is not None
+    expected = Counter(v.guarantee for v in check_all(result.trace, sim.config))
+    assert set(expected) == {"busy_never_evicted", "no_thrash"}
+    head = out.index(f"guarantees      {sum(expected.values())} violations of 2 guarantees:")
+    examples = out.index("first examples:")
+    counted = {line.strip().split(": ")[0]: int(line.split(": ")[1])
+               for line in out[head + 1:examples] if line.startswith("  ") and
+               not line.startswith("    ")}
+    assert counted == expected
+    shown = out[examples + 1:]
+    assert {g for g in expected if any(line.startswith(f"  [{g}]") for line in shown)} \
+        == set(expected)
+    assert len([line for line in shown if line.startswith("  [")]) == EXAMPLES
+    assert shown[-1] == f"  ... and {sum(expected.values()) - EXAMPLES} more"
+
+
+def test_run_help_describes_every_choice(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    for block, names in (("policies", POLICIES), ("workloads", WORKLOADS),
+                         ("fault presets", FAULT_PRESETS), ("bug-zoo mutants", MUTANTS)):
+        start = out.index(f"\n{block} (")
+        for name in names:  # each at the start of a line, with what it means beside it
+            line = re.search(rf"^  {re.escape(name)} +(\S.*)$", out[start:], re.MULTILINE)
+            assert line is not None and len(line.group(1)) > 20, (block, name)
+    mutants = re.findall(r"^  (Z\d+) ", out, re.MULTILINE)
+    assert mutants == list(MUTANTS) == [f"Z{i}" for i in range(1, len(MUTANTS) + 1)]
+    assert "the original router" in out  # naive-lru, explained
+    assert max(len(line) for line in out[out.index("\npolicies ("):].splitlines()) <= 80
+
+
+def test_plot_window_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "t.svg"
+    assert main(["run", "--plot", str(target), "--plot-window", "1m-90s", "--no-check"]) == 0
+    assert f"plot            {target}: 60-90s in detail" in capsys.readouterr().out
+    assert "class='overview'" in target.read_text()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--plot", "{tmp}/t.svg", "--plot-window", "20m-30m"], "is not within the run"),
+    (["--plot", "{tmp}/no/such/dir/t.svg"], "cannot write it"),
+    (["--plot-window", "0-30s"], "--plot-window needs --plot"),
+])
+def test_plot_errors_get_a_clear_message_not_a_traceback(tmp_path: Path, args: list[str],
+                                                         message: str) -> None:
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    proc = subprocess.run([sys.executable, "-m", "simulator", "run", "--duration", "1m", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_sweep_lists_failing_seeds_with_replay(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["sweep", "--seeds", "2", "--duration", "2m", "--workload", "streams",
                  "--models", "3", "--models-max", "1", "--mutant", "Z2"])
@@ -94,6 +165,8 @@ def test_plot_option_writes_an_svg(tmp_path: Path, capsys: pytest.CaptureFixture
     (["run", "--rate", "0"], "must be more than 0"),
     (["run", "--mutant", "Z99"], "invalid choice"),
     (["run", "--workload", "nope"], "invalid choice"),
+    (["run", "--plot-window", "90s"], "is not FROM-TO"),
+    (["run", "--plot-window", "2m-1m"], "ends before it starts"),
 ])
 def test_bad_input_gets_a_clear_message_not_a_traceback(args: list[str], message: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "simulator", *args], cwd=ROOT,
@@ -106,3 +179,5 @@ def test_parsers() -> None:
     assert parse_duration("24h") == 86400 and parse_duration("90") == 90
     assert parse_duration("1.5m") == 90
     assert parse_device("gpu0=2GiB") == ("gpu0", 2 * 1024**3)
+    assert parse_window("0-90s") == (0, 90) and parse_window("2m-3m") == (120, 180)
+    assert parse_window("all") == "all" and parse_window("auto") == "auto"

@@ -2,19 +2,24 @@
 
 Both children serve the same tiny model, started straight (no router), and get the same requests:
 health, props, models, chat and completion (streamed and not), tokenize, detokenize, embeddings,
-metrics, slots, and a few errors. Each answer is reduced to its *shape*: the status, the
-content type, and for a JSON body its keys (in order) and the type of each value, recursively;
-a list's shape is the distinct shapes of its items; a stream's is the distinct shapes of its
-chunks in order, with ``[DONE]`` where it came. Values that depend on the model differ; shapes
-may not. Every difference is listed with its path (``choices[].delta.content``), and with the
-reason where one is known (``EXPLAINED``).
+metrics, slots, and a few errors. They are started three ways (``CONFIGURATIONS``): with
+llama-server's defaults (metrics and embeddings off, slots on), with ``--embeddings --metrics``
+(the model's own pooling, none for the tiny models), and with ``--embeddings --pooling mean
+--no-slots``; each way is asked what it changes. Each answer is reduced to its *shape*: the
+status, the content type, and for a JSON body its keys (in order) and the type of each value,
+recursively; a list's shape is the distinct shapes of its items; a stream's is the distinct
+shapes of its chunks in order, with ``[DONE]`` where it came; Prometheus text is its metric names
+with their types, in order. Values that depend on the model differ; shapes may not. Every
+difference is listed with its path (``choices[].delta.content``), and with the reason where one
+is known (``EXPLAINED``).
 
     python -m conformance.wire --router-bin PATH                 # compare, print
     python -m conformance.wire --router-bin PATH --record        # also record llama-server's
     python -m conformance.wire --write docs/WIRE.md              # against the recorded shapes
 
 ``--record`` writes llama-server's shapes to ``conformance/wire_llama_server.json`` (with the
-binary's version), so that ``tests/test_wire.py`` checks our child against them without a
+binary's version): the default configuration's under ``shapes``, the others' under
+``configurations``, so that ``tests/test_wire.py`` checks our child against them without a
 llama-server binary.
 """
 
@@ -26,7 +31,7 @@ import json
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,6 +82,58 @@ ASKS = [
     Ask("error: unknown path", "GET", "/no-such-path"),
 ]
 
+EMBEDDING_ASKS = [
+    Ask("embedding", "POST", "/embedding", {"input": "hello"}),
+    Ask("embeddings, content", "POST", "/embeddings", {"content": "hello"}),
+    Ask("embedding, array input", "POST", "/embedding", {"input": ["hello", "world wide"]}),
+    Ask("embedding, token ids", "POST", "/embedding", {"input": [1, 2, 3]}),
+    Ask("embedding, lists of token ids", "POST", "/embedding", {"input": [[1, 2], [3]]}),
+    Ask("error: embedding without input", "POST", "/embedding", {}),
+    Ask("error: embedding of an empty list", "POST", "/embedding", {"input": []}),
+    Ask("error: embedding of a number", "POST", "/embedding", {"input": 5}),
+    Ask("error: embedding, bad encoding_format", "POST", "/embedding",
+        {"input": "hi", "encoding_format": "x"}),
+]
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    flags: tuple[str, ...]  # given to both children, after COMMON
+    asks: list[Ask] = field(default_factory=list)
+
+
+CONFIGURATIONS = [
+    Configuration("defaults", (), ASKS),
+    Configuration("--embeddings --metrics", ("--embeddings", "--metrics"), [
+        *EMBEDDING_ASKS,
+        # the model does not pool: OpenAI's form is refused
+        Ask("v1 embeddings, unpooled", "POST", "/v1/embeddings", {"input": "hello"}),
+        Ask("completion, embeddings on", "POST", "/completion", PROMPT),
+        Ask("chat, embeddings on", "POST", "/v1/chat/completions", CHAT),
+        Ask("slots", "GET", "/slots"),
+        Ask("props", "GET", "/props"),
+        Ask("metrics", "GET", "/metrics"),  # last: after all the others were counted
+    ]),
+    Configuration("--embeddings --pooling mean --no-slots",
+                  ("--embeddings", "--pooling", "mean", "--no-slots"), [
+        Ask("v1 embeddings", "POST", "/v1/embeddings", {"input": "hello"}),
+        Ask("v1 embeddings, array input", "POST", "/v1/embeddings",
+            {"input": ["hello", "world wide"], "model": "any"}),
+        Ask("v1 embeddings, token ids", "POST", "/v1/embeddings", {"input": [[1, 2], [3]]}),
+        Ask("v1 embeddings, base64", "POST", "/v1/embeddings",
+            {"input": "hi", "encoding_format": "base64"}),
+        Ask("v1 embeddings, content", "POST", "/v1/embeddings", {"content": "hello"}),
+        Ask("embedding, pooled", "POST", "/embedding", {"input": ["hello", "world wide"]}),
+        Ask("error: v1 embeddings without input", "POST", "/v1/embeddings", {}),
+        Ask("completion, pooled embeddings on", "POST", "/completion", PROMPT),
+        Ask("slots (off)", "GET", "/slots"),
+        Ask("metrics (off)", "GET", "/metrics"),
+        Ask("props", "GET", "/props"),
+    ]),
+]
+BY_NAME = {c.name: c for c in CONFIGURATIONS}
+
 # Differences that remain on purpose, by (ask, path): why ours differs.
 EXPLAINED: dict[tuple[str, str], str] = {}
 
@@ -123,10 +180,22 @@ def stream_shape(text: str) -> list[Any]:
     return out
 
 
+def metrics_shape(text: str) -> dict[str, str]:
+    """Prometheus text's shape: each metric's name and type (``# TYPE`` lines), in order."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            name, _, kind = line[len("# TYPE "):].partition(" ")
+            out[name] = kind.strip()
+    return out
+
+
 def answer_shape(response: httpx.Response) -> dict[str, Any]:
     kind = response.headers.get("content-type", "").split(";")[0].strip()
-    if kind == "text/event-stream":
-        body: Any = {"stream": stream_shape(response.text)}
+    if kind == "text/plain" and "# TYPE " in response.text:
+        body: Any = {"metrics": metrics_shape(response.text)}
+    elif kind == "text/event-stream":
+        body = {"stream": stream_shape(response.text)}
     elif kind == "application/json":
         try:
             body = shape(response.json())
@@ -170,10 +239,10 @@ def compare(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, list[str]
     return {name: differences(ours[name], theirs[name]) for name in theirs if name in ours}
 
 
-def ask_all(url: str) -> dict[str, Any]:
+def ask_all(url: str, asks: list[Ask] = ASKS) -> dict[str, Any]:
     shapes: dict[str, Any] = {}
     with httpx.Client(base_url=url, timeout=60) as client:
-        for ask in ASKS:
+        for ask in asks:
             content = ask.raw if ask.raw is not None else (
                 None if ask.body is None else json.dumps(ask.body).encode())
             headers = {"content-type": "application/json"} if content is not None else {}
@@ -210,18 +279,25 @@ def running(cmd: list[str], port: int) -> Iterator[str]:
             proc.wait()
 
 
-def serve(cmd: list[str], port: int) -> dict[str, Any]:
+def serve(cmd: list[str], port: int, asks: list[Ask] = ASKS) -> dict[str, Any]:
     """Start one child, ask it everything, stop it."""
     with running(cmd, port) as url:
-        return ask_all(url)
+        return ask_all(url, asks)
 
 
-def ours_command(model: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "refimpl.child", "-m", model, "--port", str(port), *COMMON]
+def ours_command(model: str, port: int, flags: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "refimpl.child", "-m", model, "--port", str(port), *COMMON,
+            *flags]
 
 
-def theirs_command(binary: str, model: str, port: int) -> list[str]:
-    return [binary, "-m", model, "--port", str(port), *COMMON]
+def theirs_command(binary: str, model: str, port: int, flags: tuple[str, ...] = ()) -> list[str]:
+    return [binary, "-m", model, "--port", str(port), *COMMON, *flags]
+
+
+def recorded_shapes(recorded: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per configuration, llama-server's recorded shapes (``--record``'s file)."""
+    return {"defaults": recorded["shapes"],
+            **{name: c["shapes"] for name, c in recorded.get("configurations", {}).items()}}
 
 
 def version_of(binary: str) -> str:
@@ -238,19 +314,30 @@ def version_of(binary: str) -> str:
     return said
 
 
-def render(found: dict[str, list[str]], theirs_from: str) -> str:
-    rows = ["| request | shape | differences (ours against llama-server's) |", "|---|---|---|"]
-    for ask in ASKS:
-        diffs = found.get(ask.name)
-        if diffs is None:
+def render(found: dict[str, dict[str, list[str]]], theirs_from: str) -> str:
+    """The tables, one per configuration, for what ``compare`` found in each."""
+    sections = []
+    for config in CONFIGURATIONS:
+        diffs_of = found.get(config.name)
+        if diffs_of is None:
             continue
-        text = "<br>".join(d + (f" ({EXPLAINED[ask.name, d]})" if (ask.name, d) in EXPLAINED
-                                else "") for d in diffs)
-        rows.append(f"| {ask.name} (`{ask.method} {ask.path}`) | "
-                    f"{'same' if not diffs else 'differs'} | {text or '-'} |")
-    same = sum(1 for d in found.values() if not d)
-    return (f"llama-server's shapes: {theirs_from}. {same} of {len(found)} requests answer "
-            f"with the same shape.\n\n" + "\n".join(rows) + "\n")
+        rows = [f"### {config.name if config.flags else 'defaults (no flags)'}", "",
+                "| request | shape | differences (ours against llama-server's) |",
+                "|---|---|---|"]
+        for ask in config.asks:
+            diffs = diffs_of.get(ask.name)
+            if diffs is None:
+                continue
+            text = "<br>".join(d + (f" ({EXPLAINED[ask.name, d]})"
+                                    if (ask.name, d) in EXPLAINED else "") for d in diffs)
+            rows.append(f"| {ask.name} (`{ask.method} {ask.path}`) | "
+                        f"{'same' if not diffs else 'differs'} | {text or '-'} |")
+        sections.append("\n".join(rows))
+    same = sum(1 for d in found.values() for diffs in d.values() if not diffs)
+    total = sum(len(d) for d in found.values())
+    return (f"llama-server's shapes: {theirs_from}. Both children run with `{' '.join(COMMON)}` "
+            f"and each configuration's flags. {same} of {total} requests answer with the same "
+            f"shape.\n\n" + "\n\n".join(sections) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,26 +350,34 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.record and not a.router_bin:
         p.error("--record needs --router-bin")
+    if not a.router_bin and not RECORDED.exists():
+        p.error(f"no --router-bin and no recorded shapes ({RECORDED})")
     model = str(build_models_dir(default_cache_dir())[MODEL].path)
-    port = free_port()
-    print(f"our child on {MODEL} ...", flush=True)
-    ours = serve(ours_command(model, port), port)
-    if a.router_bin:
+    ours: dict[str, dict[str, Any]] = {}
+    theirs: dict[str, dict[str, Any]] = {}
+    version = version_of(a.router_bin) if a.router_bin else ""
+    for config in CONFIGURATIONS:
         port = free_port()
-        version = version_of(a.router_bin)
-        print(f"llama-server's child ({version}) on {MODEL} ...", flush=True)
-        theirs = serve(theirs_command(a.router_bin, model, port), port)
+        print(f"our child on {MODEL}, {config.name} ...", flush=True)
+        ours[config.name] = serve(ours_command(model, port, config.flags), port, config.asks)
+        if a.router_bin:
+            port = free_port()
+            print(f"llama-server's child ({version}) on {MODEL}, {config.name} ...", flush=True)
+            theirs[config.name] = serve(theirs_command(a.router_bin, model, port, config.flags),
+                                        port, config.asks)
+    if a.router_bin:
         source = f"measured now ({version})"
         if a.record:
-            RECORDED.write_text(json.dumps({"version": version, "shapes": theirs}, indent=1)
-                                + "\n")
+            RECORDED.write_text(json.dumps({
+                "version": version, "shapes": theirs["defaults"],
+                "configurations": {c.name: {"flags": list(c.flags), "shapes": theirs[c.name]}
+                                   for c in CONFIGURATIONS if c.flags}}, indent=1) + "\n")
             print(f"recorded in {RECORDED}")
-    elif RECORDED.exists():
-        recorded = json.loads(RECORDED.read_text())
-        theirs, source = recorded["shapes"], f"recorded ({recorded['version']})"
     else:
-        p.error(f"no --router-bin and no recorded shapes ({RECORDED})")
-    table = render(compare(ours, theirs), source)
+        recorded = json.loads(RECORDED.read_text())
+        theirs, source = recorded_shapes(recorded), f"recorded ({recorded['version']})"
+    table = render({name: compare(ours[name], theirs[name]) for name in ours if name in theirs},
+                   source)
     print(table)
     if a.write:
         Path(a.write).write_text(

@@ -202,7 +202,7 @@ def test_the_child_starts_with_llama_servers_flags_and_lists_what_it_ignores(
             text=True, cwd=ROOT, env=env)
         _, err = proc.communicate(timeout=60)  # it exits by itself: the port is taken
     assert proc.returncode == 1, err
-    assert err.count("accepted, no effect here: --no-jinja --no-slots -fa") == 1
+    assert err.count("accepted, no effect here: --no-jinja -fa") == 1
     assert "cannot listen" in err
 
 
@@ -221,7 +221,7 @@ def test_a_typical_llama_server_command_line_loads_and_answers(tiny_models: Any,
         assert r.status_code == 200, (r.text, router.log())
         assert r.json()["choices"][0]["message"]["role"] == "assistant"
         log = router.log()
-        assert log.count("accepted, no effect here: --no-slots --no-jinja") == 1, log
+        assert log.count("accepted, no effect here: --no-jinja") == 1, log
         props = router.client.get("/props").json()
         assert re.fullmatch(r"b\d+-[0-9a-f]{7}", props["build_info"]), props
         child_props = router.client.get("/props", params={"model": model}).json()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from conformance import wire
 from fixtures.tiny_models import build_models_dir, default_cache_dir
@@ -36,15 +37,19 @@ def test_a_stream_without_its_done_differs() -> None:
     assert wire.differences({"stream": cut}, {"stream": full}) != []
 
 
-def test_our_child_answers_with_the_recorded_shapes_of_llama_servers() -> None:
+@pytest.mark.parametrize("config", wire.CONFIGURATIONS, ids=lambda c: c.name)
+def test_our_child_answers_with_the_recorded_shapes_of_llama_servers(
+        config: wire.Configuration) -> None:
     """Against ``conformance/wire_llama_server.json`` (``python -m conformance.wire --router-bin
-    PATH --record``): every request, and any difference is one ``EXPLAINED`` says why."""
-    recorded = json.loads(wire.RECORDED.read_text())
+    PATH --record``), in each configuration: every request, and any difference is one
+    ``EXPLAINED`` says why."""
+    recorded = wire.recorded_shapes(json.loads(wire.RECORDED.read_text()))
+    assert set(recorded) == {c.name for c in wire.CONFIGURATIONS}
     model = str(build_models_dir(default_cache_dir())[wire.MODEL].path)
     port = free_port()
-    ours = wire.serve(wire.ours_command(model, port), port)
-    found = wire.compare(ours, recorded["shapes"])
-    assert set(found) == {ask.name for ask in wire.ASKS}
+    ours = wire.serve(wire.ours_command(model, port, config.flags), port, config.asks)
+    found = wire.compare(ours, recorded[config.name])
+    assert set(found) == {ask.name for ask in config.asks}
     unexplained = {name: [d for d in diffs if (name, d) not in wire.EXPLAINED]
                    for name, diffs in found.items()}
     assert {k: v for k, v in unexplained.items() if v} == {}
@@ -59,3 +64,16 @@ def test_answer_shape_reads_json_streams_and_other_bodies() -> None:
     assert wire.answer_shape(sse)["body"] == {"stream": [{"x": "string"}, "[DONE]"]}
     text = httpx.Response(501, headers={"content-type": "text/plain"}, content=b"no")
     assert wire.answer_shape(text) == {"status": 501, "type": "text/plain", "body": "<text/plain>"}
+
+
+def test_metrics_text_shapes_as_its_names_and_types_in_order() -> None:
+    text = ("# HELP llamacpp:a A\n# TYPE llamacpp:a counter\nllamacpp:a 1\n"
+            "# HELP llamacpp:b B\n# TYPE llamacpp:b gauge\nllamacpp:b 0.5\n")
+    reply = httpx.Response(200, headers={"content-type": "text/plain; version=0.0.4"},
+                           content=text.encode())
+    shape = wire.answer_shape(reply)
+    assert shape == {"status": 200, "type": "text/plain",
+                     "body": {"metrics": {"llamacpp:a": "counter", "llamacpp:b": "gauge"}}}
+    other = wire.metrics_shape(text.replace("gauge", "counter"))
+    assert wire.differences({"metrics": other}, shape["body"]) == [
+        '.metrics.llamacpp:b: ours "counter", theirs "gauge"']

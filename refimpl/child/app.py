@@ -28,6 +28,7 @@ import hmac
 import json
 import os
 import string
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -45,7 +46,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from refimpl import flags
 from refimpl.child import completion, settings, timings
 from refimpl.child.openai import OneAtATime, OpenAIRoutes
-from refimpl.child.model import token_bytes
+from refimpl.child.model import N_UBATCH, token_bytes
 from refimpl.child.slots import Slots
 from refimpl.child.runtime import ChildRuntime, ChildState, NotServing
 
@@ -63,6 +64,7 @@ _PATH_ALIASES = {"/chat/completions": "/v1/chat/completions", "/completions": "/
                  "/v1/health": "/health", "/models": "/v1/models"}
 # POSTs to these need the weights: they wake a sleeping model and keep it awake.
 _MODEL_PATHS = frozenset({*_REUSED_PATHS, "/completion", "/tokenize", "/detokenize"})
+_EMBEDDING_PATHS = ("/embedding", "/embeddings", "/v1/embeddings")
 # The reused OpenAI routes: their request model and the field a request cannot do without.
 _OPENAI_BODIES: dict[str, tuple[type[BaseModel], str]] = {
     "/v1/chat/completions": (CreateChatCompletionRequest, "messages"),
@@ -110,8 +112,8 @@ def _template_caps(template: str) -> dict[str, bool]:
 
 
 def _not_enabled(message: str) -> Handler:
-    """An endpoint llama-server serves only when a flag turns it on, and this child never does:
-    its 501 (``--metrics``, ``--embeddings``: accepted, no effect here)."""
+    """An endpoint llama-server serves only when a flag turns it on (``--metrics``,
+    ``--embeddings``) or until one turns it off (``--no-slots``): its 501 while it is off."""
     async def route(_request: Request) -> Response:
         return error_response(501, message)
     return route
@@ -220,6 +222,9 @@ class ChildGate:
     def __init__(self, app: ASGIApp, runtime: ChildRuntime) -> None:
         self.app = app
         self.runtime = runtime
+        # off, the embedding paths answer 501 before reading a body, as llama-server's do
+        self.model_paths = _MODEL_PATHS | (
+            frozenset(_EMBEDDING_PATHS) if runtime.options.embeddings else frozenset())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -236,7 +241,7 @@ class ChildGate:
             return await error_response(503, "Loading model")(scope, receive, send)
         if runtime.state is ChildState.FAILED:  # on its way out
             return await error_response(503, "the model is not available")(scope, receive, send)
-        if path not in _MODEL_PATHS or scope["method"] != "POST":
+        if path not in self.model_paths or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         runtime.request_started()  # before any await: the idle timer must see this request
         try:
@@ -334,6 +339,41 @@ def _with_body(model: type[_Body], handler: Callable[[_Body], Awaitable[Any]]) -
     return route
 
 
+def _embedding_route(runtime: ChildRuntime, model: OneAtATime) -> Handler:
+    """``POST /embedding`` and its spellings (``--embeddings``; imported only then)."""
+    from refimpl.child import embeddings
+
+    options = runtime.options
+
+    async def embed(request: Request) -> Response:
+        llama = _loaded(runtime)
+        body = _parse_object(await request.body())  # ChildGate has checked it is one
+        n_ubatch = min(options.batch_size, N_UBATCH)
+        try:
+            ask = embeddings.parse(body, request.url.path == "/v1/embeddings",
+                                   llama._ctx.pooling_type() != embeddings.NONE_POOLING)
+            prompts = [embeddings.tokenize(llama, p) for p in ask.prompts]
+            for tokens in prompts:
+                embeddings.check_fits(tokens, n_ubatch, llama.n_ctx())
+        except embeddings.EmbeddingError as exc:
+            return JSONResponse(exc.body(), status_code=exc.status)
+
+        def run() -> list[tuple[list[list[float]], int]]:
+            out = []
+            for tokens in prompts:
+                started = time.perf_counter()
+                out.append((embeddings.embed(llama, tokens, ask.normalize), len(tokens)))
+                if runtime.metrics is not None:
+                    runtime.metrics.embedded(len(tokens), time.perf_counter() - started)
+            return out
+
+        async with model.held():
+            results = await run_in_threadpool(run)
+        return JSONResponse(embeddings.answer(ask, results, options.alias))
+
+    return embed
+
+
 def _native_routes(runtime: ChildRuntime, model: OneAtATime, slots: Slots) -> list[Route]:
     options = runtime.options
     media_marker = _media_marker()
@@ -373,9 +413,9 @@ def _native_routes(runtime: ChildRuntime, model: OneAtATime, slots: Slots) -> li
             "modalities": {"vision": options.mmproj is not None, "video": False,
                            "audio": False},
             "media_marker": media_marker,
-            "endpoint_slots": True,
+            "endpoint_slots": options.slots,
             "endpoint_props": False,  # no POST /props
-            "endpoint_metrics": False,  # no /metrics
+            "endpoint_metrics": options.metrics,
             "ui": False,  # no web UI here
             "ui_settings": {},
             "chat_template": facts.chat_template,
@@ -391,6 +431,18 @@ def _native_routes(runtime: ChildRuntime, model: OneAtATime, slots: Slots) -> li
         facts = runtime.facts
         assert facts is not None
         return slots.describe(options.parallel, facts.n_ctx, model.lock.locked())
+
+    embed = _embedding_route(runtime, model) if options.embeddings else _not_enabled(
+        "This server does not support embeddings. Start it with `--embeddings`")
+
+    async def metrics(_request: Request) -> Response:
+        assert runtime.metrics is not None  # the route exists with --metrics only
+        waiting = model.lock.statistics()
+        text = runtime.metrics.scrape(processing=int(waiting.locked),
+                                      deferred=waiting.tasks_waiting)
+        return Response(text, headers={
+            "Content-Type": runtime.metrics.content_type,
+            "Process-Start-Time-Unix": str(runtime.metrics.started_us)})
 
     async def tokenize(body: TokenizeRequest) -> dict[str, Any]:
         llama = _loaded(runtime)
@@ -469,13 +521,13 @@ def _native_routes(runtime: ChildRuntime, model: OneAtATime, slots: Slots) -> li
         Route("/health", _json(health), methods=["GET"]),
         Route("/v1/models", _json(models), methods=["GET"]),
         Route("/props", _json(props), methods=["GET"]),
-        Route("/slots", _json(slot_list), methods=["GET"]),
-        Route("/metrics", _not_enabled(
+        Route("/slots", _json(slot_list) if options.slots else _not_enabled(
+            "This server does not support slots endpoint. Start it with `--slots`"),
+            methods=["GET"]),
+        Route("/metrics", metrics if options.metrics else _not_enabled(
             "This server does not support metrics endpoint. Start it with `--metrics`"),
             methods=["GET"]),
-        *(Route(path, _not_enabled(
-            "This server does not support embeddings. Start it with `--embeddings`"),
-            methods=["POST"]) for path in ("/embedding", "/embeddings", "/v1/embeddings")),
+        *(Route(path, embed, methods=["POST"]) for path in _EMBEDDING_PATHS),
         Route("/tokenize", _with_body(TokenizeRequest, tokenize), methods=["POST"]),
         Route("/detokenize", _with_body(DetokenizeRequest, detokenize), methods=["POST"]),
         Route("/completion", _with_body(NativeCompletionRequest, complete), methods=["POST"]),

@@ -39,7 +39,8 @@ _REFUSED = {
 # The llama-server flags this child acts on (the table's names for them).
 ACTS_ON = frozenset({"--model", "--host", "--port", "--alias", "--ctx-size", "--temperature",
                      "--seed", "--n-predict", "--batch-size", "--parallel", "--threads",
-                     "--n-gpu-layers", "--mmproj", "--sleep-idle-seconds", "--log-verbose"})
+                     "--n-gpu-layers", "--mmproj", "--sleep-idle-seconds", "--log-verbose",
+                     "--embeddings", "--pooling", "--metrics", "--slots"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +65,12 @@ class ChildOptions:
     api_key: str | None = None
     # llama-server flags given that this child does not act on (as written, or their variable)
     no_effect: tuple[str, ...] = ()
+    # the endpoints llama-server serves only when asked (--embeddings, --metrics) or until told
+    # not to (--no-slots); off, they answer 501
+    embeddings: bool = False
+    pooling: str | None = None  # --pooling: none, mean, cls, last, rank; None: the model's
+    metrics: bool = False
+    slots: bool = True
 
 
 class _Parser(argparse.ArgumentParser):
@@ -117,8 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "HTTP: GET /health, /props, /slots, /v1/models (/models); POST /v1/chat/completions "
             "(/chat/completions), /v1/completions, /completion (/completions), /tokenize, "
-            "/detokenize. /metrics and embeddings answer 501, as llama-server's do without "
-            "--metrics and --embeddings. Errors are {\"error\": {\"code\", \"message\", "
+            "/detokenize; /embedding (/embeddings, /v1/embeddings) with --embeddings, /metrics "
+            "with --metrics; each answers 501 when off, as llama-server's do (/slots too, "
+            "with --no-slots). Errors are {\"error\": {\"code\", \"message\", "
             "\"type\"}}. "
             "With LLAMA_API_KEY set, every endpoint but /health and /v1/models needs "
             "'Authorization: Bearer KEY' (--api-key is refused: argv is world-readable)."
@@ -163,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
              "the next one; -1 = never (default: -1)")
     add("--log-verbose", dest="verbose", action="store_true",
         help="let llama.cpp log what it loads and decodes")
+    add("--embeddings", action="store_true",
+        help="serve POST /embedding, /embeddings and /v1/embeddings (default: 501)")
+    add("--pooling", choices=flags.BY_KEY["--pooling"].choices, default=None,
+        help="how /embedding pools a prompt's token embeddings (default: the model's)")
+    add("--metrics", action="store_true",
+        help="serve GET /metrics, Prometheus text (default: 501)")
+    add("--slots", action="store_true", default=True,
+        help="serve GET /slots (default: on)")
+    p.add_argument(*flags.BY_KEY["--slots"].negative, dest="slots", action="store_false",
+                   help="GET /slots answers 501")
     p.add_argument("--version", action=Version)
     p.set_defaults(no_effect=[])
     for other in flags.FLAGS:
@@ -191,7 +209,7 @@ def parse_options(argv: Sequence[str] | None = None,
     on_cli = {flags.key_of(w.partition("=")[0]) for w in words if w.startswith("-")}
     # this child's own flags from LLAMA_ARG_*, before the command line so that it wins
     defaults = [w for g in from_env if g.flag.key in ACTS_ON and g.flag.key not in on_cli
-                for w in (g.flag.names[-1], *g.values)]
+                for w in (g.flag.names[-1] if g.positive else g.flag.negative[0], *g.values)]
     ns = parser.parse_args(defaults + words)
     if ns.parallel == -1:  # llama-server's "auto"
         ns.parallel = 1
@@ -222,6 +240,10 @@ def parse_options(argv: Sequence[str] | None = None,
         mmproj=ns.mmproj,
         sleep_idle_seconds=ns.sleep_idle_seconds if ns.sleep_idle_seconds > 0 else -1.0,
         verbose=ns.verbose,
+        embeddings=ns.embeddings,
+        pooling=ns.pooling,
+        metrics=ns.metrics,
+        slots=ns.slots,
         api_key=env.get(API_KEY_ENV) or None,
         no_effect=tuple(dict.fromkeys([
             *ns.no_effect, *(str(g.flag.env) for g in from_env

@@ -40,6 +40,11 @@ from refimpl.child.cli import ChildOptions
 log = logging.getLogger("refimpl.child")
 
 GGUF_MAGIC = b"GGUF"
+# llama.cpp's default physical batch (llama_context_default_params().n_ubatch); with embeddings
+# on, llama-server lowers the logical batch to it (an embedding is computed in one ubatch)
+N_UBATCH = 512
+# --pooling's words: enum llama_pooling_type
+POOLING = {"none": 0, "mean": 1, "cls": 2, "last": 3, "rank": 4}
 
 ProgressFn = Callable[[float], bool]  # progress 0..1 -> keep loading?
 
@@ -142,10 +147,13 @@ def check_gguf(options: ChildOptions) -> None:
                          f"expected {GGUF_MAGIC!r})")
 
 
-def load_llama(options: ChildOptions, on_progress: ProgressFn) -> llama_cpp.Llama:
+def load_llama(options: ChildOptions, on_progress: ProgressFn,
+               on_generation: Callable[[timings.Generation], None] | None = None
+               ) -> llama_cpp.Llama:
     """Load the model; blocking, meant for a worker thread. Raises LoadFailed or LoadAborted.
 
-    ``on_progress`` returning False aborts the load (LoadAborted).
+    ``on_progress`` returning False aborts the load (LoadAborted); ``on_generation`` is told of
+    each generation once it ends.
     """
     check_gguf(options)
     seed = llama_cpp.LLAMA_DEFAULT_SEED if options.seed < 0 else options.seed
@@ -160,6 +168,11 @@ def load_llama(options: ChildOptions, on_progress: ProgressFn) -> llama_cpp.Llam
     if options.threads is not None:
         kwargs["n_threads"] = options.threads
         kwargs["n_threads_batch"] = options.threads
+    if options.embeddings:
+        kwargs["embedding"] = True
+        kwargs["n_batch"] = min(options.batch_size, N_UBATCH)  # as llama-server (server.cpp)
+        if options.pooling is not None:
+            kwargs["pooling_type"] = POOLING[options.pooling]
     stopped = False
 
     def progress(value: float) -> bool:
@@ -172,13 +185,17 @@ def load_llama(options: ChildOptions, on_progress: ProgressFn) -> llama_cpp.Llam
     try:
         with _progress_reported(progress):
             _llama_cpp_log.errors.clear()
-            return timings.recorded(chat.like_llama_server(detokenize.linear(
-                llama_cpp.Llama(**kwargs))))
+            llama = llama_cpp.Llama(**kwargs)
     except Exception as exc:
         if stopped:
             raise LoadAborted() from None
         why = "; ".join(_llama_cpp_log.errors) or str(exc)
         raise LoadFailed(f"llama.cpp could not load {options.model}: {why}") from None
+    if options.embeddings:
+        # llama-server turns embeddings on per batch, for the batches that embed
+        # (llama_set_embeddings); generation runs without them, as without --embeddings
+        llama_low.llama_set_embeddings(llama.ctx, False)
+    return timings.recorded(chat.like_llama_server(detokenize.linear(llama)), on_generation)
 
 
 def read_facts(llama: llama_cpp.Llama) -> ModelFacts:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
@@ -27,6 +27,9 @@ from refimpl.child.announcer import Announcer
 from refimpl.child.cli import ChildOptions
 from refimpl.child.model import LoadAborted, LoadFailed, ModelFacts, load_llama, read_facts
 from refimpl.core.protocol import LoadingState, Progress, ReadyState, SleepingState
+
+if TYPE_CHECKING:
+    from refimpl.child.metrics import Metrics
 
 log = logging.getLogger("refimpl.child")
 
@@ -76,6 +79,11 @@ class ChildRuntime:
                                                    "output_modalities": ["text"]}
         self._first_load: concurrent.futures.Future[llama_cpp.Llama] | None = None
         self._load_started = 0.0
+        # /metrics' totals (--metrics): they outlive a sleep, so they live here, not with a load
+        self.metrics: Metrics | None = None
+        if options.metrics:
+            from refimpl.child.metrics import Metrics
+            self.metrics = Metrics(options.batch_size)
 
     # -- what the router and clients see ----------------------------------------------------
 
@@ -117,7 +125,8 @@ class ChildRuntime:
     def _load(self, report: bool) -> llama_cpp.Llama:
         on_progress = self._report_progress if report else (
             lambda _value: not self.exit_requested.is_set())
-        return load_llama(self.options, on_progress)
+        return load_llama(self.options, on_progress,
+                          self.metrics.generated if self.metrics is not None else None)
 
     def attach_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """The loop that ``request_exit`` (called from other threads) hands the stop to."""

@@ -12,7 +12,7 @@ generation is the one the route that just ran asked for.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,12 +79,15 @@ def _cached_prefix(llama: llama_cpp.Llama, tokens: Sequence[int]) -> int:
 
 
 class GenerationRecorder:
-    """``Llama.generate`` with each call recorded in ``last``."""
+    """``Llama.generate`` with each call recorded in ``last``, and handed to ``on_done`` once
+    it has ended (``/metrics`` adds it to its totals)."""
 
-    def __init__(self, llama: llama_cpp.Llama) -> None:
+    def __init__(self, llama: llama_cpp.Llama,
+                 on_done: Callable[[Generation], None] | None = None) -> None:
         self._generate = llama.generate
         self._llama = llama
         self.last: Generation | None = None
+        self.on_done = on_done
 
     def __call__(self, tokens: Sequence[int], *args: Any,
                  **kwargs: Any) -> Generator[int, Sequence[int] | None, None]:
@@ -103,11 +106,15 @@ class GenerationRecorder:
                 yield token
         finally:
             inner.close()
+            if self.on_done is not None:
+                self.on_done(record)
 
 
-def recorded(llama: llama_cpp.Llama) -> llama_cpp.Llama:
-    """``llama``, its generations recorded (``last_generation``); returned for chaining."""
-    llama.generate = GenerationRecorder(llama)  # type: ignore[method-assign]
+def recorded(llama: llama_cpp.Llama,
+             on_done: Callable[[Generation], None] | None = None) -> llama_cpp.Llama:
+    """``llama``, its generations recorded (``last_generation``) and each handed to ``on_done``
+    when it ends; returned for chaining."""
+    llama.generate = GenerationRecorder(llama, on_done)  # type: ignore[method-assign]
     return llama
 
 

@@ -41,7 +41,9 @@ WORK = ROOT / "out" / "search"
 FAKE = (f"{sys.executable} -m fixtures.fake_child --faults-from-name --fault-seconds 3 "
         "--load-seconds 0.3")
 PLAIN = ("a", "b", "c")  # the models every program may name
-ODD = ("slow-load", "unknown-state")  # fake children: loads for 3 s; says unknown states first
+# fake children: loads for 3 s; says unknown states first; ignores the exit command (a stop
+# takes the whole --stop-timeout, 2 s, and ends in a kill)
+ODD = ("slow-load", "unknown-state", "hang-on-exit")
 
 
 @dataclass(frozen=True)
@@ -79,11 +81,12 @@ def _programs(profile: Profile, models: tuple[str, ...]) -> st.SearchStrategy[lp
         st.builds(lp.Load, model),
         st.builds(lp.Unload, model),
         st.builds(lp.Pause, model, seconds=st.sampled_from(profile.pauses)),
-        st.builds(lp.Kill, model, when=st.sampled_from(["now", "loading", "loaded"])),
+        st.builds(lp.Kill, model,
+                  when=st.sampled_from(["now", "loading", "loading", "loaded", "stopping"])),
         st.builds(lp.Wait, st.sampled_from([0.05, 0.3, 1.0])),
     )
     world = st.builds(lp.World, models_max=st.sampled_from([1, 1, 2, 0]),
-                      fake_timing=st.sampled_from([False, False, True]))
+                      fake_timing=st.booleans())  # widens the load and routing windows
     return st.builds(lp.Program, st.lists(step, min_size=1, max_size=profile.max_steps)
                      .map(tuple), world)
 
@@ -304,6 +307,16 @@ def write_repro(result: Result, directory: Path = REPROS) -> Path:
     return path
 
 
+def refresh_repro(path: Path) -> None:
+    """Give a written reproduction the current ``live_program.py`` (its checks as fixed since),
+    keeping its header, router and program."""
+    text = path.read_text()
+    head_end = text.index('"""\n', text.index('"""') + 3) + 4
+    tail_start = text.index("\n\n# -- this reproduction ---")
+    body = re.sub(r'\A""".*?"""\n', "", Path(lp.__file__).read_text(), count=1, flags=re.DOTALL)
+    path.write_text(text[:head_end] + body.rstrip("\n") + text[tail_start:])
+
+
 def reproduce(path: Path, repeat: int, *, no_extra_env: bool = False,
               timeout: float = 600.0) -> tuple[int, int, str]:
     """Run a reproduction: (runs that failed, runs, its output)."""
@@ -355,6 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", type=Path, help=f"hypothesis example database (default: "
                                            f"{DB.relative_to(ROOT)}/<router>)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--keep-going", action="store_true",
+                   help="after a find (shrunk, written, re-run), search again until the budget "
+                        "is spent: every failure of a long run, not only the first")
     p.add_argument("--zoo", nargs="*", metavar="ZN",
                    help="measure: search the reference router under each of these mutants "
                         f"(none named: {' '.join(LIVE)}), one after the other, each with the "
@@ -371,32 +387,52 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown mutant {args.mutant}; known: {', '.join(MUTANTS)}")
     profile = PROFILES[args.profile]
     s = setup(args.router_bin, args.mutant, args.children)
-    print(f"searching {s.name} for {args.budget or profile.budget:g} s "
-          f"(profile {profile.name}): {' '.join(s.base)}", flush=True)
-    result = search(s, profile, budget=args.budget, shrink_budget=args.shrink_budget,
-                    timing_fails=args.timing_checks == "fail", db=args.db,
-                    say=lambda line: print(line, flush=True))
+    total = args.budget or profile.budget
+    print(f"searching {s.name} for {total:g} s (profile {profile.name}"
+          f"{', keeps going after a find' if args.keep_going else ''}): {' '.join(s.base)}",
+          flush=True)
+    start = time.monotonic()
+    results: list[Result] = []
+    while True:
+        left = total - (time.monotonic() - start)
+        if results and (not args.keep_going or left < 30):
+            break
+        # each round after a find starts with a fresh database: the old one would replay it
+        db = args.db if not results else (args.db or DB / s.name).with_name(
+            f"{(args.db or DB / s.name).name}-round{len(results) + 1}")
+        result = search(s, profile, budget=left, shrink_budget=args.shrink_budget,
+                        timing_fails=args.timing_checks == "fail", db=db,
+                        say=lambda line: print(line, flush=True))
+        results.append(result)
+        _report(result, args.repeat)
+        if not result.found:
+            break
+    if args.json:
+        rows = [summary(r) for r in results]
+        args.json.write_text(json.dumps(rows if args.keep_going else rows[0], indent=1) + "\n")
+    return 1 if any(r.found for r in results) else 0
+
+
+def _report(result: Result, repeat: int) -> None:
+    """Print one search's outcome; write (and re-run) its reproduction if it found one."""
     print()
     print(f"{result.examples} programs in {result.seconds:.0f} s, "
           f"{result.shrink_runs} runs while shrinking")
     for program, timing in result.timing:
         print(f"timing-dependent (reported apart): {'; '.join(map(str, timing))}\n  {program}")
-    if result.found:
-        result.repro = write_repro(result)
-        print(f"FOUND after {result.seconds_to_find:.1f} s, shrunk to "
-              f"{len(result.program.steps)} steps:\n  {result.program}")  # type: ignore[union-attr]
-        for f in result.failures:
-            print(f"  {f}")
-        print(f"reproduction: {result.repro}")
-        if args.repeat:
-            failed, runs, _ = reproduce(result.repro, args.repeat)
-            result.reproduced = (failed, runs)
-            print(f"it fails {failed} of {runs} runs")
-    else:
-        print("nothing found")
-    if args.json:
-        args.json.write_text(json.dumps(summary(result), indent=1) + "\n")
-    return 1 if result.found else 0
+    if not result.found:
+        print("nothing found", flush=True)
+        return
+    result.repro = write_repro(result)
+    print(f"FOUND after {result.seconds_to_find:.1f} s, shrunk to "
+          f"{len(result.program.steps)} steps:\n  {result.program}")  # type: ignore[union-attr]
+    for f in result.failures:
+        print(f"  {f}")
+    print(f"reproduction: {result.repro}", flush=True)
+    if repeat:
+        failed, runs, _ = reproduce(result.repro, repeat)
+        result.reproduced = (failed, runs)
+        print(f"it fails {failed} of {runs} runs", flush=True)
 
 
 # The zoo's mutants that can exist live, against a router process (BUGZOO.md): Z11-Z13 are in

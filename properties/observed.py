@@ -91,6 +91,9 @@ class Observed:
         calls = 0
         unloading: set[str] = set()
         crashed: set[str] = set()
+        # A load asked while the test's unload of the model is under way is for the next child:
+        # the trace shows the unload's cause only at the exit, so the load waits for it there.
+        after_exit: dict[str, list[Item]] = {}
         for t, _, kind, d in self.in_causal_order():
             items: list[Item] = []
             if kind == "send":
@@ -113,7 +116,11 @@ class Observed:
                 unloading.add(d["model"])
             elif kind == "load":  # a load the test asked for, answered 200 (noted when asked)
                 calls -= 1
-                items += [LoadAsked(calls, d["model"]), Reply(calls, 200, "ok")]
+                asked: list[Item] = [LoadAsked(calls, d["model"]), Reply(calls, 200, "ok")]
+                if d["model"] in unloading and d["model"] in running:
+                    after_exit.setdefault(d["model"], []).extend(asked)
+                else:
+                    items += asked
             elif kind == "gone":  # the test's client left before its answer ended
                 items.append(ClientGone(d["req"]))
             elif kind == "crash":
@@ -137,6 +144,7 @@ class Observed:
                             items += [UnloadAsked(call, model), Reply(call, 200, "ok")]
                         items.append(SendExit(inst))
                     items.append(ChildExited(inst, data.get("exit_code", 0)))
+                    items += after_exit.pop(model, [])
                     unloading.discard(model)
                     crashed.discard(model)
                 if status is not None:

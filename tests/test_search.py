@@ -27,7 +27,7 @@ EASY = "Z20"  # duplicated headers: any proxied answer shows it
 def found(tmp_path_factory: pytest.TempPathFactory) -> search.Result:
     db = tmp_path_factory.mktemp("search-db")
     result = search.search(search.setup(None, EASY, "fake"), search.PROFILES["quick"],
-                           budget=120, shrink_budget=40, db=db, say=lambda line: None)
+                           budget=120, shrink_budget=20, db=db, say=lambda line: None)
     return result
 
 
@@ -62,7 +62,7 @@ def test_a_reproduction_needs_only_httpx_and_the_standard_library(
 
 def test_a_short_search_of_the_correct_router_finds_nothing(tmp_path: Path) -> None:
     result = search.search(search.setup(None, None, "fake"), search.PROFILES["quick"],
-                           budget=40, shrink_budget=0, db=tmp_path / "db",
+                           budget=15, shrink_budget=0, db=tmp_path / "db",
                            say=lambda line: None)
     assert result.examples >= 1
     assert not result.found, f"{result.program}\n" + "\n".join(map(str, result.failures))
@@ -83,3 +83,51 @@ def test_the_quick_profile_finds_nothing_on_the_reference_router(tmp_path: Path)
     result = search.search(search.setup(None, None, "fake"), search.PROFILES["quick"],
                            db=tmp_path / "db")
     assert not result.found, f"{result.program}\n" + "\n".join(map(str, result.failures))
+
+
+def test_a_load_asked_while_its_model_stops_is_for_the_next_child() -> None:
+    """Finding S2 (docs/CONFORMANCE.md): a load asked while the test's unload of the model is
+    under way demands the child after it, not the one being stopped."""
+    h = lp.History()
+    for t, kind, data in [
+            (0.0, "send", {"req": 1, "model": "b"}),
+            (0.1, "sse", {"model": "b", "data": {"status": "loading"}}),
+            (0.2, "unload", {"model": "b"}),
+            (0.3, "load", {"model": "b"}),
+            (0.4, "left", {"req": 1, "model": "b", "answered": False}),
+            (1.4, "gone", {"req": 1}),
+            (2.0, "sse", {"model": "b", "data": {"status": "unloaded", "exit_code": -9,
+                                                 "failed": False}}),
+            (2.0, "sse", {"model": "b", "data": {"status": "loading"}}),
+            (2.5, "sse", {"model": "b", "data": {"status": "loaded"}})]:
+        h.note(kind, t=t, **data)
+    program = lp.Program((lp.Chat("b", leave=0.05), lp.Unload("b"), lp.Load("b")),
+                         lp.World(models_max=0))
+    assert lp.observed_checks(program, h) == []
+
+
+def test_a_model_whose_waiters_all_left_may_be_evicted_before_the_grace_ends() -> None:
+    """Finding S8 (docs/CONFORMANCE.md): the router noticed the client leave 0.86 s after it
+    did, within the observer's grace, and evicted the model loaded for it."""
+    h = lp.History()
+    for t, kind, data in [
+            (0.24, "send", {"req": 1, "model": "c"}),
+            (0.244, "send", {"req": 3, "model": "a"}),
+            (0.592, "sse", {"model": "c", "data": {"status": "loading"}}),
+            (0.677, "crash", {"model": "c"}),
+            (0.693, "sse", {"model": "c", "data": {"status": "unloaded", "exit_code": -9,
+                                                   "failed": True}}),
+            (0.717, "sse", {"model": "a", "data": {"status": "loading"}}),
+            (1.22, "left", {"req": 3, "model": "a", "answered": False}),
+            (1.477, "sse", {"model": "a", "data": {"status": "loaded"}}),
+            (2.083, "sse", {"model": "a", "data": {"status": "unloaded", "exit_code": 0,
+                                                   "failed": False}}),
+            (2.109, "sse", {"model": "c", "data": {"status": "loading"}}),
+            (2.22, "gone", {"req": 3}),
+            (2.801, "sse", {"model": "c", "data": {"status": "loaded"}}),
+            (2.814, "answer", {"req": 1, "model": "c", "status": 200}),
+            (2.814, "end", {"req": 1, "ok": True})]:
+        h.note(kind, t=t, **data)
+    program = lp.Program((lp.Get("c"), lp.Kill("c", "loading"), lp.Chat("a", leave=0.5)),
+                         lp.World(models_max=1))
+    assert lp.observed_checks(program, h) == []

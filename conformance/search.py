@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -232,10 +233,30 @@ REPRO_TAIL = '''
 
 # -- this reproduction ------------------------------------------------------------------------
 
-COMMAND = {command!r}  # "{{port}}": a free port
-EXTRA_ENV = {env!r}
-MODELS_DIR = {models!r}
-CWD = {cwd!r}
+def _here(value):
+    """The recorded value with this machine's paths: ``<python>`` this Python, ``<root>`` the
+    harness's checkout ($LLAMA_ROUTER_HARNESS_ROOT, else this file's grandparent folder when it
+    is one, else the working folder), and
+    ``<llama-server>`` $LLAMA_SERVER_BIN_PATH (else ``llama-server`` on the PATH)."""
+    import sys
+    here = Path(__file__).resolve().parents[2]  # conformance/repros/ of a checkout
+    root = os.environ.get("LLAMA_ROUTER_HARNESS_ROOT") or (
+        str(here) if (here / "refimpl").is_dir() else os.getcwd())
+    places = {{"<python>": sys.executable, "<root>": root,
+               "<llama-server>": os.environ.get("LLAMA_SERVER_BIN_PATH", "llama-server")}}
+    if isinstance(value, str):
+        for mark, place in places.items():
+            value = value.replace(mark, place)
+        return value
+    if isinstance(value, dict):
+        return {{k: _here(v) for k, v in value.items()}}
+    return [_here(v) for v in value]
+
+
+COMMAND = _here({command!r})  # "{{port}}": a free port
+EXTRA_ENV = _here({env!r})
+MODELS_DIR = _here({models!r})
+CWD = _here({cwd!r})
 PROGRAM = {program!r}
 FOUND = {found!r}
 
@@ -281,6 +302,24 @@ if __name__ == "__main__":
 '''
 
 
+def portable(value: Any, binary: str | None = None) -> Any:
+    """``value`` (a string, or a list or dict of them) with this machine's paths as the marks a
+    reproduction resolves where it runs (``_here`` in it): this Python, the checkout, the
+    llama-server binary. A reproduction names no path of the machine it was found on."""
+    if isinstance(value, dict):
+        return {k: portable(v, binary) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v, binary) for v in value]
+    if not isinstance(value, str):
+        return value
+    marks = [(sys.executable, "<python>"), (str(ROOT), "<root>")]
+    if binary:
+        marks.insert(0, (binary, "<llama-server>"))
+    for path, mark in marks:
+        value = value.replace(path, mark)
+    return value
+
+
 def write_repro(result: Result, directory: Path = REPROS) -> Path:
     """One file: live_program.py's source, the router's command line and the shrunk program."""
     assert result.program is not None
@@ -300,8 +339,11 @@ def write_repro(result: Result, directory: Path = REPROS) -> Path:
               "checkout it also applies properties/observed.py).\n"
               '"""\n')
     del command, env  # the world's flags are added at play time (command_for)
-    tail = REPRO_TAIL.format(command=result.setup.base, env=result.setup.env,
-                             models=str(result.setup.models_dir), cwd=str(ROOT),
+    binary = result.setup.base[0] if result.setup.name == "llama-server" else None
+    tail = REPRO_TAIL.format(command=portable(result.setup.base, binary),
+                             env=portable(result.setup.env, binary),
+                             models=portable(str(result.setup.models_dir), binary),
+                             cwd=portable(str(ROOT), binary),
                              program=result.program, found=[str(f) for f in result.failures])
     path.write_text("#!/usr/bin/env python3\n" + header + body + tail)
     return path
@@ -323,8 +365,9 @@ def reproduce(path: Path, repeat: int, *, no_extra_env: bool = False,
     cmd = [sys.executable, str(path), "--repeat", str(repeat)]
     if no_extra_env:
         cmd.append("--no-extra-env")
+    env = {**os.environ, "LLAMA_ROUTER_HARNESS_ROOT": str(ROOT)}  # wherever the file lies
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          cwd=path.parent)
+                          cwd=path.parent, env=env)
     m = re.search(r"failed (\d+) of (\d+) runs", proc.stdout)
     failed, runs = (int(m.group(1)), int(m.group(2))) if m else (repeat, repeat)
     return failed, runs, proc.stdout + proc.stderr

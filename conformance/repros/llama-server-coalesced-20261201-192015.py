@@ -690,10 +690,30 @@ def play(program: Program, base: list[str], models_dir: Path, log_path: Path,
 
 # -- this reproduction ------------------------------------------------------------------------
 
-COMMAND = ['/root/.cache/llama-router-harness/llama-server/src/llama.cpp/build/bin/llama-server', '--host', '127.0.0.1', '--port', '{port}', '--models-dir', '/work/main/out/search/models']  # "{port}": a free port
-EXTRA_ENV = {}
-MODELS_DIR = '/work/main/out/search/models'
-CWD = '/work/main'
+def _here(value):
+    """The recorded value with this machine's paths: ``<python>`` this Python, ``<root>`` the
+    harness's checkout ($LLAMA_ROUTER_HARNESS_ROOT, else this file's grandparent folder when it
+    is one, else the working folder), and
+    ``<llama-server>`` $LLAMA_SERVER_BIN_PATH (else ``llama-server`` on the PATH)."""
+    import sys
+    here = Path(__file__).resolve().parents[2]  # conformance/repros/ of a checkout
+    root = os.environ.get("LLAMA_ROUTER_HARNESS_ROOT") or (
+        str(here) if (here / "refimpl").is_dir() else os.getcwd())
+    places = {"<python>": sys.executable, "<root>": root,
+               "<llama-server>": os.environ.get("LLAMA_SERVER_BIN_PATH", "llama-server")}
+    if isinstance(value, str):
+        for mark, place in places.items():
+            value = value.replace(mark, place)
+        return value
+    if isinstance(value, dict):
+        return {k: _here(v) for k, v in value.items()}
+    return [_here(v) for v in value]
+
+
+COMMAND = _here(['<llama-server>', '--host', '127.0.0.1', '--port', '{port}', '--models-dir', '<root>/out/search/models'])  # "{port}": a free port
+EXTRA_ENV = _here({})
+MODELS_DIR = _here('<root>/out/search/models')
+CWD = _here('<root>')
 PROGRAM = Program(steps=(Pause(model='slow-load', seconds=0.3), Burst(chats=(Chat(model='c', stream=True, tokens=16, leave=None), Chat(model='unknown-state', stream=False, tokens=4, leave=0.05), Chat(model='unknown-state', stream=True, tokens=16, leave=None), Chat(model='slow-load', stream=False, tokens=16, leave=0.5)))), world=World(models_max=1, fake_timing=True))
 FOUND = ['observed.coalesced: [coalesced] at t=2.21424: slow-load: loaded with no request waiting for it and no load asked']
 

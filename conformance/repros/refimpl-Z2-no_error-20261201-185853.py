@@ -627,10 +627,30 @@ def play(program: Program, base: list[str], models_dir: Path, log_path: Path,
 
 # -- this reproduction ------------------------------------------------------------------------
 
-COMMAND = ['/root/.pyenv/versions/3.11.7/bin/python', '-m', 'refimpl', '--host', '127.0.0.1', '--port', '{port}', '--models-dir', '/work/main/out/search/models', '--stop-timeout', '2', '--child-cmd', '/root/.pyenv/versions/3.11.7/bin/python -m fixtures.fake_child --faults-from-name --fault-seconds 3']  # "{port}": a free port
-EXTRA_ENV = {'ROUTER_MUTANT': 'Z2', 'PYTHONPATH': '/work/main/properties/mutants/site'}
-MODELS_DIR = '/work/main/out/search/models'
-CWD = '/work/main'
+def _here(value):
+    """The recorded value with this machine's paths: ``<python>`` this Python, ``<root>`` the
+    harness's checkout ($LLAMA_ROUTER_HARNESS_ROOT, else this file's grandparent folder when it
+    is one, else the working folder), and
+    ``<llama-server>`` $LLAMA_SERVER_BIN_PATH (else ``llama-server`` on the PATH)."""
+    import sys
+    here = Path(__file__).resolve().parents[2]  # conformance/repros/ of a checkout
+    root = os.environ.get("LLAMA_ROUTER_HARNESS_ROOT") or (
+        str(here) if (here / "refimpl").is_dir() else os.getcwd())
+    places = {"<python>": sys.executable, "<root>": root,
+               "<llama-server>": os.environ.get("LLAMA_SERVER_BIN_PATH", "llama-server")}
+    if isinstance(value, str):
+        for mark, place in places.items():
+            value = value.replace(mark, place)
+        return value
+    if isinstance(value, dict):
+        return {k: _here(v) for k, v in value.items()}
+    return [_here(v) for v in value]
+
+
+COMMAND = _here(['<python>', '-m', 'refimpl', '--host', '127.0.0.1', '--port', '{port}', '--models-dir', '<root>/out/search/models', '--stop-timeout', '2', '--child-cmd', '<python> -m fixtures.fake_child --faults-from-name --fault-seconds 3'])  # "{port}": a free port
+EXTRA_ENV = _here({'ROUTER_MUTANT': 'Z2', 'PYTHONPATH': '<root>/properties/mutants/site'})
+MODELS_DIR = _here('<root>/out/search/models')
+CWD = _here('<root>')
 PROGRAM = Program(steps=(Burst(chats=(Chat(model='slow-load', stream=False, tokens=4, leave=None), Chat(model='a', stream=False, tokens=4, leave=None))),), world=World(models_max=1, fake_timing=False))
 FOUND = ['no_error: expected request 2 for a (never killed nor unloaded) to succeed; it got 502: {"error":{"code":502,"message":"could not reach the model\'s child: All connection attempts failed","type":"server_error"}}']
 

@@ -692,3 +692,21 @@ def test_an_idle_model_is_a_victim_whatever_child_came_before_it(first: str) -> 
     got = core.handle(RequestArrived(3, "C"), 0.5)
     stops = [c for c in got if isinstance(c, (SendExit, Kill))]
     assert stops == [SendExit(2)], got
+
+
+@pytest.mark.parametrize("by", ["B", "b1"])
+def test_a_model_a_reload_dropped_is_unknown_while_its_child_stops(by: str) -> None:
+    """B runs (with alias b1) when a reload drops it: from that event on, its names resolve to
+    nothing, so a request naming it is refused as unknown at once, though B's child is still
+    stopping; it does not wait for B, nor reach it."""
+    core = RouterCore(RouterConfig((ModelSpec("A"), ModelSpec("B", aliases=("b1",))),
+                                   models_max=2))
+    core.handle(RouterStarted(), 0.0)
+    core.handle(RequestArrived(1, "B"), 0.1)
+    core.handle(ChildOutput(1, READY), 0.2)
+    core.handle(ResponseEnded(1), 0.3)
+    assert SendExit(1) in core.handle(CatalogChanged((ModelSpec("A"),), (), 9, reload=True), 0.4)
+    got = core.handle(RequestArrived(2, by), 0.5)
+    assert [(c.status, c.kind) for c in got if isinstance(c, Reply)] == [
+        (400, errors.MODEL_NOT_FOUND)], got
+    assert core.resolve(by) is None and 2 not in core.requests

@@ -231,9 +231,10 @@ def run_again(suite: Suite, key: str, max_children: int) -> Run:
     for name in names:
         if name in again and again[name].status != "not checked":
             saved.mutants[name] = again[name]
-    saved.versions["again"] = (f"the {len(names)} mutants it did not kill were run again "
-                               f"{now['started']} against the tests of code "
-                               f"{now.get('code', '?')}")
+    said = (f"the {len(names)} mutants it did not kill were run again {now['started']} "
+            f"against the tests of code {now.get('code', '?')}")
+    before = saved.versions.get("again")
+    saved.versions["again"] = f"{before}; then {said[len('the '):]}" if before else said
     saved.seconds += seconds
     save(saved)
     return saved
@@ -500,6 +501,7 @@ def document(runs: list[Run], verdicts: dict[str, Verdict], stale: dict[str, str
         "python -m properties.mutation                  # the property suites alone, printed",
         "rm -rf mutants && mutmut run --max-children 2  # the first run by hand; mutmut results",
         "mutmut show NAME                               # one mutant's diff",
+        "python -m properties.mutation --suite both --again  # tests added: rerun what survived",
         "python -m properties.mutation --report-only --write docs/MUTANTS.md  "
         "# after editing the classification", "```", "",
     ]
@@ -591,7 +593,11 @@ def main(argv: Iterable[str] | None = None) -> int:
                      "--report-only")
     if args.write and any(run.partial for run in runs):
         parser.error("--write wants whole runs: a saved run was partial (--only or --tests)")
-    stale = stale_entries(verdicts, runs[0])
+    # An entry is stale when it describes a surviving mutant of no run (a mutant the property
+    # suites time out on may still survive the core-level suite, where its verdict holds).
+    per_run = [stale_entries(verdicts, run) for run in runs]
+    stale = {name: why for name, why in per_run[0].items()
+             if all(name in other for other in per_run[1:])}
     for run in runs:
         print_run(run, verdicts, stale)
     for name, why in sorted(stale.items()):

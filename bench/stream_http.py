@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,8 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import write_section  # noqa: E402
 from conformance.wire import ours_command, running, theirs_command, version_of  # noqa: E402
-from fixtures.tiny_models import build_models_dir, default_cache_dir  # noqa: E402
+from fixtures.tiny_models import SIZES, build_models_dir, default_cache_dir  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
+
+
+def positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a whole number above 0")
+    return value
 
 
 def stream_once(url: str, tokens: int) -> tuple[float, float, int]:
@@ -61,13 +69,15 @@ def stream_once(url: str, tokens: int) -> tuple[float, float, int]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--router-bin", help="a llama-server binary: its child is measured too")
-    p.add_argument("--tokens", type=int, default=1000, help="max_tokens (default: 1000)")
-    p.add_argument("--runs", type=int, default=3, help="chats per child (default: 3)")
-    p.add_argument("--model", default="tiny-l",
+    p.add_argument("--tokens", type=positive, default=1000, help="max_tokens (default: 1000)")
+    p.add_argument("--runs", type=positive, default=3, help="chats per child (default: 3)")
+    p.add_argument("--model", default="tiny-l", choices=[f"tiny-{size}" for size in SIZES],
                    help="a tiny model trained for the whole stream (default: tiny-l, 2048 "
                         "tokens of context; llama-server ends a stream at the training context)")
     p.add_argument("--write", action="store_true", help="write the table to docs/BENCHMARKS.md")
     a = p.parse_args()
+    if a.router_bin and not (os.path.isfile(a.router_bin) and os.access(a.router_bin, os.X_OK)):
+        p.error(f"--router-bin {a.router_bin}: not an executable file")
     model = str(build_models_dir(default_cache_dir())[a.model].path)
     context = ["-c", str(a.tokens + 64)]
     sides = {"refimpl child": lambda port: ours_command(model, port) + context}

@@ -419,6 +419,18 @@ def main(argv: list[str] | None = None) -> int:
                         f"(none named: {' '.join(LIVE)}), one after the other, each with the "
                         "budget and a fresh example database; print the table")
     args = p.parse_args(argv)
+    if args.router_bin is not None and not (os.path.isfile(args.router_bin)
+                                            and os.access(args.router_bin, os.X_OK)):
+        p.error(f"--router-bin {args.router_bin}: not an executable file")
+    for name in ("budget", "shrink_budget"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            p.error(f"--{name.replace('_', '-')} {value:g}: give a number of seconds above 0")
+    if args.zoo:
+        from properties.mutants import MUTANTS
+        unknown = [z for z in args.zoo if z not in MUTANTS]
+        if unknown:
+            p.error(f"unknown mutant(s) {' '.join(unknown)}; known: {', '.join(MUTANTS)}")
     if args.zoo is not None:
         return zoo(args.zoo or list(LIVE), PROFILES[args.profile], args.budget,
                    args.shrink_budget, args.repeat, args.timing_checks == "fail", args.json)
@@ -430,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(f"unknown mutant {args.mutant}; known: {', '.join(MUTANTS)}")
     profile = PROFILES[args.profile]
     s = setup(args.router_bin, args.mutant, args.children)
-    total = args.budget or profile.budget
+    total = profile.budget if args.budget is None else args.budget
     print(f"searching {s.name} for {total:g} s (profile {profile.name}"
           f"{', keeps going after a find' if args.keep_going else ''}): {' '.join(s.base)}",
           flush=True)

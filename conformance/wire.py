@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -350,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.record and not a.router_bin:
         p.error("--record needs --router-bin")
+    if a.router_bin and not (os.path.isfile(a.router_bin) and os.access(a.router_bin, os.X_OK)):
+        p.error(f"--router-bin {a.router_bin}: not an executable file")
     if not a.router_bin and not RECORDED.exists():
         p.error(f"no --router-bin and no recorded shapes ({RECORDED})")
     model = str(build_models_dir(default_cache_dir())[MODEL].path)

@@ -557,6 +557,9 @@ def main(argv: Iterable[str] | None = None) -> int:
                              "named in the document's test selection)")
     args = parser.parse_args(None if argv is None else list(argv))
     partial = bool(args.only or args.tests)
+    if args.again and (partial or args.report_only):
+        parser.error("--again re-runs a whole saved run: leave out --only, --tests and "
+                     "--report-only")
     if partial and args.write:
         parser.error("--write wants a whole run: leave out --only and --tests")
     if args.zoo_table and not args.zoo_table.exists():
@@ -588,9 +591,6 @@ def main(argv: Iterable[str] | None = None) -> int:
         save(run)
         runs.append(run)
 
-    if args.again and (partial or args.report_only):
-        parser.error("--again re-runs a whole saved run: leave out --only, --tests and "
-                     "--report-only")
     if args.write and any(run.partial for run in runs):
         parser.error("--write wants whole runs: a saved run was partial (--only or --tests)")
     # An entry is stale when it describes a surviving mutant of no run (a mutant the property

@@ -151,7 +151,7 @@ def executor(scheduler: str | None, workers: int, units: int) -> Iterator[Execut
     if scheduler is not None:
         try:
             client = Client(scheduler, timeout=CONNECT_TIMEOUT)  # type: ignore[no-untyped-call]
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # unreachable, or not an address at all
             raise SystemExit(f"cannot reach the dask scheduler at {scheduler}: {exc}") from None
         with client:
             try:  # units sent to a scheduler without workers would wait forever

@@ -75,6 +75,12 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+def stays_local(first_batch: float, batches_left: int) -> bool:
+    """Whether the rest of a sweep, ``batches_left`` batches like the first (``first_batch``
+    seconds), ends sooner on this core than a LocalCluster takes to start."""
+    return first_batch * batches_left < LOCAL_ENOUGH
+
+
 def sweep(args: argparse.Namespace) -> int:
     from .cli import RunSpec
 
@@ -92,7 +98,7 @@ def sweep(args: argparse.Namespace) -> int:
             # workers take to start stays in this process.
             done_here.append((0, check_batch(units[0])))
             progress.advance(units[0].count, len(done_here[0][1]))
-            if (time.perf_counter() - started) * (len(units) - 1) < LOCAL_ENOUGH:
+            if stays_local(time.perf_counter() - started, len(units) - 1):
                 workers = 0
     rest = units[len(done_here):]
     with executor(args.scheduler, workers, len(rest)) as where:

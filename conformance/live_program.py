@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import httpx
 
@@ -138,9 +138,18 @@ def command_for(program: Program, base: list[str]) -> tuple[list[str], dict[str,
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the thread that started it ends."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn``: SIGKILL when the thread that started the process ends; a process whose
+    parent died before ``prctl`` ran (re-parented already) ends itself."""
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork
+
+    def preexec() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return preexec
 
 
 def _stat(pid: int) -> tuple[str, int] | None:
@@ -244,7 +253,7 @@ class Run:
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env={**os.environ, **env},
-                                     preexec_fn=_die_with_parent, start_new_session=True)
+                                     preexec_fn=_die_with_parent(), start_new_session=True)
         self.seen: set[int] = set()
         self.threads: list[threading.Thread] = []
         self.paused: set[int] = set()

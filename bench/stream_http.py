@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import write_section  # noqa: E402
 from conformance.wire import ours_command, running, theirs_command, version_of  # noqa: E402
+from fixtures.procs import executable  # noqa: E402
 from fixtures.tiny_models import SIZES, build_models_dir, default_cache_dir  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
 
@@ -76,7 +76,7 @@ def main() -> int:
                         "tokens of context; llama-server ends a stream at the training context)")
     p.add_argument("--write", action="store_true", help="write the table to docs/BENCHMARKS.md")
     a = p.parse_args()
-    if a.router_bin and not (os.path.isfile(a.router_bin) and os.access(a.router_bin, os.X_OK)):
+    if a.router_bin and not executable(a.router_bin):
         p.error(f"--router-bin {a.router_bin}: not an executable file")
     model = str(build_models_dir(default_cache_dir())[a.model].path)
     context = ["-c", str(a.tokens + 64)]

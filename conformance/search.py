@@ -32,6 +32,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from fixtures.procs import executable
+
 from . import live_program as lp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -419,8 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"(none named: {' '.join(LIVE)}), one after the other, each with the "
                         "budget and a fresh example database; print the table")
     args = p.parse_args(argv)
-    if args.router_bin is not None and not (os.path.isfile(args.router_bin)
-                                            and os.access(args.router_bin, os.X_OK)):
+    if args.router_bin is not None and not executable(args.router_bin):
         p.error(f"--router-bin {args.router_bin}: not an executable file")
     for name in ("budget", "shrink_budget"):
         value = getattr(args, name)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from typing import Any, Iterator
 
 import httpx
 
-from fixtures.procs import popen, wait_healthy
+from fixtures.procs import executable, popen, wait_healthy
 from fixtures.tiny_models import build_models_dir, default_cache_dir
 from refimpl.router.processes import free_port
 
@@ -351,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.record and not a.router_bin:
         p.error("--record needs --router-bin")
-    if a.router_bin and not (os.path.isfile(a.router_bin) and os.access(a.router_bin, os.X_OK)):
+    if a.router_bin and not executable(a.router_bin):
         p.error(f"--router-bin {a.router_bin}: not an executable file")
     if not a.router_bin and not RECORDED.exists():
         p.error(f"no --router-bin and no recorded shapes ({RECORDED})")

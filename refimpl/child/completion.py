@@ -38,16 +38,16 @@ class CompletionParams:
     min_p: float
     repeat_penalty: float
     seed: int
-    stop: tuple[str, ...] = ()
-    n_probs: int = 0
-    typical_p: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    mirostat: int = 0
-    mirostat_tau: float = 5.0
-    mirostat_eta: float = 0.1
-    ignore_eos: bool = False
-    stream: bool = False
+    stop: tuple[str, ...]
+    n_probs: int
+    typical_p: float
+    presence_penalty: float
+    frequency_penalty: float
+    mirostat: int
+    mirostat_tau: float
+    mirostat_eta: float
+    ignore_eos: bool
+    stream: bool  # every field given: the defaults are the request's (app.py)
 
     def settings(self, repeat_last_n: int) -> dict[str, Any]:
         """llama-server's ``generation_settings`` for these parameters."""
@@ -60,6 +60,14 @@ class CompletionParams:
             "mirostat_tau": self.mirostat_tau, "mirostat_eta": self.mirostat_eta,
             "stop": list(self.stop), "n_predict": self.n_predict, "ignore_eos": self.ignore_eos,
             "stream": self.stream, "n_probs": self.n_probs}, full=True)
+
+
+def holding_the_end(llama: llama_cpp.Llama, tokens: int = 2**62
+                    ) -> llama_cpp.LogitsProcessorList:
+    """Logits processors that keep the end-of-generation token from being sampled for the
+    first ``tokens`` tokens (``min_tokens``); by default, never (llama-server's ``ignore_eos``)."""
+    return llama_cpp.LogitsProcessorList(
+        [llama_cpp.MinTokensLogitsProcessor(tokens, llama.token_eos())])
 
 
 def tokenize_prompt(llama: llama_cpp.Llama, prompt: str | list[int]) -> list[int]:
@@ -147,10 +155,7 @@ def generate(llama: llama_cpp.Llama, params: CompletionParams,
     stop_type = "limit"
     text: list[str] = []
     before = timings.last_generation(llama)
-    processors = None
-    if params.ignore_eos:
-        processors = llama_cpp.LogitsProcessorList(
-            [llama_cpp.MinTokensLogitsProcessor(2**62, llama.token_eos())])
+    processors = holding_the_end(llama) if params.ignore_eos else None
     tokens = llama.generate(params.prompt, top_k=params.top_k, top_p=params.top_p,
                             min_p=params.min_p, typical_p=params.typical_p,
                             temp=params.temperature, repeat_penalty=params.repeat_penalty,

@@ -37,6 +37,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from refimpl.child import settings, timings
+from refimpl.child.completion import holding_the_end
 from refimpl.child.slots import Slots
 
 log = logging.getLogger("refimpl.child")
@@ -70,18 +71,15 @@ def _prepared(body: Body, llama: llama_cpp.Llama, kwargs: dict[str, Any]) -> Non
     """``prepare_request_resources`` of llama_cpp.server.app, on ``kwargs`` in place; and
     llama-server's ``ignore_eos`` (the end-of-generation token is never sampled), which
     llama-cpp-python's request models do not have (``IGNORE_EOS``, taken from the raw body)."""
-    ignore_eos = kwargs.pop(IGNORE_EOS, False) is True
-    if ignore_eos:
-        kwargs["logits_processor"] = llama_cpp.LogitsProcessorList(
-            [llama_cpp.MinTokensLogitsProcessor(2**62, llama.token_eos())])
+    if kwargs.pop(IGNORE_EOS, False) is True:
+        kwargs["logits_processor"] = holding_the_end(llama)
     if body.logit_bias is not None:
         kwargs["logit_bias"] = (_bias_by_text(llama, body.logit_bias)
                                 if body.logit_bias_type == "tokens" else body.logit_bias)
     if body.grammar is not None:
         kwargs["grammar"] = LlamaGrammar.from_string(body.grammar)
     if body.min_tokens > 0:
-        minimum = llama_cpp.LogitsProcessorList(
-            [llama_cpp.MinTokensLogitsProcessor(body.min_tokens, llama.token_eos())])
+        minimum = holding_the_end(llama, body.min_tokens)
         if kwargs.get("logits_processor") is None:
             kwargs["logits_processor"] = minimum
         else:

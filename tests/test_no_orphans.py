@@ -24,7 +24,7 @@ import pytest
 
 from conformance.routers import Router, Target
 from fixtures.hub import MODEL_XS, REPO_XS, LocalHub
-from fixtures.procs import wait_gone
+from fixtures.procs import is_helper, wait_gone
 
 pytestmark = pytest.mark.live
 
@@ -54,13 +54,15 @@ def start(tmp_path: Path) -> Iterator[Start]:
 
 
 def children(router: Router, count: int, timeout: float = 60.0) -> list[psutil.Process]:
-    """The router's children, once there are ``count`` of them."""
+    """The router's descendants, once ``count`` of them are children with a model (its
+    helpers, the reference router's zygote, are among those returned: they must die too)."""
     deadline = time.monotonic() + timeout
     while True:
         found = psutil.Process(router.proc.pid).children(recursive=True)
-        if len(found) >= count:
+        models = [p for p in found if not is_helper(p.pid)]
+        if len(models) >= count:
             return list(found)
-        assert time.monotonic() < deadline, f"{len(found)} children, wanted {count}"
+        assert time.monotonic() < deadline, f"{len(models)} children, wanted {count}"
         time.sleep(0.02)
 
 

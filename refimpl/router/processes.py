@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import array
 import ctypes
+import json
 import os
 import re
 import secrets
@@ -25,6 +27,7 @@ from refimpl.core.config import Card
 from .loglimit import MAX_LOG_LINE, LogLimit, cut
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
 # Loaded here, before any fork: the forked child only calls into it, it never loads a library.
 _LIBC = ctypes.CDLL(None, use_errno=True)
 
@@ -172,6 +175,170 @@ class ChildProcess:
         return code
 
 
+class ForkedProcess:
+    """What ``ChildProcess`` uses of a ``subprocess.Popen``, for a child forked by the zygote.
+
+    The child is the router's own (re-parented to it, a child subreaper), so it is waited for and
+    signalled as a ``Popen`` child is: ``waitpid`` on its pid, and never a signal once reaped."""
+
+    def __init__(self, pid: int, stdin: IO[bytes], stdout: IO[bytes],
+                 stderr: IO[bytes] | None) -> None:
+        self.pid = pid
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.returncode: int | None = None
+
+    def _reaped(self, flags: int) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, flags)
+            except ChildProcessError:  # reaped elsewhere: its status is lost
+                self.returncode = 255
+            else:
+                if pid == self.pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def poll(self) -> int | None:
+        return self._reaped(os.WNOHANG)
+
+    def wait(self) -> int:
+        code = self._reaped(0)
+        assert code is not None
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+ZYGOTE_TEMPLATE = ["{python}", "-m", "refimpl.child"]
+
+
+class Zygote:
+    """The router's end of ``refimpl/child/zygote.py``: a process with the reference child's
+    imports done, which forks a child on demand (see that module for how, and why)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], control: socket.socket,
+                 log: Callable[[str], None]) -> None:
+        self.process = process
+        self.log = log
+        self.control = control
+        self.ready = False
+        self.dead = False
+        self.lock = anyio.Lock()
+
+    @classmethod
+    def start(cls, log: Callable[[str], None]) -> Zygote | None:
+        """Start it (from the thread that lives as long as the router: ``die_with_parent``), or
+        None where it cannot be: children are then started with ``Popen``."""
+        from refimpl.child import zygote
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            if _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+            process = subprocess.Popen(
+                [sys.executable, "-m", zygote.MARK, zygote.padding()], stdin=theirs,
+                env=dict(os.environ, **{zygote.ROOM_ENV: zygote.padding()}),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                close_fds=True, bufsize=0, preexec_fn=die_with_parent())
+        except OSError as exc:
+            ours.close()
+            log(f"[router] no zygote ({exc}): children are started one by one")
+            return None
+        finally:
+            theirs.close()
+        assert process.stderr is not None
+        threading.Thread(target=_relay_stderr, args=(process.stderr, "[zygote] ", log),
+                         daemon=True).start()
+        ours.setblocking(False)
+        return cls(process, ours, log)
+
+    def _check_ready(self) -> bool:
+        if not self.ready and not self.dead:
+            try:
+                message = self.control.recv(MAX_REPLY)
+            except BlockingIOError:
+                return False
+            except OSError:
+                message = b""
+            self.ready = bool(message) and json.loads(message).get("ready") is True
+            self.dead = not self.ready
+        return self.ready and not self.dead
+
+    async def _bury(self) -> None:
+        """A zygote that closed its end is dying, or broken: kill it and reap it, once."""
+        self.process.kill()
+        await anyio.to_thread.run_sync(self.process.wait)
+        self.control.close()
+        self.log(f"[router] the zygote (pid {self.process.pid}) is gone "
+                 f"({self.process.returncode}): children are started one by one")
+
+    async def fork(self, cmd: list[str], env: dict[str, str], port: int,
+                   log: Callable[[str], None]) -> ChildProcess | None:
+        """The child ``cmd`` would start, forked; None if it cannot be (not ready yet, gone,
+        or a command line or environment that does not fit), and the caller starts it."""
+        from refimpl.child import zygote
+
+        if cmd[:3] != [sys.executable, "-m", "refimpl.child"]:
+            return None
+        request = json.dumps({"argv": cmd[3:], "env": env, "cwd": os.getcwd(),
+                              "router": os.getpid()}).encode()
+        if len(b"\0".join(w.encode() for w in cmd)) >= zygote.ROOM or \
+                sum(len(k) + len(v) + 2 for k, v in env.items()) > zygote.ROOM + sum(
+                    len(k) + len(v) + 2 for k, v in os.environ.items()):
+            return None
+        async with self.lock:
+            if not self._check_ready():
+                if self.dead and self.process.returncode is None:
+                    await self._bury()
+                return None
+            pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr: (read, write)
+            theirs = [pipes[0][0], pipes[1][1], pipes[2][1]]
+            try:
+                # Shielded: a reply left unread would be taken for the next child's.
+                with anyio.CancelScope(shield=True):
+                    self.control.sendmsg([request], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                      array.array("i", theirs))])
+                    while True:
+                        try:
+                            reply = json.loads(self.control.recv(MAX_REPLY) or b"null")
+                            break
+                        except BlockingIOError:
+                            await anyio.wait_readable(self.control)
+            except OSError as exc:  # its end closed: it died
+                log(f"[router] the zygote is unreachable: {exc}")
+                reply = None
+            except ValueError as exc:
+                reply = {"error": str(exc)}
+            finally:
+                for fd in theirs:
+                    os.close(fd)
+            pid = reply.get("pid") if isinstance(reply, dict) else None
+            if not isinstance(pid, int):
+                for fd in (pipes[0][1], pipes[1][0], pipes[2][0]):
+                    os.close(fd)
+                if reply is None:
+                    self.dead = True
+                    await self._bury()
+                log(f"[router] the zygote could not fork {cmd[3:]}: {reply}; starting it")
+                return None
+        stdin = os.fdopen(pipes[0][1], "wb", buffering=0)
+        stdout = os.fdopen(pipes[1][0], "rb", buffering=0)
+        stderr = os.fdopen(pipes[2][0], "rb", buffering=0)
+        os.set_blocking(stdin.fileno(), False)
+        os.set_blocking(stdout.fileno(), False)
+        threading.Thread(target=_relay_stderr, args=(stderr, f"[{port}] ", log),
+                         daemon=True).start()
+        return ChildProcess(ForkedProcess(pid, stdin, stdout, stderr), port)  # type: ignore[arg-type]
+
+
+MAX_REPLY = 65536
+
+
 def _relay_stderr(pipe: IO[bytes], prefix: str, log: Callable[[str], None],
                   limit: LogLimit | None = None) -> None:
     """Log a child's stderr, line by line, until EOF (on a thread of its own).
@@ -223,6 +390,10 @@ def make_spawner(template: str, router_port: int, log: Callable[[str], None]
                  ) -> Callable[[Spawn], Awaitable[ChildProcess]]:
     """A spawner for the driver: starts the child for a model on a free port.
 
+    With the reference child's own template (``{python} -m refimpl.child``, any flags after it),
+    a ``Zygote`` is started at once, and each child is forked from it once it is ready (a cold
+    load without the child's 0.3 s of imports); before that, or if it fails, with ``Popen``.
+
     The core's reader sees the child's stdout: protocol lines become messages, the rest is logged
     with the child's port. Its stderr is logged apart (``_relay_stderr``). A child writes each
     protocol line in one write, which a pipe keeps whole.
@@ -237,11 +408,16 @@ def make_spawner(template: str, router_port: int, log: Callable[[str], None]
         # In the environment, which only this user can read, not in the command line.
         key = secrets.token_urlsafe(32)
         env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port), LLAMA_API_KEY=key)
-        child = ChildProcess.start(cmd, env, port, log)
+        child = None if zygote is None else await zygote.fork(cmd, env, port, log)
+        how = "forked" if child is not None else "started"
+        if child is None:
+            child = ChildProcess.start(cmd, env, port, log)
         child.api_key = key
-        log(f"[router] started {model} (pid {child.pid}) on port {port}: {shlex.join(cmd)}")
+        log(f"[router] {how} {model} (pid {child.pid}) on port {port}: {shlex.join(cmd)}")
         return child
 
+    # The reference child, started as is, is forked from a zygote that has its imports done.
+    zygote = Zygote.start(log) if shlex.split(template)[:3] == ZYGOTE_TEMPLATE else None
     return spawn
 
 

@@ -242,7 +242,8 @@ class Zygote:
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
             process = subprocess.Popen(
                 [sys.executable, "-m", zygote.MARK, zygote.padding()], stdin=theirs,
-                env=dict(os.environ, **{zygote.ROOM_ENV: zygote.padding()}),
+                env={**{k: v for k, v in os.environ.items() if k != "LLAMA_API_KEY"},
+                     zygote.ROOM_ENV: zygote.padding()},  # the router's key, never
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
                 close_fds=True, bufsize=0, preexec_fn=die_with_parent())
         except OSError as exc:

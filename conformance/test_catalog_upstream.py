@@ -56,15 +56,20 @@ def test_models_lists_tags_architecture_and_hides_a_deduplicated_cache_entry(
 def test_load_progress_names_the_text_and_projector_stages(
         start_router: Callable[..., Router]) -> None:
     """/models/sse: a loading model's ``progress`` is ``{stages, current, value}``, the stages
-    ``text_model`` and, with a projector, ``mmproj_model``, each ending at 1.0; once loaded, the
-    child's own ``architecture`` is listed."""
+    ``text_model`` and, with a projector, ``mmproj_model``, each ending at 1.0, and once, as the
+    projector starts, the bare ``{"stage": "mmproj_model"}`` the child says then (server-context.cpp
+    ``load_model``; the router publishes each payload as it came); ``GET /models`` shows no
+    progress; once loaded, the child's own ``architecture`` is listed."""
     router = start_router()
     assert router.chat("tiny-vision").status_code == 200
     router.events.wait_for("tiny-vision", "loaded")
     with router.events.lock:
-        progress = [m["data"]["progress"] for _, m in router.events.items
-                    if m.get("model") == "tiny-vision" and "progress" in m.get("data", {})]
-    assert progress, "no load progress was published"
+        said = [m["data"]["progress"] for _, m in router.events.items
+                if m.get("model") == "tiny-vision" and "progress" in m.get("data", {})]
+    assert said, "no load progress was published"
+    assert said.count({"stage": "mmproj_model"}) == 1, said
+    bare = said.index({"stage": "mmproj_model"})
+    progress = said[:bare] + said[bare + 1:]
     assert all(p["stages"] == ["text_model", "mmproj_model"] for p in progress), progress
     for stage in ("text_model", "mmproj_model"):
         values = [p["value"] for p in progress if p["current"] == stage]
@@ -72,5 +77,7 @@ def test_load_progress_names_the_text_and_projector_stages(
     currents = [p["current"] for p in progress]
     assert currents.index("mmproj_model") > max(
         i for i, c in enumerate(currents) if c == "text_model"), currents  # text first
-    assert router.models()["tiny-vision"]["architecture"]["input_modalities"] == [
-        "text", "image"]
+    assert currents.index("mmproj_model") == bare, said  # the bare stage comes first
+    listed = router.models()["tiny-vision"]
+    assert listed["architecture"]["input_modalities"][:2] == ["text", "image"]
+    assert "progress" not in listed and "progress" not in listed["status"], listed

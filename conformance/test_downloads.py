@@ -284,3 +284,32 @@ def test_delete_of_a_non_cache_model_is_a_client_error(start_router: Callable[..
     r = router.client.delete("/models", params={"model": "tiny-xs"}, headers=router.headers)
     assert r.status_code == 400, r.text
     assert "tiny-xs" in router.models()
+
+
+def test_a_preset_hf_repo_not_in_the_cache_is_listed_and_fetched_as_it_loads(
+        start_router: Callable[..., Router], cache: Path, hub: LocalHub,
+        tmp_path: Path) -> None:
+    """a preset section's ``hf-repo`` that the cache does not hold: the model is listed
+    (``unloaded``, source ``preset``, its args naming the repo); its first request loads it, and
+    its child fetches the file into the cache while the model is ``loading``: no download child,
+    no download events (server-models.cpp ``load_models``, ``load``; common/arg.cpp)"""
+    hub.set_throttle(SLOW, repo=REPO_XS)  # the fetch takes about 3 s: long enough to be seen
+    preset = tmp_path / "models.ini"
+    preset.write_text(f"[from-hub]\nhf-repo = {MODEL_XS}\n")
+    router = start_router("--models-preset", str(preset))
+    listed = router.models()["from-hub"]
+    assert listed["status"]["value"] == "unloaded" and listed["source"] == "preset", listed
+    args = listed["status"]["args"]
+    assert args[args.index("--hf-repo") + 1] == MODEL_XS, args
+    assert files_of(cache, REPO_XS) == []
+    r = router.chat("from-hub")
+    assert r.status_code == 200, r.text
+    assert any(f.endswith("/tiny-xs-F16.gguf") for f in files_of(cache, REPO_XS)), \
+        files_of(cache, REPO_XS)
+    said = events_of(router, "from-hub")
+    assert [m["event"] for _, m in said if not m["event"].startswith(("model_status",
+                                                                      "status_change"))] == []
+    statuses = [m["data"]["status"] for _, m in said]
+    assert statuses[0] == "loading" and statuses[-1] == "loaded", statuses
+    assert set(statuses) == {"loading", "loaded"}, statuses
+    assert not [m for _, m in router.events.items if m["event"].startswith("download")]

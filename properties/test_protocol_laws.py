@@ -13,16 +13,17 @@ from typing import Any
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from refimpl.core import (ChildExited, ChildOutput, Command, DownloadAsked, Forward, Log,
-                          ModelSpec, Publish, RemoveFiles, RouterConfig, RouterCore, SendExit,
-                          Status)
+from refimpl.core import (ChildExited, ChildOutput, Command, DownloadAsked, Forward, ListAsked,
+                          Listed, Log, ModelSpec, Publish, RemoveFiles, RouterConfig, RouterCore,
+                          SendExit, Status)
 from refimpl.core.protocol import (MAX_LINE, STATE_PREFIX, DownloadProgress, DownloadResult,
                                    LineReader, LoadingState, LogLine, Message, Overlong, Parsed,
-                                   Progress, ReadyState, Rejection, SleepingState, format_message,
-                                   parse_line)
+                                   Progress, ReadyState, Rejection, SleepingState, StageStarted,
+                                   format_message, parse_line)
 
 from .protocol_strategies import (MESSAGE_TYPES, READY_INFO, STATE_OF, STATES, P, cuts,
-                                  defective_lines, expected_lines, json_objects, loading_core,
+                                  defective_lines, expected_lines, json_objects, json_values,
+                                  loading_core,
                                   message_line, messages, out_of_range, parse_all, prefixed,
                                   progresses, read_lines, split_at, status_of, streams,
                                   structured_lines)
@@ -92,6 +93,36 @@ def test_loading_fields_may_be_left_out(p: Progress, keep: set[str], number: typ
         assert parsed == LoadingState(Progress(tuple(payload.get("stages", [])),
                                                payload.get("current", ""),
                                                float(payload.get("value", 0.0))))
+
+
+@given(st.text(), st.sets(st.sampled_from(["stages", "current", "value"])), json_objects)
+@example("mmproj_model", set(), {})
+@example("mmproj_model", {"value"}, {})
+def test_a_bare_stage_is_its_own_form(stage: str, beside: set[str],
+                                      extra: dict[str, object]) -> None:
+    """llama-server's child also says ``{"stage": S}`` alone, as its projector starts
+    (server-context.cpp, load_model): with none of ``stages``, ``current``, ``value`` beside it
+    that is a :class:`StageStarted` (other keys ignored, as everywhere); with any of them the
+    payload is the progress form and ``stage`` is ignored."""
+    full: dict[str, Any] = {"stages": [stage], "current": stage, "value": 0.5}
+    payload = {**extra, "stage": stage, **{k: v for k, v in full.items() if k in beside}}
+    parsed = parse_line(prefixed({"state": "loading", "payload": payload}))
+    if beside:
+        assert isinstance(parsed, LoadingState) and isinstance(parsed.progress, Progress)
+    else:
+        assert parsed == LoadingState(StageStarted(stage))
+        line = format_message(parsed)  # and it is written back as it came
+        assert json.loads(line[len(STATE_PREFIX):]) == {"state": "loading",
+                                                        "payload": {"stage": stage}}
+        assert parse_line(line[:-1]) == parsed
+
+
+@given(json_values.filter(lambda v: not isinstance(v, str)))
+@example(None)
+@example(["mmproj_model"])
+def test_a_stage_that_is_not_a_string_is_rejected(stage: object) -> None:
+    line = prefixed({"state": "loading", "payload": {"stage": stage}})
+    assert parse_line(line) == Rejection("state 'loading': 'stage' must be a string", line)
 
 
 @given(st.sampled_from(STATES) | st.text(max_size=8), st.booleans(), json_objects)
@@ -303,6 +334,36 @@ def test_z13_router_progress_then_ready_in_order(cut_at: list[int]) -> None:
         Publish("a", "status_change", {"status": "loaded", "info": READY_INFO}),
         Forward(1, "a", 1),
     ]
+
+
+@given(st.lists(st.integers(min_value=0), max_size=6), st.text())
+@example([], "mmproj_model")
+def test_a_bare_stage_is_published_as_it_came_and_not_listed(cut_at: list[int],
+                                                              stage: str) -> None:
+    """As llama-server's router does (server-models.cpp, update_status): a loading payload is
+    published on ``/models/sse`` as the child wrote it, ``{"stage": S}`` included, between the
+    progress messages around it; ``GET /models`` shows none of it, during the load or after."""
+    before = Progress(("text_model", "mmproj_model"), "text_model", 1.0)
+    after = Progress(("text_model", "mmproj_model"), "mmproj_model", 0.0)
+    stream = b"".join(format_message(LoadingState(p))
+                      for p in (before, StageStarted(stage), after))
+    core = loading_core()
+    out: list[Command] = []
+    for chunk in split_at(stream, cut_at):
+        out += core.handle(ChildOutput(1, chunk), 0.5)
+    stages = ["text_model", "mmproj_model"]
+    assert out == [
+        Publish("a", "status_change", {"status": "loading", "progress": {
+            "stages": stages, "current": "text_model", "value": 1.0}}),
+        Publish("a", "status_change", {"status": "loading", "progress": {"stage": stage}}),
+        Publish("a", "status_change", {"status": "loading", "progress": {
+            "stages": stages, "current": "mmproj_model", "value": 0.0}}),
+    ]
+    for status in ("loading", "loaded"):
+        [listed] = [c for c in core.handle(ListAsked(99), 0.6) if isinstance(c, Listed)]
+        [view] = listed.models
+        assert view.status == status and "progress" not in view.info, view
+        core.handle(ChildOutput(1, format_message(ReadyState(READY_INFO))), 0.7)
 
 
 # -- messages out of place, and a child's last words ---------------------------------------------

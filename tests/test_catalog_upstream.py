@@ -12,7 +12,7 @@ import pytest
 
 from fixtures.tiny_models import ModelsDir
 from refimpl import modalities
-from refimpl.router.sources import ModelEntry, SourceError, load_sources
+from refimpl.router.sources import ModelEntry, load_sources
 
 COMMIT = "c" * 40
 
@@ -62,13 +62,6 @@ def test_a_section_names_its_model_by_hf_repo_under_any_of_its_names(
         assert entries[name].source == "preset"
         # the child is given the file: the repo flags are resolved, not handed on
         assert not {"--hf-repo", "--hf-file", "-hf", "-hff"} & set(entries[name].args())
-
-
-def test_an_hf_repo_the_cache_does_not_hold_is_refused_naming_it(
-        tmp_path: Path, cache: Path) -> None:
-    with pytest.raises(SourceError, match=r"\[missing\] hf-repo: tiny/absent-GGUF:F16 is not "
-                                          r"in the model cache.*POST /models"):
-        _load(tmp_path, cache, "[missing]\nhf-repo = tiny/absent-GGUF:F16\n")
 
 
 def test_dedup_cache_models_hides_the_cache_entries_of_a_sections_files(

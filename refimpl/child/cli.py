@@ -40,12 +40,13 @@ _REFUSED = {
 ACTS_ON = frozenset({"--model", "--host", "--port", "--alias", "--ctx-size", "--temperature",
                      "--seed", "--n-predict", "--batch-size", "--parallel", "--threads",
                      "--n-gpu-layers", "--mmproj", "--sleep-idle-seconds", "--log-verbose",
-                     "--embeddings", "--pooling", "--metrics", "--slots"})
+                     "--embeddings", "--pooling", "--metrics", "--slots", "--hf-repo",
+                     "--hf-file"})
 
 
 @dataclass(frozen=True, slots=True)
 class ChildOptions:
-    model: Path
+    model: Path | None  # None: fetched from --hf-repo as the model loads
     host: str
     port: int
     alias: str
@@ -71,6 +72,8 @@ class ChildOptions:
     pooling: str | None = None  # --pooling: none, mean, cls, last, rank; None: the model's
     metrics: bool = False
     slots: bool = True
+    hf_repo: str | None = None  # user/repo[:TAG]: fetched into the cache when --model is not given
+    hf_file: str | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,8 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
         kwargs.setdefault("dest", key[2:].replace("-", "_"))
         p.add_argument(*flags.BY_KEY[key].names, **kwargs)  # type: ignore[arg-type]
 
-    add("--model", required=True, type=Path, metavar="PATH",
-        help="GGUF model file to serve (required)")
+    add("--model", default=None, type=Path, metavar="PATH",
+        help="GGUF model file to serve (this or --hf-repo is required)")
+    add("--hf-repo", default=None, metavar="<user>/<model>[:quant]",
+        help="without --model: fetch this hub model into the cache as it loads, then serve it")
+    add("--hf-file", default=None, metavar="FILE", help="the file of --hf-repo to fetch")
     add("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     add("--port", type=int, default=8080,
         help="port to listen on; 0 picks a free one (default: 8080)")
@@ -223,12 +229,14 @@ def parse_options(argv: Sequence[str] | None = None,
         parser.error("--port must be in 0..65535")
     if ns.threads is not None and ns.threads < 1:
         parser.error("--threads must be >= 1")
-    model: Path = ns.model
+    model: Path | None = ns.model
+    if model is None and not ns.hf_repo:
+        parser.error("one of --model or --hf-repo is required")
     return ChildOptions(
         model=model,
         host=ns.host,
         port=ns.port,
-        alias=ns.alias if ns.alias else model.stem,
+        alias=ns.alias if ns.alias else model.stem if model is not None else ns.hf_repo,
         ctx_size=ns.ctx_size,
         temp=ns.temp,
         seed=ns.seed,
@@ -244,6 +252,8 @@ def parse_options(argv: Sequence[str] | None = None,
         pooling=ns.pooling,
         metrics=ns.metrics,
         slots=ns.slots,
+        hf_repo=ns.hf_repo or None,
+        hf_file=ns.hf_file or None,
         api_key=env.get(API_KEY_ENV) or None,
         no_effect=tuple(dict.fromkeys([
             *ns.no_effect, *(str(g.flag.env) for g in from_env

@@ -137,6 +137,8 @@ def _progress_reported(on_progress: ProgressFn) -> Iterator[None]:
 
 def check_gguf(options: ChildOptions) -> None:
     """Fail fast, with a message that says what is wrong, before llama.cpp tries the file."""
+    if options.model is None:
+        raise LoadFailed("no model file (give --model, or --hf-repo to fetch one)")
     try:
         with open(options.model, "rb") as f:
             magic = f.read(4)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import enum
 import logging
 import threading
@@ -22,21 +23,35 @@ from typing import TYPE_CHECKING, Any
 
 import llama_cpp
 
-from refimpl import modalities
+from refimpl import flags, modalities
 from refimpl.child.announcer import Announcer
 from refimpl.child.cli import ChildOptions
 from refimpl.child.model import LoadAborted, LoadFailed, ModelFacts, load_llama, read_facts
-from refimpl.core.protocol import LoadingState, Progress, ReadyState, SleepingState
+from refimpl.core.protocol import LoadingState, Progress, ReadyState, SleepingState, StageStarted
 
 if TYPE_CHECKING:
     from refimpl.child.metrics import Metrics
 
 log = logging.getLogger("refimpl.child")
 
-# llama-server's load stages (server-context.cpp, load_model): the text model, then the
-# projector when there is one. This child loads no draft model, so it has no "spec_model".
-TEXT_STAGE, MMPROJ_STAGE = "text_model", "mmproj_model"
+# llama-server's load stages (server-context.cpp, load_model): the text model, the draft model
+# when one is given, then the projector when there is one.
+TEXT_STAGE, SPEC_STAGE, MMPROJ_STAGE = "text_model", "spec_model", "mmproj_model"
+# The flags that give llama-server's child a draft model (common_params_speculative::has_dft).
+# This child accepts them with no effect, and still reports the draft's stage where upstream's
+# child does, so that a router sees the same load.
+DRAFT_FLAGS = tuple(flags.BY_KEY[k] for k in ("--model-draft", "--hf-repo-draft"))
 PROGRESS_STEP = 0.05  # report load progress in steps of at least this much (and always 1.0)
+
+
+def has_draft(options: ChildOptions) -> bool:
+    """Whether the command line or the environment gave a draft model."""
+    for word in options.no_effect:
+        found = flags.lookup(word)
+        if (found is not None and found[0] in DRAFT_FLAGS) or any(
+                word == f.env for f in DRAFT_FLAGS):
+            return True
+    return False
 
 
 class ChildState(enum.Enum):
@@ -74,7 +89,8 @@ class ChildRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transition = asyncio.Lock()
         self._last_progress: dict[str, float] = {}
-        self.stages = (TEXT_STAGE, *((MMPROJ_STAGE,) if options.mmproj is not None else ()))
+        self.has_draft = has_draft(options)
+        self.stages = self._stages()
         self.architecture: dict[str, list[str]] = {"input_modalities": ["text"],
                                                    "output_modalities": ["text"]}
         self._first_load: concurrent.futures.Future[llama_cpp.Llama] | None = None
@@ -117,12 +133,47 @@ class ChildRuntime:
         reading what its header says it encodes."""
         projector: dict[str, object] = {}
         if self.options.mmproj is not None:
+            # upstream's child says the stage starts, bare, before its loader's first value
+            self.announcer.send(LoadingState(StageStarted(MMPROJ_STAGE)))
             self._report_progress(0.0, MMPROJ_STAGE)
             projector = modalities.read_metadata(self.options.mmproj)
             self._report_progress(1.0, MMPROJ_STAGE)
         self.architecture = modalities.from_metadata(llama.metadata, projector)
 
+    def _fetch(self) -> None:
+        """``--hf-repo`` without ``--model``: fetch the model (and its projector) into the cache
+        before loading it, as llama-server's child does (common/arg.cpp): quietly, its router
+        hears ``loading`` only. The exit command cancels the transfer."""
+        from refimpl.child.download import Cancelled, download
+        repo = self.options.hf_repo
+        if repo is None:
+            raise LoadFailed("no model file (give --model, or --hf-repo to fetch one)")
+        if self.options.hf_file is not None:
+            raise LoadFailed(f"--hf-file {self.options.hf_file}: fetching one named file is "
+                             "not supported here; give the repo a tag (user/repo:TAG)")
+        started = time.perf_counter()
+        try:
+            files = download(repo, Announcer.silent(), self.exit_requested)
+        except Cancelled:
+            raise LoadAborted() from None
+        except Exception as exc:  # noqa: BLE001 - any failure fails the load, said in one line
+            raise LoadFailed(f"could not fetch {repo}: {type(exc).__name__}: {exc}") from None
+        model = next(f for f in files if not f.name.startswith("mmproj"))
+        mmproj = self.options.mmproj or next(
+            (f for f in files if f.name.startswith("mmproj")), None)
+        log.info("fetched %s in %.3f s: %s", repo, time.perf_counter() - started,
+                 ", ".join(f.name for f in files))
+        self.options = dataclasses.replace(self.options, model=model, mmproj=mmproj)
+        self.stages = self._stages()
+
+    def _stages(self) -> tuple[str, ...]:
+        return (TEXT_STAGE, *((SPEC_STAGE,) if self.has_draft else ()),
+                *((MMPROJ_STAGE,) if self.options.mmproj is not None else ()))
+
     def _load(self, report: bool) -> llama_cpp.Llama:
+        if self.options.model is None:
+            self._fetch()
+            self._report_progress(0.0)
         on_progress = self._report_progress if report else (
             lambda _value: not self.exit_requested.is_set())
         return load_llama(self.options, on_progress,
@@ -136,7 +187,8 @@ class ChildRuntime:
         """Start the first load on a thread now, while the HTTP stack is still being imported."""
         if self._first_load is not None:
             return
-        self._report_progress(0.0)
+        if self.options.model is not None:  # else once fetched: upstream's child says it then
+            self._report_progress(0.0)
         self._load_started = time.perf_counter()
         future: concurrent.futures.Future[llama_cpp.Llama] = concurrent.futures.Future()
         self._first_load = future
@@ -165,6 +217,9 @@ class ChildRuntime:
             self.exit_code = 1
             return False
         self._report_progress(1.0)
+        if self.has_draft:  # accepted, not loaded: its stage starts and ends, as for MTP there
+            self._report_progress(0.0, SPEC_STAGE)
+            self._report_progress(1.0, SPEC_STAGE)
         self._read_modalities(llama)
         self.llama = llama
         self.facts = read_facts(llama)

@@ -30,8 +30,17 @@ class Progress:
 
 
 @dataclass(frozen=True, slots=True)
+class StageStarted:
+    """A load stage begins, said with no stage list and no value: llama-server's child sends
+    ``{"stage": "mmproj_model"}`` as it starts its projector (server-context.cpp, load_model),
+    and its router publishes that payload as it came."""
+
+    stage: str
+
+
+@dataclass(frozen=True, slots=True)
 class LoadingState:
-    progress: Progress | None = None
+    progress: Progress | StageStarted | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +229,11 @@ def _count(value: object) -> bool:
 def _build_loading(payload: dict[str, Any]) -> LoadingState | str:
     if not payload:
         return LoadingState()
+    if "stage" in payload and not _PROGRESS_KEYS & payload.keys():
+        stage = payload["stage"]
+        if not isinstance(stage, str):
+            return "'stage' must be a string"
+        return LoadingState(StageStarted(stage))
     stages = payload.get("stages", [])
     current = payload.get("current", "")
     value = payload.get("value", 0.0)
@@ -230,6 +244,9 @@ def _build_loading(payload: dict[str, Any]) -> LoadingState | str:
     if not _number(value) or not 0 <= value <= 1:
         return "'value' must be a number in 0..1"
     return LoadingState(Progress(tuple(stages), current, float(value)))
+
+
+_PROGRESS_KEYS = frozenset({"stages", "current", "value"})
 
 
 def _build_ready(payload: dict[str, Any]) -> ReadyState:
@@ -274,9 +291,7 @@ def format_message(message: Message) -> bytes:
     payload: dict[str, Any]
     if isinstance(message, LoadingState):
         state = "loading"
-        p = message.progress
-        payload = {} if p is None else {"stages": list(p.stages), "current": p.current,
-                                         "value": p.value}
+        payload = progress_payload(message.progress)
     elif isinstance(message, ReadyState):
         state, payload = "ready", message.info
     elif isinstance(message, SleepingState):
@@ -290,6 +305,16 @@ def format_message(message: Message) -> bytes:
     body = json.dumps({"state": state, "payload": payload}, separators=(",", ":"),
                       ensure_ascii=True)
     return STATE_PREFIX + body.encode("ascii") + b"\n"
+
+
+def progress_payload(progress: Progress | StageStarted | None) -> dict[str, Any]:
+    """A ``loading`` message's payload: also what the router publishes as its ``progress``."""
+    if progress is None:
+        return {}
+    if isinstance(progress, StageStarted):
+        return {"stage": progress.stage}
+    return {"stages": list(progress.stages), "current": progress.current,
+            "value": progress.value}
 
 
 def format_exit() -> bytes:

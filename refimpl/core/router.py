@@ -29,7 +29,8 @@ from .events import (CatalogChanged, ChildExited, ChildOutput, ChildStarted, Cli
                      ResponseEnded, RouterStarted, TimerFired, UnloadAsked)
 from .lifecycle import Status, check_transition
 from .protocol import (DownloadProgress, DownloadResult, LoadingState, LogLine,
-                       Overlong, ReadyState, Rejection, SleepingState, parse_line)
+                       Overlong, ReadyState, Rejection, SleepingState, parse_line,
+                       progress_payload)
 from .scheduler import Scheduler
 from .state import Instance, Model, Phase, Request
 
@@ -446,11 +447,14 @@ class RouterCore:
             out.append(Log(inst.id, f"ignored child message: {parsed.reason}"))
         elif isinstance(parsed, LoadingState):
             if model.status is Status.LOADING:
-                p = parsed.progress
-                if p is not None:  # a bare "loading" says nothing the spawn did not
+                # Published as the child said it, never kept: llama-server's router stores it
+                # (meta.progress) but GET /models does not show it (server-models.cpp,
+                # update_status, get_router_models). A bare "loading" says nothing the spawn
+                # did not.
+                if parsed.progress is not None:
                     out.append(Publish(model.spec.name, "status_change", {
-                        "status": Status.LOADING.value, "progress": {
-                            "stages": list(p.stages), "current": p.current, "value": p.value}}))
+                        "status": Status.LOADING.value,
+                        "progress": progress_payload(parsed.progress)}))
             else:
                 out.append(Log(inst.id, f"ignored 'loading' while {model.status.value}"))
         elif isinstance(parsed, ReadyState):

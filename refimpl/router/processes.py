@@ -73,14 +73,19 @@ def child_command(template: str, name: str, card: Card, port: int) -> list[str]:
     (ours) cannot read as a flag (llama.cpp's parser takes the next word as the value whatever
     it is, but not ``--alias=``: such a name fails to load there, as a flag it would not).
     """
-    assert card.path is not None, f"model {name!r} has no file to start"
-    model = os.path.abspath(card.path)
+    # No file: a preset's hf-repo the cache does not hold; its child, handed the repo in its
+    # flags, fetches it as it loads (as llama-server's does)
+    if card.path is None and "$model" in template:
+        raise ValueError(f"model {name!r} has no file yet for $model in the child command "
+                         "(its child is to fetch it from its --hf-repo)")
+    model = "" if card.path is None else os.path.abspath(card.path)
     values = {"{python}": sys.executable, "$model": model, "$port": str(port),
               "$host": "127.0.0.1", "$alias": name}
     filled = [PLACEHOLDERS.sub(lambda m: values[m[0]], word) for word in shlex.split(template)]
     if "$model" not in template:
         alias = [f"--alias={name}"] if name.startswith("-") else ["--alias", name]
-        filled += ["-m", model, "--port", str(port), "--host", "127.0.0.1", *alias]
+        filled += [*(["-m", model] if model else []), "--port", str(port), "--host", "127.0.0.1",
+                   *alias]
     if card.mmproj is not None and "--mmproj" not in card.args:
         filled += ["--mmproj", os.path.abspath(card.mmproj)]
     return filled + list(card.args)

@@ -7,8 +7,9 @@ Flags merge with the precedence of ROUTER.md section 5: router command line > th
 section > the preset's ``[*]`` section. A preset key is any name of a llama-server flag without
 its dashes (``ctx-size``, ``c``, ``hf``) or its variable (``LLAMA_ARG_HF_REPO``), as llama-server's
 preset parser takes it (common/preset.cpp). A section may name its model by ``hf-repo``
-(``user/repo[:TAG]``, and ``hf-file``): it is the cached file, found here in the hub cache; and
-with ``dedup-cache-models`` the cache entry of that same file is hidden from ``GET /models``
+(``user/repo[:TAG]``, and ``hf-file``): it is the cached file, found here in the hub cache, or,
+when the cache does not hold it, the repo is handed to the child, which fetches it as it loads;
+and with ``dedup-cache-models`` the cache entry of that same file is hidden from ``GET /models``
 (still routed), as upstream does (server-models.cpp, ``load_models``).
 
 What the sources say is checked here, before a core is built from it, so that start-up and
@@ -36,7 +37,8 @@ PRESET_ONLY = {"load-on-startup", "stop-timeout", "dedup-cache-models"}
 ROUTER_ONLY = {"--api-key", "--ssl-key-file", "--ssl-cert-file", "--models-dir",
                "--models-preset", "--models-max", "--models-memory-margin", "--models-autoload",
                "--no-models-autoload", "--host", "--port", "--alias", "-a"}
-# Resolved here to the cached file (the child gets ``-m FILE``), so not handed on.
+# Resolved here to the cached file (the child gets ``-m FILE``), so not handed on, unless the
+# cache does not hold it (``ModelEntry.fetch``).
 HF_FLAGS = {"--hf-repo", "--hf-file"}
 # Preset-only keys under the names upstream also reads them by (common/arg.h).
 _PRESET_ENV = {"__PRESET_LOAD_ON_STARTUP": "load-on-startup",
@@ -65,6 +67,8 @@ class ModelEntry:
     hidden: bool = False  # a cache entry a preset deduplicates: routed, not listed
     # GET /models "architecture" as the files say (refimpl.modalities); None: not read yet
     architecture: dict[str, list[str]] | None = None
+    # a preset's hf-repo the cache does not hold: no file, its child fetches it as it loads
+    fetch: bool = False
 
     def args(self) -> list[str]:
         out: list[str] = []
@@ -300,16 +304,19 @@ def load_sources(models_dir: str | None, models_preset: str | None,
                 entry.path = entry.path or base.path
                 entry.mmproj = entry.mmproj or base.mmproj
                 entry.source = base.source if entry.path == base.path else "preset"
-            hf = _hf_model(entry, common, "--hf-repo", "--hf-file", cached, where,
-                           required=entry.path is None)
+            hf = _hf_model(entry, common, "--hf-repo", "--hf-file", cached, where)
             if entry.path is None and hf is not None:
                 entry.path, entry.mmproj = hf.path, entry.mmproj or hf.mmproj
-            if entry.path is None:
+            elif entry.path is None and _hf_repo(entry, common, "--hf-repo") is not None:
+                # Not in the cache: listed all the same, and its child is handed the repo and
+                # fetches it as it loads (status loading), as llama-server's router and child do
+                # (server-models.cpp load_models, update_caps; common/arg.cpp).
+                entry.fetch = True
+            if entry.path is None and not entry.fetch:
                 raise SourceError(f"{where} names no model file (add 'model = "
                                   "path/to/file.gguf' or 'hf-repo = user/repo:TAG')")
             if entry.dedup_cache:
-                draft = _hf_model(entry, common, "--hf-repo-draft", None, cached, where,
-                                  required=False)
+                draft = _hf_model(entry, common, "--hf-repo-draft", None, cached, where)
                 deduplicated |= {m.path for m in (hf, draft) if m is not None}
             entries[entry.name] = entry
     for entry in entries.values():
@@ -323,29 +330,33 @@ def load_sources(models_dir: str | None, models_preset: str | None,
         entry.tags = tuple(sorted({t.strip() for t in (merged.get("--tags") or "").split(",")
                                    if t.strip()}))
         entry.flags = {k: v for k, v in merged.items()
-                       if k not in ROUTER_ONLY and k not in HF_FLAGS and k != "--model"
-                       and v != "\x00off"}
+                       if k not in ROUTER_ONLY and (entry.fetch or k not in HF_FLAGS)
+                       and k != "--model" and v != "\x00off"}
     return list(entries.values())
 
 
+def _hf_repo(entry: ModelEntry, common: dict[str, str | None], flag: str) -> str | None:
+    """What a section (over ``[*]``) gives for ``flag``; None when nothing."""
+    value = entry.flags.get(flag, common.get(flag))
+    return None if not value or value == "\x00off" else value
+
+
 def _hf_model(entry: ModelEntry, common: dict[str, str | None], repo_flag: str,
-              file_flag: str | None, cached: list[CachedModel], where: str,
-              required: bool) -> CachedModel | None:
+              file_flag: str | None, cached: list[CachedModel], where: str
+              ) -> CachedModel | None:
     """The cached model a section's ``hf-repo`` (or draft repo) names, its section over
-    ``[*]``; None when it names none, or one the cache does not hold and the section needs it
-    only to deduplicate. A model the cache does not hold is refused when it is the section's
-    model: the reference child loads files, it does not download them (``POST /models``
-    does)."""
-    repo = entry.flags.get(repo_flag, common.get(repo_flag))
-    if not repo or repo == "\x00off":
+    ``[*]``; None when it names none, or one the cache does not hold. A name that is no hub
+    name is refused."""
+    repo = _hf_repo(entry, common, repo_flag)
+    if repo is None:
         return None
-    hf_file = entry.flags.get(file_flag, common.get(file_flag)) if file_flag else None
+    hf_file = _hf_repo(entry, common, file_flag) if file_flag else None
     try:
         name, tag = split_name(repo)
     except BadName as exc:
         raise SourceError(f"{where} {repo_flag[2:]}: {exc}") from None
     mine = [m for m in cached if m.name.partition(":")[0].lower() == name.lower()]
-    if hf_file and hf_file != "\x00off":
+    if hf_file:
         found = [m for m in mine if any(f.as_posix().endswith("/" + hf_file.lstrip("/"))
                                         for f in m.files)]
     elif tag is not None:
@@ -354,13 +365,7 @@ def _hf_model(entry: ModelEntry, common: dict[str, str | None], repo_flag: str,
         rank = {t: i for i, t in enumerate(PREFERRED_TAGS)}
         found = sorted(mine, key=lambda m: (rank.get(m.name.partition(":")[2], len(rank)),
                                             m.name))
-    if not found and not required:
-        return None
-    if not found:
-        wanted = f"{repo} ({hf_file})" if hf_file else repo
-        raise SourceError(f"{where} {repo_flag[2:]}: {wanted} is not in the model cache; "
-                          f"download it first (POST /models {{\"model\": \"{repo}\"}})")
-    return found[0]
+    return found[0] if found else None
 
 
 def _check_names(entries: dict[str, ModelEntry]) -> None:

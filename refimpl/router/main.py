@@ -180,7 +180,7 @@ def serve(argv: list[str], prog: str = "refimpl-router") -> int:
                             limit_concurrency=concurrency(opts.limit_concurrency, log),
                             timeout_keep_alive=opts.timeout_keep_alive,  # type: ignore[arg-type]
                             h11_max_incomplete_event_size=opts.max_header_size,
-                            server_header=False, date_header=False, lifespan="on",
+                            server_header=False, date_header=False, lifespan="on", ws="none",
                             timeout_graceful_shutdown=5)
     server = Server(config)
     try:

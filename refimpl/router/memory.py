@@ -9,6 +9,7 @@ capacities instead, which is how tests drive memory eviction with tiny models.
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 import struct
@@ -108,6 +109,28 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 
 
+@functools.cache
+def _quant_sizes() -> tuple[Any, Any]:
+    """gguf's table of block sizes per tensor type, from its ``constants`` module alone: the
+    ``gguf`` package itself imports numpy, which with its BLAS would be 25 MiB of the router's
+    memory for one table (issue: router peak memory)."""
+    import importlib.util
+    import sys
+
+    name = "gguf.constants"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec("gguf")
+        assert spec is not None and spec.submodule_search_locations, "gguf is not installed"
+        path = Path(next(iter(spec.submodule_search_locations))) / "constants.py"
+        constants_spec = importlib.util.spec_from_file_location("_refimpl_gguf_constants", path)
+        assert constants_spec is not None and constants_spec.loader is not None
+        module = importlib.util.module_from_spec(constants_spec)
+        constants_spec.loader.exec_module(module)
+        return module.GGML_QUANT_SIZES, module.GGMLQuantizationType
+    module = sys.modules[name]
+    return module.GGML_QUANT_SIZES, module.GGMLQuantizationType
+
+
 class _Truncated(Exception):
     """The header ends early, is malformed, or is past the bounds."""
 
@@ -182,7 +205,7 @@ class _GgufHeader:
         return out
 
     def complete(self, size: int) -> bool:
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+        GGML_QUANT_SIZES, GGMLQuantizationType = _quant_sizes()
 
         if self.f.read(4) != b"GGUF":
             return False

@@ -246,7 +246,7 @@ class Zygote:
             if _LIBC.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
                 raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
             process = subprocess.Popen(
-                [sys.executable, "-m", zygote.MARK, zygote.padding()], stdin=theirs,
+                [sys.executable, "-m", zygote.MARK, zygote.padding()], stdin=theirs.fileno(),
                 env={**{k: v for k, v in os.environ.items() if k != "LLAMA_API_KEY"},
                      zygote.ROOM_ENV: zygote.padding()},  # the router's key, never
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,

@@ -286,21 +286,26 @@ def test_delete_of_a_non_cache_model_is_a_client_error(start_router: Callable[..
     assert "tiny-xs" in router.models()
 
 
+@pytest.mark.parametrize("section", [f"hf-repo = {MODEL_XS}",
+                                     f"hf-repo = {REPO_XS}\nhf-file = tiny-xs-F16.gguf"],
+                         ids=["repo-tag", "repo-file"])
 def test_a_preset_hf_repo_not_in_the_cache_is_listed_and_fetched_as_it_loads(
         start_router: Callable[..., Router], cache: Path, hub: LocalHub,
-        tmp_path: Path) -> None:
+        tmp_path: Path, section: str) -> None:
     """a preset section's ``hf-repo`` that the cache does not hold: the model is listed
     (``unloaded``, source ``preset``, its args naming the repo); its first request loads it, and
     its child fetches the file into the cache while the model is ``loading``: no download child,
     no download events (server-models.cpp ``load_models``, ``load``; common/arg.cpp)"""
     hub.set_throttle(SLOW, repo=REPO_XS)  # the fetch takes about 3 s: long enough to be seen
     preset = tmp_path / "models.ini"
-    preset.write_text(f"[from-hub]\nhf-repo = {MODEL_XS}\n")
+    preset.write_text(f"[from-hub]\n{section}\n")
     router = start_router("--models-preset", str(preset))
     listed = router.models()["from-hub"]
     assert listed["status"]["value"] == "unloaded" and listed["source"] == "preset", listed
     args = listed["status"]["args"]
-    assert args[args.index("--hf-repo") + 1] == MODEL_XS, args
+    for line in section.splitlines():  # hf-repo = X -> --hf-repo X
+        key, value = (w.strip() for w in line.split("="))
+        assert args[args.index(f"--{key}") + 1] == value, args
     assert files_of(cache, REPO_XS) == []
     r = router.chat("from-hub")
     assert r.status_code == 200, r.text

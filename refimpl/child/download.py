@@ -112,8 +112,10 @@ def _progress_class(reporter: Reporter, url: str, cancel: threading.Event) -> ty
     return Progress
 
 
-def download(name: str, announcer: Announcer, cancel: threading.Event) -> list[Path]:
-    """Fetch ``name`` into the cache; return the files. Raises on failure or :class:`Cancelled`."""
+def download(name: str, announcer: Announcer, cancel: threading.Event,
+             filename: str | None = None) -> list[Path]:
+    """Fetch ``name`` into the cache (with ``filename``, that file of the repo and no other, as
+    ``--hf-file`` names it); return the files. Raises on failure or :class:`Cancelled`."""
     import huggingface_hub
     from huggingface_hub import HfApi, hf_hub_download
 
@@ -122,10 +124,15 @@ def download(name: str, announcer: Announcer, cancel: threading.Event) -> list[P
     root = cache_dir()
     info = HfApi().model_info(repo)
     files = [s.rfilename for s in info.siblings or []]
-    chosen = select_files(files, tag)
-    if chosen is None:
-        raise LookupError(f"{repo} has no GGUF model file with tag {tag or '(any)'}")
-    wanted = [*chosen.files, *([chosen.mmproj] if chosen.mmproj else [])]
+    if filename is not None:
+        if filename not in files:
+            raise LookupError(f"{repo} has no file {filename}")
+        wanted = [filename]
+    else:
+        chosen = select_files(files, tag)
+        if chosen is None:
+            raise LookupError(f"{repo} has no GGUF model file with tag {tag or '(any)'}")
+        wanted = [*chosen.files, *([chosen.mmproj] if chosen.mmproj else [])]
     endpoint = huggingface_hub.constants.ENDPOINT
     reporter = Reporter(announcer)
     thread = threading.Thread(target=reporter.run, name="progress", daemon=True)

@@ -148,12 +148,9 @@ class ChildRuntime:
         repo = self.options.hf_repo
         if repo is None:
             raise LoadFailed("no model file (give --model, or --hf-repo to fetch one)")
-        if self.options.hf_file is not None:
-            raise LoadFailed(f"--hf-file {self.options.hf_file}: fetching one named file is "
-                             "not supported here; give the repo a tag (user/repo:TAG)")
         started = time.perf_counter()
         try:
-            files = download(repo, Announcer.silent(), self.exit_requested)
+            files = download(repo, Announcer.silent(), self.exit_requested, self.options.hf_file)
         except Cancelled:
             raise LoadAborted() from None
         except Exception as exc:  # noqa: BLE001 - any failure fails the load, said in one line

@@ -45,6 +45,10 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     name = _target(config).name
     for item in items:
+        if "conformance/" in item.nodeid.replace("\\", "/"):
+            # the report's clause travels with each test's report (under pytest-xdist, the
+            # controller that writes the report has no items of its own)
+            item.user_properties.append(("clause", _clause(getattr(item, "obj", None))))
         for mark in item.iter_markers("deviation"):
             found = DEVIATIONS[mark.args[0]]
             if name in found.targets:
@@ -90,6 +94,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     entry = _RESULTS.setdefault(report.nodeid, {"outcome": "passed", "seconds": 0.0,
                                                 "detail": ""})
     entry["seconds"] += report.duration
+    entry.setdefault("clause", dict(report.user_properties).get("clause", ""))
     if report.failed:
         entry["outcome"] = "failed"
         crash = getattr(report.longrepr, "reprcrash", None)
@@ -126,10 +131,12 @@ def _version(target: Target) -> str:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if not _RESULTS or os.environ.get("ROUTER_MUTANT"):  # a bug-zoo mutant's run reports nothing
         return
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: the controller writes it
+        return
     import xml.etree.ElementTree as ET
 
     target = _target(session.config).name
-    docs = {item.nodeid: _clause(getattr(item, "obj", None)) for item in session.items}
+    docs = {nodeid: r["clause"] for nodeid, r in _RESULTS.items()}
     out = ROOT / "reports"
     out.mkdir(exist_ok=True)
     counts = {k: sum(1 for r in _RESULTS.values() if r["outcome"] == k) for k in OUTCOMES}

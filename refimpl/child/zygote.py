@@ -185,7 +185,10 @@ def preload() -> None:
 def main() -> int:
     control = socket.socket(fileno=0)
     preload()
-    control.send(b'{"ready": true}')
+    try:
+        control.send(b'{"ready": true}')
+    except OSError:  # the router is gone already
+        return 0
     print(f"ready: children are forked from pid {os.getpid()}", file=sys.stderr, flush=True)
     fd_room = socket.CMSG_SPACE(3 * array.array("i").itemsize)
     while True:
@@ -210,7 +213,10 @@ def main() -> int:
         finally:
             for fd in fds:
                 os.close(fd)
-        control.send(json.dumps(reply).encode())
+        try:
+            control.send(json.dumps(reply).encode())
+        except OSError:
+            return 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,12 @@ class Card:
     tags: tuple[str, ...] = ()
     hidden: bool = False  # routed, not listed (a cache model that a preset deduplicates)
     architecture: Mapping[str, tuple[str, ...]] | None = None  # modalities, as the files say
+    # A backend of its own (ROUTER.md 7): its command template (None: the router's --child-cmd)
+    # and, for one that does not speak the line protocol, the path that answers 200 once it is
+    # ready, and how long its load may take.
+    child_cmd: str | None = None
+    health: str | None = None
+    load_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.architecture is not None:
@@ -36,13 +42,14 @@ class Card:
     def __reduce__(self) -> tuple[Any, ...]:  # a mappingproxy does not pickle: a dict does
         arch = None if self.architecture is None else dict(self.architecture)
         return (Card, (self.source, self.path, self.mmproj, self.args, self.tags, self.hidden,
-                       arch))
+                       arch, self.child_cmd, self.health, self.load_timeout))
 
     def __repr__(self) -> str:
         arch = None if self.architecture is None else dict(self.architecture)
         return (f"Card(source={self.source!r}, path={self.path!r}, mmproj={self.mmproj!r}, "
                 f"args={self.args!r}, tags={self.tags!r}, hidden={self.hidden!r}, "
-                f"architecture={arch!r})")
+                f"architecture={arch!r}, child_cmd={self.child_cmd!r}, "
+                f"health={self.health!r}, load_timeout={self.load_timeout!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,23 +69,34 @@ class ModelSpec:
     load_on_startup: bool = False
     launch: tuple[str, ...] = ()
     card: Card = Card()
+    ttl: float | None = None
+    pin: bool = False
+    concurrency: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory", _frozen(self.memory))
         if self.stop_timeout < 0:
             raise ValueError(f"model {self.name!r}: stop_timeout must be >= 0")
+        if self.ttl is not None and self.ttl < 0:
+            raise ValueError(f"model {self.name!r}: ttl must be >= 0 (0 means never)")
+        if self.concurrency < 0:
+            raise ValueError(f"model {self.name!r}: concurrency must be >= 0 (0: no limit)")
         if any(v < 0 for v in self.memory.values()):
             raise ValueError(f"model {self.name!r}: memory needs must be >= 0")
 
     def __reduce__(self) -> tuple[Any, ...]:  # traces are pickled (--trace)
         return (ModelSpec, (self.name, self.aliases, dict(self.memory), self.stop_timeout,
-                            self.load_on_startup, self.launch, self.card))
+                            self.load_on_startup, self.launch, self.card, self.ttl, self.pin,
+                            self.concurrency))
 
     def __repr__(self) -> str:
+        policies = "".join(f", {name}={value!r}" for name, value, off in (
+            ("ttl", self.ttl, None), ("pin", self.pin, False),
+            ("concurrency", self.concurrency, 0)) if value != off)
         return (f"ModelSpec(name={self.name!r}, aliases={self.aliases!r}, "
                 f"memory={dict(self.memory)!r}, stop_timeout={self.stop_timeout!r}, "
                 f"load_on_startup={self.load_on_startup!r}, launch={self.launch!r}"
-                + (f", card={self.card!r})" if self.card != Card() else ")"))
+                + (f", card={self.card!r}" if self.card != Card() else "") + policies + ")")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +105,9 @@ class RouterConfig:
 
     ``devices`` maps a device name to the bytes available to models on it (free memory at start
     minus the margin). ``drain_timeout`` is used only by the ``drain-timeout`` policy.
+    ``ttl``: seconds a model may stay idle before it is unloaded, for models whose spec says
+    nothing (``--models-ttl``; 0: never). ``queue_max``: at most that many requests wait at
+    once; one more is answered 429 (``--queue-max``; 0: no limit).
     """
 
     models: tuple[ModelSpec, ...]
@@ -95,11 +116,17 @@ class RouterConfig:
     autoload: bool = True
     policy: str = DEFAULT_POLICY
     drain_timeout: float = 30.0
+    ttl: float = 0.0
+    queue_max: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "devices", _frozen(self.devices))
         if self.models_max < 0:
             raise ValueError("models_max must be >= 0 (0 means unlimited)")
+        if self.ttl < 0:
+            raise ValueError("ttl must be >= 0 (0 means never)")
+        if self.queue_max < 0:
+            raise ValueError("queue_max must be >= 0 (0 means unlimited)")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; known: {', '.join(POLICIES)}")
         names: set[str] = set()
@@ -112,4 +139,14 @@ class RouterConfig:
     def __repr__(self) -> str:
         return (f"RouterConfig(models={self.models!r}, models_max={self.models_max!r}, "
                 f"devices={dict(self.devices)!r}, autoload={self.autoload!r}, "
-                f"policy={self.policy!r}, drain_timeout={self.drain_timeout!r})")
+                f"policy={self.policy!r}, drain_timeout={self.drain_timeout!r}"
+                + (f", ttl={self.ttl!r}" if self.ttl else "")
+                + (f", queue_max={self.queue_max!r}" if self.queue_max else "") + ")")
+
+    def ttl_of(self, spec: ModelSpec) -> float:
+        """The seconds ``spec``'s model may stay idle before it is unloaded (0: never): its own
+        ``ttl``, else the router's, which a pinned model does not take (pinning it says keep
+        it; only its own ``ttl`` ends it)."""
+        if spec.ttl is not None:
+            return spec.ttl
+        return 0.0 if spec.pin else self.ttl

@@ -23,6 +23,7 @@ import anyio.lowlevel
 
 from refimpl.core.commands import Spawn
 from refimpl.core.config import Card
+from refimpl.core.protocol import LoadingState, ReadyState, format_message
 
 from .loglimit import MAX_LOG_LINE, LogLimit, cut
 
@@ -219,6 +220,71 @@ class ForkedProcess:
         self.send_signal(signal.SIGKILL)
 
 
+HEALTH_EVERY = 0.2  # seconds between two asks of a health-checked child's endpoint
+HEALTH_LOAD_TIMEOUT = 600.0  # seconds a health-checked child may take to answer 200 (default)
+
+
+class HealthChecked(ChildProcess):
+    """A child that does not speak the line protocol (ROUTER.md 7, seed 003): ready once its
+    health endpoint answers 200, asked every ``HEALTH_EVERY`` s, killed if that takes longer than
+    its load timeout. What the router reads of it is what a protocol child would say: ``loading``
+    at once, ``ready`` when healthy, between its own output; its exit is still its exit. The
+    core cannot tell it from any other child: the policy stays there, this is only a reading."""
+
+    def __init__(self, child: ChildProcess, path: str, timeout: float) -> None:
+        super().__init__(child.process, child.port, child.api_key)
+        self.path = path if path.startswith("/") else f"/{path}"
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.said: list[bytes] = [format_message(LoadingState())]
+        self.ready = False
+        self.ends_line = True  # whether the child's own output so far ends with a newline
+        self.next_ask = time.monotonic()
+
+    async def read(self) -> bytes:
+        while True:
+            if self.said:
+                line = self.said.pop(0)
+                return line if self.ends_line else b"\n" + line
+            if self.ready or self.process.poll() is not None:
+                return await self._own()
+            with anyio.move_on_after(max(0.0, self.next_ask - time.monotonic())):
+                return await self._own()
+            self.next_ask = time.monotonic() + HEALTH_EVERY
+            if await self._healthy():
+                self.ready = True
+                self.said.append(format_message(ReadyState({})))
+            elif time.monotonic() > self.deadline:
+                self.ready = True  # nothing more to ask: its exit ends the load
+                self.said.append(f"[router] not healthy at {self.path} within {self.timeout:g} s: "
+                                 "killed\n".encode())
+                self.kill()
+
+    async def _own(self) -> bytes:
+        data = await ChildProcess.read(self)
+        if data:
+            self.ends_line = data.endswith(b"\n")
+        return data
+
+    async def _healthy(self) -> bool:
+        """Whether ``GET path`` on the child's port answers 200 (one short-lived connection)."""
+        request = (f"GET {self.path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                   f"Connection: close\r\n\r\n").encode()
+        if self.api_key:
+            request = request[:-2] + f"Authorization: Bearer {self.api_key}\r\n\r\n".encode()
+        try:
+            with anyio.fail_after(2):
+                async with await anyio.connect_tcp("127.0.0.1", self.port) as stream:
+                    await stream.send(request)
+                    head = b""
+                    while b"\r\n" not in head and len(head) < 1024:
+                        head += await stream.receive()
+        except (OSError, TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
+            return False
+        words = head.split(b"\r\n", 1)[0].split()
+        return len(words) >= 2 and words[0].startswith(b"HTTP/") and words[1] == b"200"
+
+
 ZYGOTE_TEMPLATE = ["{python}", "-m", "refimpl.child"]
 
 
@@ -408,7 +474,8 @@ def make_spawner(template: str, router_port: int, log: Callable[[str], None]
     async def spawn(command: Spawn) -> ChildProcess:
         model = command.model
         port = free_port()
-        cmd = child_command(template, model, command.card, port)
+        card = command.card
+        cmd = child_command(card.child_cmd or template, model, card, port)
         # Never the router's key, but one of its own: without it anyone on this machine could
         # reach the child's port (in its world-readable command line) around the router's key.
         # In the environment, which only this user can read, not in the command line.
@@ -419,6 +486,10 @@ def make_spawner(template: str, router_port: int, log: Callable[[str], None]
         if child is None:
             child = ChildProcess.start(cmd, env, port, log)
         child.api_key = key
+        if card.health is not None:
+            child = HealthChecked(child, card.health, HEALTH_LOAD_TIMEOUT
+                                  if card.load_timeout is None else card.load_timeout)
+            how += f", ready when {card.health} answers 200,"
         log(f"[router] {how} {model} (pid {child.pid}) on port {port}: {shlex.join(cmd)}")
         return child
 

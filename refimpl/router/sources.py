@@ -33,7 +33,8 @@ from refimpl.core.config import Card
 from .options import MAX_SECONDS, number_problem
 
 SHARD = re.compile(r"^(?P<base>.+)-(?P<n>\d{5})-of-(?P<total>\d{5})\.gguf$")
-PRESET_ONLY = {"load-on-startup", "stop-timeout", "dedup-cache-models"}
+PRESET_ONLY = {"load-on-startup", "stop-timeout", "dedup-cache-models",
+               "child-cmd", "health", "load-timeout"}  # the last three: ROUTER.md 7
 ROUTER_ONLY = {"--api-key", "--ssl-key-file", "--ssl-cert-file", "--models-dir",
                "--models-preset", "--models-max", "--models-memory-margin", "--models-autoload",
                "--no-models-autoload", "--host", "--port", "--alias", "-a"}
@@ -69,6 +70,10 @@ class ModelEntry:
     architecture: dict[str, list[str]] | None = None
     # a preset's hf-repo the cache does not hold: no file, its child fetches it as it loads
     fetch: bool = False
+    # a backend of its own (ROUTER.md 7): its command, its health path, its load timeout
+    child_cmd: str | None = None
+    health: str | None = None
+    load_timeout: float | None = None
 
     def args(self) -> list[str]:
         out: list[str] = []
@@ -86,12 +91,15 @@ def card_of(entry: ModelEntry) -> Card:
                 None if entry.mmproj is None else str(entry.mmproj), tuple(entry.args()),
                 entry.tags, entry.hidden,
                 None if entry.architecture is None else
-                {k: tuple(v) for k, v in entry.architecture.items()})
+                {k: tuple(v) for k, v in entry.architecture.items()},
+                entry.child_cmd, entry.health, entry.load_timeout)
 
 
 def launch_of(entry: ModelEntry) -> tuple[str, ...]:
     """What is started for the entry: a running child started otherwise is stale."""
-    return (str(entry.path), str(entry.mmproj), *entry.args())
+    own = [f"{k}={v}" for k, v in (("child-cmd", entry.child_cmd), ("health", entry.health))
+           if v is not None]
+    return (str(entry.path), str(entry.mmproj), *entry.args(), *own)
 
 
 def flags_from_args(args: list[str]) -> dict[str, str | None]:
@@ -216,6 +224,16 @@ def read_preset(path: Path) -> tuple[dict[str, str | None], list[ModelEntry]]:
                 entry.stop_timeout = _seconds(value, f"{where} {key}")
             elif key == "dedup-cache-models":
                 entry.dedup_cache = _truthy(value, f"{where} {key}")
+            elif key == "child-cmd":
+                if not (value or "").strip():
+                    raise SourceError(f"{where} child-cmd: empty")
+                entry.child_cmd = value
+            elif key == "health":
+                if not (value or "").startswith("/") or any(c in value for c in " \r\n"):
+                    raise SourceError(f"{where} health = {value!r}: a path such as /health")
+                entry.health = value
+            elif key == "load-timeout":
+                entry.load_timeout = _seconds(value, f"{where} {key}")
             elif flag == "--alias" or key == "aliases":
                 named = [a.strip() for a in value.split(",") if a.strip()]
                 # its own name, or twice, is no second model: said once

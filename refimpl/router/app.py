@@ -32,7 +32,7 @@ from refimpl.core.events import DownloadAsked, LoadAsked, RemoveAsked, UnloadAsk
 from refimpl.flags import BUILD_INFO
 
 from .debug import FAKE_DELAY
-from .driver import Driver
+from .driver import Driver, Outcome
 from .options import RouterOptions
 from .sources import ModelEntry, SourceError, card_of, launch_of
 
@@ -292,6 +292,7 @@ class RouterApp:
             self.bodies.give(len(body))
 
     async def _proxy(self, request: Request, body: bytearray) -> Response:
+        streamed = False
         if request.method == "GET":
             model: str | None = request.query_params.get("model")
         else:
@@ -302,6 +303,7 @@ class RouterApp:
             if value is not None and not isinstance(value, str):
                 return error(400, "\"model\" must be a string")
             model = value
+            streamed = parsed.get("stream") is True
         # The path as the client sent it, percent-escapes kept (decoded, a %0a would be dropped
         # on the way, URLs lose tabs and newlines, and a %00 could not be sent at all); a byte
         # outside printable ASCII is escaped as itself.
@@ -314,7 +316,15 @@ class RouterApp:
         except httpx.InvalidURL as exc:
             return error(400, f"the path cannot be forwarded: {exc}")
         autoload = _autoload(request.query_params.get("autoload"))
+        if self.options.swap_notices and request.method == "POST" and \
+                request.url.path.rstrip("/").endswith("chat/completions") and streamed:
+            return await self._with_notices(request, body, model, autoload, target)
         req, outcome = await self.driver.route(model, autoload, request.is_disconnected)
+        return await self._answer(request, body, req, outcome, target)
+
+    async def _answer(self, request: Request, body: bytearray, req: int, outcome: Outcome,
+                      target: str) -> Response:
+        """The core's decision for a routed request carried out: its answer, or the child's."""
         if outcome.reply is not None:
             reply = outcome.reply
             kind = "not_found_error" if reply.kind == errors.MODEL_NOT_FOUND else (
@@ -329,10 +339,108 @@ class RouterApp:
             self.driver.ended(req, ok=False)
             raise
 
+    async def _with_notices(self, request: Request, body: bytearray, model: str | None,
+                            autoload: bool | None, target: str) -> Response:
+        """``--swap-notices`` (ROUTER.md 7): a streamed chat that has to wait for its model
+        gets the wait's progress (what loads, how far, what is stopped for it) as
+        ``delta.reasoning_content`` chunks, each a line, then the child's stream. One that need
+        not wait is routed as any other; what the core decides is the same either way."""
+        send, receive = self.driver.subscribe()
+        routed, gone = anyio.Event(), anyio.Event()
+        decided: list[tuple[int, Outcome]] = []
+
+        async def client_gone() -> bool:
+            return gone.is_set()
+
+        async def route() -> None:
+            try:
+                decided.append(await self.driver.route(model, autoload, client_gone))
+            finally:
+                routed.set()
+            req, outcome = decided[0]
+            if gone.is_set() and outcome.forward is not None:  # left as its turn came
+                self.driver.ended(req, ok=False)
+
+        self.driver.start_soon(route)
+        await anyio.sleep(0)  # a decision at once (a ready model, an error) comes now
+        if routed.is_set():
+            self.driver.unsubscribe(send)
+            req, outcome = decided[0]
+            return await self._answer(request, body, req, outcome, target)
+        name = model or "the model"
+        created = int(time.time())
+
+        def notice(text: str) -> bytes:
+            return b"data: " + json.dumps({
+                "id": f"chatcmpl-wait-{created}", "object": "chat.completion.chunk",
+                "created": created, "model": name, "choices": [{
+                    "index": 0, "finish_reason": None,
+                    "delta": {"role": "assistant", "content": None,
+                              "reasoning_content": text + "\n"}}]}).encode() + b"\n\n"
+
+        async def stream() -> AsyncIterator[bytes]:
+            upstream: httpx.Response | None = None
+            req: int | None = None
+            ok = False
+            try:
+                yield notice(f"waiting for {name} to load")
+                listening = True
+                while not routed.is_set():
+                    message = None
+                    with anyio.move_on_after(0.1):
+                        if listening:
+                            try:
+                                message = await receive.receive()
+                            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                                listening = False
+                        else:
+                            await routed.wait()
+                    text = None if message is None else _wait_notice(message)
+                    if text is not None:
+                        yield notice(text)
+                req, outcome = decided[0]
+                if outcome.reply is not None:
+                    reply, req = outcome.reply, None
+                    yield b"data: " + json.dumps({"error": {
+                        "code": reply.status, "message": reply.message or reply.kind,
+                        "type": "server_error" if reply.status >= 500 else
+                        "invalid_request_error"}}).encode() + b"\n\n"
+                    return
+                assert outcome.forward is not None
+                yield notice(f"{name} is ready")
+                sent = await self._send(request, body, req, outcome.forward, target)
+                if isinstance(sent, Response):  # the driver has been told it ended
+                    req = None
+                    yield b"data: " + bytes(sent.body) + b"\n\n"
+                    return
+                upstream = sent
+                async for piece in upstream.aiter_raw():
+                    yield piece
+                ok = upstream.status_code < 500
+            finally:
+                gone.set()
+                self.driver.unsubscribe(send)
+                if upstream is not None:
+                    await upstream.aclose()
+                if req is not None:
+                    self.driver.ended(req, ok)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
     async def _forward(self, request: Request, body: bytearray, req: int, forward: Forward,
                        target: str) -> Response:
         """Send a routed request to its child, at the address the core's decision names, and
         relay the answer; the driver hears when the answer has ended."""
+        upstream = await self._send(request, body, req, forward, target)
+        if isinstance(upstream, Response):
+            return upstream
+        return await self._relay(upstream, req)
+
+    async def _send(self, request: Request, body: bytearray, req: int, forward: Forward,
+                    target: str) -> httpx.Response | Response:
+        """Open the routed request to its child: its answer, headers read and body streamed;
+        or the error answer if the child cannot be reached (the driver is told it ended)."""
         if self.options.debug_fake_timing:  # routed: its model counts as busy meanwhile
             await anyio.sleep(FAKE_DELAY)
         child = self.driver.children.get(forward.instance)
@@ -357,7 +465,10 @@ class RouterApp:
         except httpx.HTTPError as exc:
             self.driver.ended(req, ok=False)
             return error(502, f"could not reach the model's child: {exc}", "server_error")
+        return upstream
 
+    async def _relay(self, upstream: httpx.Response, req: int) -> Response:
+        """The child's answer as this router's; the driver hears when it has ended."""
         # A header the server in front would refuse to write (a control character, a name that
         # is not a token) is dropped: sent on, it failed the answer after it was routed.
         out_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in upstream.headers.raw
@@ -407,6 +518,23 @@ class RouterApp:
             self.driver.ended(req, ok=False)  # said already if the stream ran
 
         return _Relayed(stream, finish, status_code=upstream.status_code, headers=out_headers)
+
+
+def _wait_notice(message: dict[str, Any]) -> str | None:
+    """One line of a swap notice for a ``/models/sse`` event, or None for one not worth a line:
+    a model's status changes, its load's stages and progress (in tenths), a download's bytes."""
+    model, data = message.get("model"), message.get("data") or {}
+    status, progress = data.get("status"), data.get("progress")
+    if isinstance(progress, dict) and "current" in progress:
+        value = progress.get("value")
+        if isinstance(value, (int, float)) and (value in (0, 1) or round(value * 100) % 10 == 0):
+            return f"{model}: {progress['current']} {value:.0%}"
+        return None
+    if isinstance(progress, dict) and "stage" in progress:
+        return f"{model}: {progress['stage']}"
+    if status in ("loading", "unloading", "loaded", "failed", "unloaded"):
+        return f"{model}: {status}"
+    return None
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -461,6 +589,7 @@ class _ModelField(msgspec.Struct):
     parsed, never built (a body of a million ``{}`` costs no more than its bytes)."""
 
     model: str | None = None
+    stream: msgspec.Raw = msgspec.Raw()  # kept as its bytes: only `true` is looked for
 
 
 _MODEL_FIELD = msgspec.json.Decoder(_ModelField)
@@ -479,7 +608,10 @@ def _parse(body: bytes | bytearray) -> dict[str, Any] | Response:
         return error(400, "the request body must be a JSON object")
     except (msgspec.DecodeError, RecursionError):  # RecursionError: [[[[...]]]]
         return error(400, "the request body is not valid JSON")
-    return {} if found.model is None else {"model": found.model}
+    out: dict[str, Any] = {} if found.model is None else {"model": found.model}
+    if bytes(found.stream) == b"true":
+        out["stream"] = True
+    return out
 
 
 async def _json_body(request: Request, budget: BodyBudget | None = None

@@ -12,7 +12,7 @@ import itertools
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Coroutine, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
@@ -321,6 +321,12 @@ class Driver:
             return pending.outcome.reply
         finally:
             del self._pending[req]
+
+    def start_soon(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run ``fn`` in the driver's task group: a task that outlives the HTTP handler that
+        started it (app.py, swap notices: a route that goes on while the answer streams)."""
+        assert self._tg is not None, "Driver.run() is not running"
+        self._tg.start_soon(fn)
 
     def subscribe(self) -> tuple[MemoryObjectSendStream[dict[str, Any]], Any]:
         """A new ``/models/sse`` subscriber: it sees events from now on, no replay."""

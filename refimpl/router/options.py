@@ -167,6 +167,7 @@ class RouterOptions:
     # reference child acts on: accepted, listed once at start
     no_effect: list[str] = field(default_factory=list)
     debug_fake_timing: bool = False  # LLAMA_SERVER_DEBUG_FAKE_TIMING
+    swap_notices: bool = False  # ROUTER.md 7: a streamed chat that waits sees the load's progress
 
 
 def build_parser(prog: str = "refimpl-router") -> argparse.ArgumentParser:
@@ -217,6 +218,9 @@ def build_parser(prog: str = "refimpl-router") -> argparse.ArgumentParser:
                    help="command that starts a child; $model, $port, $host, $alias are filled "
                         "in, other flags appended; e.g. 'llama-server -m $model --port $port "
                         "--host $host' (default: our llama-cpp-python child)")
+    p.add_argument("--swap-notices", action="store_true",
+                   help="a streamed chat that waits for its model to load gets the load's "
+                        "progress as delta.reasoning_content chunks before the answer")
     p.add_argument("--download-cmd", default=DEFAULT_CHILD,
                    help="command that starts a download child (POST /models); it gets "
                         "LLAMA_SERVER_CHILD_MODE=download and LLAMA_ARG_HF_REPO=user/repo:TAG "
@@ -324,7 +328,7 @@ def parse(argv: list[str], env: Mapping[str, str] | None = None,
         limit_concurrency=known.limit_concurrency, timeout_keep_alive=known.timeout_keep_alive,
         timeout_header=known.timeout_header, max_header_size=known.max_header_size,
         trace=known.trace, no_effect=list(dict.fromkeys(no_effect)),
-        debug_fake_timing=bool(env.get(FAKE_TIMING_ENV)))
+        debug_fake_timing=bool(env.get(FAKE_TIMING_ENV)), swap_notices=known.swap_notices)
 
 
 def _words(given: flags.Given) -> list[str]:

@@ -11,7 +11,8 @@ first sentence of each docstring is the promise, as a router developer can read 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +46,7 @@ from refimpl.core.events import (
 from refimpl.core.lifecycle import Status, is_legal
 from refimpl.core.trace import At
 
-from .replay import Child, Replay, Req, history
+from .replay import Child, Replay, Req
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,23 +65,36 @@ Trace = Sequence[At]
 SLACK = 2.0
 
 
-def _walk(trace: Trace, config: RouterConfig) -> Any:
-    """Yield (entry, replay) with the replay's state from *before* the entry, then step it."""
-    replay = Replay(config)
-    for at in trace:
-        yield at, replay
-        replay.step(at)
+# Each guarantee is written as a walk: a generator given the configuration and a Replay, sent
+# each entry while the replay still holds the state from *before* it, then None, with the replay
+# at the end of the trace; it yields the list it appends its violations to, and returns it.
+# ``@_walks`` makes it the plain function over a trace that CHECKS lists; check_all (and
+# ``Checking``, for a trace that grows) sends every walk the entries of one shared replay: one
+# pass over the trace instead of one per guarantee.
+Walk = Generator[Sequence[Violation], "At | None", list[Violation]]
+Walker = Callable[[RouterConfig, Replay], Walk]
+
+
+def _walks(walker: Walker) -> Check:
+    @functools.wraps(walker)
+    def check(trace: Trace, config: RouterConfig) -> list[Violation]:
+        checking = Checking(config, {walker.__name__: walker}, chatter=True)
+        checking.feed(trace)
+        return checking.finish()
+    check.walker = walker  # type: ignore[attr-defined]
+    return check
 
 
 # -- limits and evictions ----------------------------------------------------------------------
 
-def limits_held(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def limits_held(config: RouterConfig, replay: Replay) -> Walk:
     """At no instant do more model children run than ``models_max``, or need more memory on a
     device than it has; a child asked to stop counts until it has exited, and each child counts
     with the memory its model's spec said when it was spawned (Z3, Z4, Z17). Download children
     take no slot."""
     out: list[Violation] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         if not isinstance(what, Spawn) or what.download:
             continue
@@ -99,10 +113,11 @@ def limits_held(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def busy_never_evicted(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def busy_never_evicted(config: RouterConfig, replay: Replay) -> Walk:
     """The router never evicts a child with in-flight requests, however long the wait (Z2, Z19)."""
     out: list[Violation] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         child = replay.first_stop(at.what)
         if child is not None and replay.stop_reason() == "evicted":
             busy = replay.in_flight(child.instance)
@@ -113,11 +128,12 @@ def busy_never_evicted(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def victim_is_lru(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def victim_is_lru(config: RouterConfig, replay: Replay) -> Walk:
     """An eviction takes the least recently used idle model (ready, not stopping, nothing in
     flight, no request waiting for it): last use is its last forward, response end or ready."""
     out: list[Violation] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         victim = replay.first_stop(at.what)
         if victim is None or replay.stop_reason() != "evicted" or not replay.idle(victim):
             continue  # a busy or loading victim is another guarantee's business
@@ -131,13 +147,14 @@ def victim_is_lru(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def evictions_needed(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def evictions_needed(config: RouterConfig, replay: Replay) -> Walk:
     """The router evicts only for models that wait for a load, and never more children than the
     waiting models need: with a count limit, evictions leave at most as many free slots as models
     wait; with a memory budget, the waiting models together do not fit beside the children that
     stay (Z7's bound: evictions <= slots needed)."""
     out: list[Violation] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         victim = replay.first_stop(at.what)
         if victim is None or replay.stop_reason() != "evicted":
             continue
@@ -156,12 +173,13 @@ def evictions_needed(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def loads_bounded(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def loads_bounded(config: RouterConfig, replay: Replay) -> Walk:
     """A model evicted for others is loaded again only for a demand that came after theirs, so
     loads never exceed the model switches the queue order needs (Z1's bound)."""
     out: list[Violation] = []
     evicted_for: dict[str, float] = {}  # model -> oldest demand it was evicted for
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         victim = replay.first_stop(what)
         if victim is not None:
@@ -189,14 +207,15 @@ def loads_bounded(trace: Trace, config: RouterConfig) -> list[Violation]:
 
 # -- answers -----------------------------------------------------------------------------------
 
-def answered_once(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def answered_once(config: RouterConfig, replay: Replay) -> Walk:
     """Each request is forwarded once or answered once, never both, never after its client left;
     its response ends at most once; each API call gets exactly one reply."""
     out: list[Violation] = []
     decided: dict[int, str] = {}
     ended: set[int] = set()
     calls: set[int] = set()
-    for at in trace:
+    while (at := (yield out)) is not None:
         what = at.what
         if isinstance(what, (LoadAsked, UnloadAsked, DownloadAsked, RemoveAsked)) or (
                 isinstance(what, CatalogChanged) and what.req is not None):
@@ -220,12 +239,15 @@ def answered_once(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def every_request_answered(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def every_request_answered(config: RouterConfig, replay: Replay) -> Walk:
     """Liveness: by the end of the trace every request was served, got an error or was given up
     by its client, and every API call got its reply (Z5, Z7, Z15, Z17). Run it on a trace that
     continued past the last fault."""
     out: list[Violation] = []
-    h = history(trace, config)
+    while (yield out) is not None:
+        pass
+    h = replay.history()
     for r in h.requests.values():
         if not r.ended:
             what = "request" if r.kind == "request" else f"API call ({r.kind})"
@@ -236,15 +258,37 @@ def every_request_answered(trace: Trace, config: RouterConfig) -> list[Violation
     return out
 
 
-def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, float]], float]:
-    """Each request's and API call's latest decision time: see :func:`bounded_wait`."""
-    h = history(trace, config)
+def _wait_bounds(config: RouterConfig, replay: Replay
+                 ) -> Generator[Sequence[Violation], At | None, tuple[list[tuple[Req, float]], float]]:
+    """Each request's and API call's latest decision time: see :func:`bounded_wait`. A walk
+    (sent the entries, then None), for :func:`bounded_wait` to ``yield from``."""
     stop = max((s.stop_timeout for s in config.models), default=10.0)
-    for at in trace:
+    # A request that finds its model queued joins that entry: its place in the queue is the
+    # oldest waiting request's, and what joined an entry ahead of it is work ahead of it. A
+    # request whose client left while the entry was still queued holds no place for it: the
+    # entry moves back to its oldest request still waiting. (The requests already waiting are
+    # kept by id: where each starts waiting needs the downloads of the whole trace.)
+    candidates: dict[int, list[tuple[tuple[float, float], int | None]]] = {}
+    waiting: dict[int, list[int]] = {}
+    while (at := (yield ())) is not None:
         if isinstance(at.what, CatalogChanged):
             stop = max([stop, *(s.stop_timeout for s in at.what.specs)])
         elif isinstance(at.what, DownloadAsked):  # a download's entry has the default spec
             stop = max(stop, ModelSpec(at.what.model).stop_timeout)
+        elif isinstance(at.what, RequestArrived):
+            model = replay.model_of(at.what.model)
+            asked = [(replay.asked[model], replay.asked_by[model])] if model in replay.asked \
+                else []
+            child = replay.by_model.get(model)
+            if child is not None and not child.ready and child.stop is None \
+                    and not child.download:  # it joins a load in progress: the load's place
+                asked.append(child.place)
+            # (one that waited for a download holds its place from the download's end)
+            candidates[at.what.req] = [((at.t, replay.index + 1), None),
+                                       *((key, None) for key in asked)]
+            waiting[at.what.req] = [r.req for r in replay.open_for(model)
+                                    if not replay.doomed(r)]
+    h = replay.history()
     loads = sorted((c.spawned, (c.ready_at if c.ready_at is not None else
                                 c.exited_at if c.exited_at is not None else h.end) - c.spawned)
                    for c in h.children.values() if not c.download)
@@ -262,26 +306,9 @@ def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, fl
                 return dl.exited_at if dl.exited_at is not None else float("inf")
         return r.arrived
 
-    # A request that finds its model queued joins that entry: its place in the queue is the
-    # oldest waiting request's, and what joined an entry ahead of it is work ahead of it. A
-    # request whose client left while the entry was still queued holds no place for it: the
-    # entry moves back to its oldest request still waiting.
-    candidates: dict[int, list[tuple[tuple[float, float], int | None]]] = {}
-    for at, replay in _walk(trace, config):
-        if isinstance(at.what, RequestArrived):
-            model = replay.model_of(at.what.model)
-            asked = [(replay.asked[model], replay.asked_by[model])] if model in replay.asked \
-                else []
-            child = replay.by_model.get(model)
-            if child is not None and not child.ready and child.stop is None \
-                    and not child.download:  # it joins a load in progress: the load's place
-                asked.append(child.place)
-            # (one that waited for a download holds its place from the download's end)
-            candidates[at.what.req] = [((at.t, replay.index + 1), None),
-                                       *((key, None) for key in asked),
-                                       *(((max(r.arrived, start_of(r)), r.seq), r.req)
-                                         for r in replay.open_for(model)
-                                         if not replay.doomed(r))]
+    for req, others in waiting.items():
+        candidates[req].extend(((max(r.arrived, start_of(r)), r.seq), r.req)
+                               for r in map(h.requests.__getitem__, others))
 
     def held(other: int | None, by: Req) -> bool:
         """Whether ``other`` still holds the entry's place for ``by``: it did not leave before
@@ -326,7 +353,8 @@ def _wait_bounds(trace: Trace, config: RouterConfig) -> tuple[list[tuple[Req, fl
     return out, h.end
 
 
-def bounded_wait(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def bounded_wait(config: RouterConfig, replay: Replay) -> Walk:
     """No starvation: a request is forwarded or answered no later than
     ``max(arrival, E) + T + L + SLACK``, where E is when every request that arrived before it
     had ended (the work ahead of it; a request waiting for a download starts when the download
@@ -335,7 +363,7 @@ def bounded_wait(trace: Trace, config: RouterConfig) -> list[Violation]:
     answered at once, unload and remove calls within T + SLACK. Checked at every instant of
     the trace, not only at its end."""
     out: list[Violation] = []
-    bounds, end = _wait_bounds(trace, config)
+    bounds, end = yield from _wait_bounds(config, replay)
     for r, bound in bounds:
         decided = r.decided_at if r.decided_at is not None else (
             r.ended_at if r.ended_at is not None else None)
@@ -420,7 +448,8 @@ def _catalog_clash(replay: Replay, event: CatalogChanged) -> bool:
     return False
 
 
-def errors_have_causes(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def errors_have_causes(config: RouterConfig, replay: Replay) -> Walk:
     """An error answers only a cause the trace shows: a request with no model, an unknown or
     removed model, autoload off for a model not running (when the request came, or when its
     turn came: behind a drain it waits like any other), a model too big for a device, or that
@@ -431,7 +460,7 @@ def errors_have_causes(trace: Trace, config: RouterConfig) -> list[Violation]:
     Lack of capacity is never a cause, whatever the status or kind (Z10)."""
     out: list[Violation] = []
     catalog: dict[int, bool] = {}  # catalog call -> it clashed
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         if isinstance(what, CatalogChanged) and what.req is not None:
             catalog[what.req] = _catalog_clash(replay, what)
@@ -463,7 +492,8 @@ def errors_have_causes(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def api_calls_take_effect(config: RouterConfig, replay: Replay) -> Walk:
     """An API call answered 200 did what it says: a load starts a child for the model (at once,
     or when its download or the queue lets it, unless an unload, a removal or a reload that
     made it too big for a device came first); an
@@ -528,7 +558,7 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
 
     removes: dict[int, list[Any]] = {}  # remove call -> commands since it arrived
     launched: dict[str, tuple[Child, tuple[str, ...]]] = {}
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         for cmds in removes.values():
             cmds.append(what)
@@ -568,12 +598,9 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
                 checks.append((r.req, r, (event, launched, replay.removed_now)))
             elif r.kind in ("unload", "download"):
                 checks.append((r.req, r, None))
-    replay_end = Replay(config)
-    for at in trace:
-        replay_end.step(at)
-    settle(replay_end)
+    settle(replay)  # the replay has stepped the whole trace
     for model, (t, req) in due_load.items():
-        if replay_end.usable(model) is None:
+        if replay.usable(model) is None:
             out.append(Violation("api_calls_take_effect", t, f"load {req} of {model} answered "
                                  "200 but no child was started for it"))
     return out
@@ -581,12 +608,13 @@ def api_calls_take_effect(trace: Trace, config: RouterConfig) -> list[Violation]
 
 # -- lifecycle ---------------------------------------------------------------------------------
 
-def legal_transitions(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def legal_transitions(config: RouterConfig, replay: Replay) -> Walk:
     """Every published status change is in the lifecycle table. A model the trace has not seen
     (or saw removed) starts UNLOADED, or DOWNLOADING when it is a fresh download's entry."""
     out: list[Violation] = []
     status: dict[str, Status] = {}
-    for at in trace:
+    while (at := (yield out)) is not None:
         what = at.what
         if isinstance(what, Publish) and what.event == "model_remove":
             status.pop(what.model, None)
@@ -606,7 +634,8 @@ def legal_transitions(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def exit_reaches_unloaded(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def exit_reaches_unloaded(config: RouterConfig, replay: Replay) -> Walk:
     """A child exit in any state leaves its model UNLOADED with the exit code, at once, and
     reported failed exactly when the router did not stop it and the code is not 0 (Z5)."""
     out: list[Violation] = []
@@ -618,7 +647,7 @@ def exit_reaches_unloaded(trace: Trace, config: RouterConfig) -> list[Violation]
                          f"{exited.code} but the model was not reported unloaded"
                          + (" and failed" if failed else " (not failed)"))
 
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         if due is not None:
             t, exited, model, failed = due
@@ -639,11 +668,12 @@ def exit_reaches_unloaded(trace: Trace, config: RouterConfig) -> list[Violation]
     return out
 
 
-def stop_not_failed(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def stop_not_failed(config: RouterConfig, replay: Replay) -> Walk:
     """A child the router stopped itself is not reported as failed, whatever its exit code (Z18)."""
     out: list[Violation] = []
     stopped: dict[str, int] = {}  # model -> instance whose exit status is due
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         if isinstance(what, ChildExited):
             child = replay.children.get(what.instance)
@@ -659,11 +689,12 @@ def stop_not_failed(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def loading_stops(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def loading_stops(config: RouterConfig, replay: Replay) -> Walk:
     """A LOADING child is never an eviction victim, and when unloaded it is killed at once rather
     than asked to exit (it may not read stdin before loading ends) (Z6, Z8)."""
     out: list[Violation] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         child = replay.first_stop(what)
         if child is not None and not child.ready:
@@ -678,12 +709,13 @@ def loading_stops(trace: Trace, config: RouterConfig) -> list[Violation]:
 
 # -- requests and loads ------------------------------------------------------------------------
 
-def coalesced(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def coalesced(config: RouterConfig, replay: Replay) -> Walk:
     """Requests for one model share one load: at most one child per model at once, and every load
     answers a demand (a waiting request, a load asked through the API, or load-on-startup) and
     starts what the model's source says now (its card)."""
     out: list[Violation] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         if isinstance(what, Spawn) and not what.download:
             spec = replay.specs.get(what.model)
@@ -700,12 +732,13 @@ def coalesced(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def no_thrash(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def no_thrash(config: RouterConfig, replay: Replay) -> Walk:
     """A model loaded for waiting requests serves one of them with a successful response before
     it can be evicted (Z1, Z8); waiters that left on their own do not count. Only evictions
     count: an unload asked through the API or a crash may end a child at any time."""
     out: list[Violation] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         child = replay.first_stop(at.what)
         if child is None or replay.stop_reason() != "evicted" or not child.waiters:
             continue
@@ -717,13 +750,14 @@ def no_thrash(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def fifo_between_models(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def fifo_between_models(config: RouterConfig, replay: Replay) -> Walk:
     """Arrival order is respected between models: a model is loaded only when no other model has
     waited longer for a load. A model waits from its oldest request that is neither forwarded
     nor answered while it has no child taking requests (or from a load asked for it, or from the
     end of the download its requests waited for)."""
     out: list[Violation] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         if not isinstance(what, Spawn) or what.download:
             continue
@@ -740,11 +774,12 @@ def fifo_between_models(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def never_forward_to_stopping(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def never_forward_to_stopping(config: RouterConfig, replay: Replay) -> Walk:
     """Requests go only to a child that is ready and not stopping (Z9), at the address it
     was started with."""
     out: list[Violation] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         if isinstance(what, Forward):
             child = replay.children.get(what.instance)
@@ -763,12 +798,13 @@ def never_forward_to_stopping(trace: Trace, config: RouterConfig) -> list[Violat
 
 # -- downloads and published events ------------------------------------------------------------
 
-def download_takes_no_slot(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def download_takes_no_slot(config: RouterConfig, replay: Replay) -> Walk:
     """Starting a download never stops a model: a download child takes no slot and evicts nothing
     (upstream ``test_router_download_model``)."""
     out: list[Violation] = []
     cause: object = None
-    for at in trace:
+    while (at := (yield out)) is not None:
         what = at.what
         if isinstance(what, EVENT_TYPES):
             cause = what
@@ -778,7 +814,8 @@ def download_takes_no_slot(trace: Trace, config: RouterConfig) -> list[Violation
     return out
 
 
-def download_ends_clean(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def download_ends_clean(config: RouterConfig, replay: Replay) -> Walk:
     """When a download child exits, its model is at once an ordinary UNLOADED model (the download
     finished) or gone, files included (it failed, was cancelled or crashed) (Z15)."""
     out: list[Violation] = []
@@ -801,7 +838,7 @@ def download_ends_clean(trace: Trace, config: RouterConfig) -> list[Violation]:
                                  f"not {want}"))
 
     seen: list[object] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         if isinstance(what, EVENT_TYPES) and due is not None:
             check(due[0], due[1], due[2], seen)
@@ -839,11 +876,15 @@ def _payload_problem(what: Publish, replay: Replay) -> str | None:
         if extra:
             return f"status {status} with {sorted(extra)}"
         progress = data.get("progress")
+        # the progress of a load's stage, or (llama-server's child says it as a projector
+        # starts) the bare stage: {"stage": NAME}
         if progress is not None and not (
                 isinstance(progress, dict) and isinstance(progress.get("stages"), list)
                 and isinstance(progress.get("current"), str)
                 and isinstance(progress.get("value"), (int, float))
-                and 0.0 <= progress["value"] <= 1.0):
+                and 0.0 <= progress["value"] <= 1.0) and not (
+                isinstance(progress, dict) and set(progress) == {"stage"}
+                and isinstance(progress["stage"], str)):
             return f"malformed progress {progress!r}"
         if "exit_code" in data and not isinstance(data["exit_code"], int):
             return f"exit_code {data['exit_code']!r} is not an integer"
@@ -873,12 +914,13 @@ def _payload_problem(what: Publish, replay: Replay) -> str | None:
     return f"unknown event {event!r}"
 
 
-def events_well_formed(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def events_well_formed(config: RouterConfig, replay: Replay) -> Walk:
     """What ``/models/sse`` publishes matches ROUTER.md section 4: a known event name, the model
     it is about, and its payload (a status with only the fields that status carries; download
     progress while a download runs; one result per download)."""
     out: list[Violation] = []
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         if isinstance(what, Publish):
             problem = _payload_problem(what, replay)
@@ -888,7 +930,8 @@ def events_well_formed(trace: Trace, config: RouterConfig) -> list[Violation]:
     return out
 
 
-def listing_true(trace: Trace, config: RouterConfig) -> list[Violation]:
+@_walks
+def listing_true(config: RouterConfig, replay: Replay) -> Walk:
     """``GET /models`` says what ``/models/sse`` said: every model a request can name is listed
     once (and any other listed model still has a child on its way out), with the aliases and
     the card its source gave it, the status last published for it (``unloaded`` if none was),
@@ -896,7 +939,7 @@ def listing_true(trace: Trace, config: RouterConfig) -> list[Violation]:
     published when it loaded."""
     out: list[Violation] = []
     published: dict[str, dict[str, Any]] = {}  # model -> its last status_change
-    for at, replay in _walk(trace, config):
+    while (at := (yield out)) is not None:
         what = at.what
         if isinstance(what, Publish) and what.event == "status_change":
             published[what.model] = what.data
@@ -977,12 +1020,104 @@ def without_chatter(trace: Trace) -> Trace:
     kept: list[At] = []
     last = len(trace) - 1
     for i, at in enumerate(trace):
-        kind = type(at.what)
-        if i < last and (kind is Log or (kind is ChildOutput
-                                         and type(trace[i + 1].what) in EVENT_TYPES)):
+        if i < last and _chatter(at, trace[i + 1]):
             continue
         kept.append(at)
     return kept
+
+
+def _chatter(at: At, after: At) -> bool:
+    """Whether ``at``, followed by ``after``, is chatter (see :func:`without_chatter`)."""
+    kind = type(at.what)
+    return kind is Log or (kind is ChildOutput and type(after.what) in EVENT_TYPES)
+
+
+class Checking:
+    """Every guarantee over a trace fed as it grows, through one shared replay: ``feed`` the new
+    entries as they come, ``so_far`` for the violations already certain, ``finish`` at the end.
+
+    A walk appends a violation when it reads the entry that shows it, from that entry and the
+    ones before it only, so a violation found on a part of the trace is one the whole trace
+    gives too; the end-of-trace checks (every request answered, the bound on waiting, ...) come
+    only from ``finish``. Chatter (:func:`without_chatter`) is dropped as it is recognised: each
+    entry is held until the next one shows whether it is chatter, so the walks read exactly the
+    entries that ``without_chatter`` of the whole trace keeps."""
+
+    def __init__(self, config: RouterConfig, walkers: dict[str, Walker] | None = None, *,
+                 liveness: bool = True, chatter: bool = False) -> None:
+        if walkers is None:
+            walkers = {name: check.walker for name, check in CHECKS.items()  # type: ignore[attr-defined]
+                       if liveness or name not in LIVENESS}
+        self.replay = Replay(config)
+        self._chatter = chatter  # walk every entry (one guarantee called alone)
+        self._held: At | None = None
+        self._walks: list[tuple[str, Walk]] = []
+        self._found: dict[str, Sequence[Violation]] = {}
+        self._ended: dict[str, list[Violation] | Exception] = {}  # what each walk returned or raised
+        for name, walker in walkers.items():
+            walk = walker(config, self.replay)
+            self._found[name] = next(walk)
+            self._walks.append((name, walk))
+
+    def feed(self, entries: Iterable[At]) -> None:
+        if self._chatter:
+            for at in entries:
+                self._step(at)
+            return
+        held = self._held
+        for at in entries:
+            if held is not None and not _chatter(held, at):
+                self._step(held)
+            held = at
+        self._held = held
+
+    def so_far(self) -> list[Violation]:
+        """The violations of the first guarantee (in CHECKS order) that has failed on the
+        entries walked so far: each one the whole trace gives too."""
+        for name, found in self._found.items():
+            ended = self._ended.get(name)
+            if isinstance(ended, Exception):
+                raise ended
+            if found:
+                return list(found)
+        return []
+
+    def finish(self, *, first_only: bool = False) -> list[Violation]:
+        """Every guarantee's violations on the whole trace, in CHECKS order; ``first_only``
+        stops at the first guarantee that failed. A walk that raised raises here, in its turn."""
+        if self._held is not None:  # the last entry stays, whatever it is
+            self._step(self._held)
+            self._held = None
+        self._step(None)
+        out: list[Violation] = []
+        for name in self._found:
+            found = self._ended[name]
+            if isinstance(found, Exception):
+                raise found
+            out.extend(found)
+            if out and first_only:
+                break
+        return out
+
+    def _step(self, at: At | None) -> None:
+        ended = False
+        for name, walk in self._walks:
+            try:
+                walk.send(at)
+            except StopIteration as done:  # at None, as it should
+                self._ended[name] = done.value if at is None else RuntimeError(
+                    f"{name} ended before the end of the trace")
+                ended = True
+            except Exception as exc:  # noqa: BLE001 - raised again by finish, in order
+                self._ended[name] = exc
+                ended = True
+        if ended:
+            self._walks = [(name, walk) for name, walk in self._walks if name not in self._ended]
+        if at is not None:
+            self.replay.step(at)
+        else:
+            for name, _ in self._walks:
+                self._ended[name] = RuntimeError(f"{name} did not end at the end of the trace")
 
 
 def check_all(trace: Trace, config: RouterConfig, *, liveness: bool = True,
@@ -990,12 +1125,6 @@ def check_all(trace: Trace, config: RouterConfig, *, liveness: bool = True,
     """Every guarantee; ``liveness=False`` skips the end-of-trace checks for a cut-off trace
     (``bounded_wait`` still judges every request whose bound has passed), and ``first_only``
     stops at the first guarantee that fails (a shrinker only needs a yes or no)."""
-    out: list[Violation] = []
-    trace = without_chatter(trace)
-    for name, check in CHECKS.items():
-        if name in LIVENESS and not liveness:
-            continue
-        out.extend(check(trace, config))
-        if out and first_only:
-            break
-    return out
+    checking = Checking(config, liveness=liveness)
+    checking.feed(trace)
+    return checking.finish(first_only=first_only)

@@ -360,6 +360,11 @@ class Replay:
                 if self.by_model.get(exited.model) is exited:
                     del self.by_model[exited.model]
 
+    def history(self) -> History:
+        """What the entries stepped so far did to every request, API call and child: at the
+        end of a trace, :func:`history` of it."""
+        return History(self.requests, self.every_child, self.now)
+
     def _on_api_reply(self, r: Req, reply: Reply) -> None:
         if r.kind == "load" and reply.status == 200:
             self.asked.setdefault(r.model, self.now)
@@ -389,4 +394,4 @@ def history(trace: Iterable[At], config: RouterConfig | None = None) -> History:
     replay = Replay(config)
     for at in trace:
         replay.step(at)
-    return History(replay.requests, replay.every_child, replay.now)
+    return replay.history()

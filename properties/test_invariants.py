@@ -281,3 +281,17 @@ def test_an_unload_is_judged_by_the_child_it_was_about() -> None:
     # an unload that stops nothing: its child (1, started before it) still takes requests
     stays = [*serve_a(), At(3, UnloadAsked(2, "A")), At(3, Reply(2, 200, errors.OK))]
     assert "unload 2 of A answered 200" in str(check_all(stays, ONE))
+
+
+@pytest.mark.parametrize("progress, ok", [
+    ({"stage": "mmproj_model"}, True),
+    ({"stages": ["text_model"], "current": "text_model", "value": 0.5}, True),
+    ({"stage": 3}, False), ({"stage": "mmproj_model", "value": 0.5}, False), ({}, False)])
+def test_a_loading_status_may_carry_a_bare_stage(progress: dict[str, Any], ok: bool) -> None:
+    """llama-server's child says ``{"stage": "mmproj_model"}`` as its projector starts, and its
+    router publishes it as it came: a well-formed event, as the stage's progress is."""
+    from .invariants import events_well_formed
+    trace = [*serve_a()[:1], At(0.5, Publish("A", "status_change",
+                                              {"status": "loading", "progress": progress}))]
+    found = [v for v in events_well_formed(trace, ONE) if "progress" in v.detail]
+    assert (found == []) is ok, found

@@ -12,6 +12,7 @@ from hypothesis.stateful import run_state_machine_as_test
 from refimpl.core.config import ModelSpec, RouterConfig
 
 from .machine import router_machine
+from .policy_machine import policy_machine
 
 GiB = 1024**3
 
@@ -93,3 +94,18 @@ def test_historical_policy_thrash_is_caught(policy: str) -> None:
           f"{shrunk:.1f} s\n{notes}")
     assert "busy_never_evicted" in notes or "no_thrash" in notes, notes
     assert 1 <= steps <= 10, notes
+
+
+# -- the same programs with section 7's policies on (TTLs, pins, concurrency, a queue limit:
+# a mixture drawn by each program; properties/policy_machine.py) ----------------------------------
+
+TestPoliciesOneSlot = policy_machine(three_models(1)).TestCase
+TestPoliciesOneSlot.settings = STEPS
+TestPoliciesTwoSlots = policy_machine(three_models(2)).TestCase
+TestPoliciesTwoSlots.settings = STEPS
+TestPoliciesMemory = policy_machine(MEMORY).TestCase
+TestPoliciesMemory.settings = STEPS
+TestPoliciesQueue = policy_machine(three_models(1), focus="queue").TestCase
+TestPoliciesQueue.settings = STEPS
+TestPoliciesQueueTwoSlots = policy_machine(three_models(2), focus="queue").TestCase
+TestPoliciesQueueTwoSlots.settings = STEPS

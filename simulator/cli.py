@@ -21,6 +21,7 @@ from refimpl.core.trace import At, format_trace
 from .distributed import default_workers
 from .engine import Simulation, SimResult
 from .faults import FAULT_PRESETS
+from .policies import Policies, apply, seeded
 from .workloads import WORKLOADS, make_workload
 
 if TYPE_CHECKING:
@@ -170,6 +171,20 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="seconds before a child that ignores exit is killed (default: %(default)s)")
     p.add_argument("--drain-timeout", type=positive_float, default=30.0,
                    help="drain-timeout policy: seconds blocked before force eviction")
+    section7 = p.add_argument_group("policies beyond upstream (ROUTER.md section 7; all off by "
+                                    "default)")
+    section7.add_argument("--models-ttl", type=parse_duration, default=None, metavar="TIME",
+                          help="unload a model idle this long (every model but pinned ones)")
+    section7.add_argument("--pin", type=positive_int, default=0, metavar="N",
+                          help="pin models m0..mN-1: never evicted, still counted")
+    section7.add_argument("--concurrency", type=positive_int, default=0, metavar="N",
+                          help="at most N requests in flight per model; the others wait in line")
+    section7.add_argument("--queue-max", type=positive_int, default=0, metavar="N",
+                          help="at most N requests wait; one more is answered 429")
+    section7.add_argument("--policy-mix", action="store_true",
+                          help="draw each model's TTL, pin and concurrency, the router's TTL "
+                               "and queue limit from the seed (a mixture; the options above "
+                               "are then ignored)")
     p.add_argument("--mutant", action="append", default=[], choices=list(MUTANTS),
                    metavar="ZN", help="run with a bug-zoo mutant applied (repeatable): Z1 to "
                    f"Z{len(MUTANTS)}, each described at the end of `python -m simulator run "
@@ -188,8 +203,17 @@ class RunSpec:
         for i in range(a.models):
             memory = {d: int(cap * rng.uniform(0.15, 0.5)) for d, cap in devices.items()}
             specs.append(ModelSpec(f"m{i}", memory=memory, stop_timeout=a.stop_timeout))
-        return RouterConfig(models=tuple(specs), models_max=a.models_max, devices=devices,
-                            policy=a.policy, drain_timeout=a.drain_timeout)
+        config = RouterConfig(models=tuple(specs), models_max=a.models_max, devices=devices,
+                              policy=a.policy, drain_timeout=a.drain_timeout)
+        return apply(config, self.policies(seed))
+
+    def policies(self, seed: int) -> Policies:
+        a = self.args
+        if getattr(a, "policy_mix", False):
+            return seeded(a.models, seed)
+        return Policies(ttl=getattr(a, "models_ttl", None) or 0.0, pins=getattr(a, "pin", 0),
+                        concurrency=getattr(a, "concurrency", 0),
+                        queue_max=getattr(a, "queue_max", 0))
 
     def simulation(self, seed: int, *, record: bool) -> Simulation:
         a = self.args
@@ -210,6 +234,15 @@ class RunSpec:
             parts += ["--faults-until", f"{a.faults_until:g}s"]
         for name, size in a.device:
             parts += ["--device", f"{name}={size}"]
+        if getattr(a, "policy_mix", False):
+            parts += ["--policy-mix"]
+        else:
+            for flag, value in (("--models-ttl", getattr(a, "models_ttl", None)),
+                                ("--pin", getattr(a, "pin", 0)),
+                                ("--concurrency", getattr(a, "concurrency", 0)),
+                                ("--queue-max", getattr(a, "queue_max", 0))):
+                if value:
+                    parts += [flag, f"{value:g}s" if flag == "--models-ttl" else str(value)]
         for m in a.mutant:
             parts += ["--mutant", m]
         parts += ["--seed", str(seed)]
@@ -217,9 +250,9 @@ class RunSpec:
 
 
 def _check(result: SimResult, config: RouterConfig) -> list[str]:
-    from properties.invariants import check_all
+    from properties.policy_invariants import check_policies
     assert result.trace is not None
-    return [str(v) for v in check_all(result.trace, config)]
+    return [str(v) for v in check_policies(result.trace, config)]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -250,9 +283,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not check:
         print(f"guarantees      not checked (runs over {CHECK_LIMIT:g} s need --check)")
         return 0
-    from properties.invariants import check_all
+    from properties.policy_invariants import check_policies  # every guarantee, section 7's too
     assert result.trace is not None
-    violations = check_all(result.trace, sim.config)
+    violations = check_policies(result.trace, sim.config)
     if not violations:
         print("guarantees      all held")
         return 0

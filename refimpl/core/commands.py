@@ -30,9 +30,16 @@ class Spawn:
 
 @dataclass(frozen=True, slots=True)
 class SendExit:
-    """Write the exit command to the child's stdin (graceful stop)."""
+    """Write the exit command to the child's stdin (graceful stop). ``expired``: the model was
+    idle for its TTL (an unload the router asked for, not an eviction): the driver does the
+    same; the trace says why."""
 
     instance: int
+    expired: bool = False
+
+    def __repr__(self) -> str:
+        expired = ", expired=True" if self.expired else ""
+        return f"SendExit(instance={self.instance!r}{expired})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +63,19 @@ class Forward:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Answer ``req`` directly. ``kind`` names the reason (see ``core.errors``)."""
+    """Answer ``req`` directly. ``kind`` names the reason (see ``core.errors``).
+    ``retry_after``: seconds the client should wait before it tries again (a 429), if any."""
 
     req: int
     status: int
     kind: str
     message: str = ""
+    retry_after: int | None = None
+
+    def __repr__(self) -> str:
+        retry = f", retry_after={self.retry_after!r}" if self.retry_after is not None else ""
+        return (f"Reply(req={self.req!r}, status={self.status!r}, kind={self.kind!r}, "
+                f"message={self.message!r}{retry})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +92,8 @@ class Publish:
 
 @dataclass(frozen=True, slots=True)
 class ModelView:
-    """One model as ``GET /models`` shows it: its names, its state and its card."""
+    """One model as ``GET /models`` shows it: its names, its state and its card, and the
+    policies it runs under (``ttl`` in seconds, 0: none; ``concurrency`` 0: no limit)."""
 
     name: str
     aliases: tuple[str, ...]
@@ -87,18 +102,25 @@ class ModelView:
     failed: bool = False
     exit_code: int | None = None  # after a failed exit, until the next load
     info: Mapping[str, Any] = field(default_factory=dict)  # the child's own entry, once loaded
+    ttl: float = 0.0
+    pinned: bool = False
+    concurrency: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
 
     def __reduce__(self) -> tuple[Any, ...]:  # traces are pickled (--trace)
         return (ModelView, (self.name, self.aliases, self.status, self.card, self.failed,
-                            self.exit_code, dict(self.info)))
+                            self.exit_code, dict(self.info), self.ttl, self.pinned,
+                            self.concurrency))
 
     def __repr__(self) -> str:
+        policies = "".join(f", {name}={value!r}" for name, value in (
+            ("ttl", self.ttl), ("pinned", self.pinned), ("concurrency", self.concurrency))
+            if value)
         return (f"ModelView(name={self.name!r}, aliases={self.aliases!r}, "
                 f"status={self.status!r}, card={self.card!r}, failed={self.failed!r}, "
-                f"exit_code={self.exit_code!r}, info={dict(self.info)!r})")
+                f"exit_code={self.exit_code!r}, info={dict(self.info)!r}{policies})")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,3 +11,5 @@ INSUFFICIENT_MEMORY = "insufficient_memory"
 ALREADY_EXISTS = "model_already_exists"
 DOWNLOAD_FAILED = "model_download_failed"
 REMOVED = "model_removed"
+QUEUE_FULL = "queue_full"  # 429: --queue-max requests wait already
+PINNED_OUT = "pinned_models_full"  # 503: pinned models hold every slot or byte it needs

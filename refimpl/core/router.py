@@ -8,6 +8,12 @@ a new one only after the old one has exited), and the requests that hold a refer
 (waiting for its load or forwarded to it). Requests for a model with no usable child wait in the
 scheduler's FIFO queue, one entry per model.
 
+Policies (ROUTER.md section 7, all off by default): a model idle for its TTL is unloaded
+(``next_timer`` wakes the core for it; its ``SendExit`` says ``expired``); a model's
+``concurrency`` caps the requests in flight to its child, and the others wait *in line* on the
+model, in arrival order (they keep it busy); ``--queue-max`` caps the requests that wait (in
+every phase but forwarded) and answers one more with 429. Pins are the scheduler's business.
+
 Downloads (``POST /models``) run in a *download child*: its model is DOWNLOADING, then
 DOWNLOADED, and when the child has exited it becomes an ordinary UNLOADED cache model. A download
 child never counts against the limits and is never evicted. Requests for a model still
@@ -131,8 +137,12 @@ class RouterCore:
             self.add_model(spec)
             model = self.models[spec.name]
             model.vanished = False
+            if old is not None and self._policies(old) != self._policies(spec):
+                out.append(Publish(spec.name, "policy_change", self._policies(spec)))
             if old is not None and old.launch != spec.launch and model.usable:
                 self.stop(model, now, out)  # a stale child: the next load starts the new one
+            else:
+                self._next_in_line(model, now, out)  # its concurrency may have grown
         if event.req is not None:
             out.append(Reply(event.req, 200, errors.OK))
         if reload:
@@ -148,11 +158,17 @@ class RouterCore:
         self.scheduler.queue.pop(name, None)
         self.scheduler.draining.discard(name)
 
-    @staticmethod
-    def _view(model: Model) -> ModelView:
+    def _policies(self, spec: ModelSpec) -> dict[str, Any]:
+        """What ``GET /models`` shows of the policies a model runs under, and what a
+        ``policy_change`` event publishes when a catalog change alters them."""
+        return {"ttl": self.config.ttl_of(spec), "pinned": spec.pin,
+                "concurrency": spec.concurrency}
+
+    def _view(self, model: Model) -> ModelView:
         spec = model.spec
         return ModelView(spec.name, spec.aliases, model.status.value, spec.card, model.failed,
-                         model.exit_code if model.failed else None, model.info)
+                         model.exit_code if model.failed else None, model.info,
+                         self.config.ttl_of(spec), spec.pin, spec.concurrency)
 
     def resolve(self, name: str | None) -> str | None:
         return None if name is None else self.names.get(name)
@@ -164,7 +180,22 @@ class RouterCore:
         drain = self.scheduler.drain_deadline
         if drain is not None:
             deadlines.append(drain)
+        deadlines.extend(t for t in map(self._expiry, self.instances.values()) if t is not None)
         return min(deadlines) if deadlines else None
+
+    def _expiry(self, inst: Instance) -> float | None:
+        """When the model of child ``inst`` is to be unloaded for idleness: its TTL after its
+        last use, if it has a TTL and is idle now (ready, not stopping, nothing in flight,
+        waiting or queued for it)."""
+        if inst.stopping or inst.download:
+            return None
+        model = self.models[inst.model]
+        ttl = self.config.ttl_of(model.spec)
+        if not ttl or model.instance is not inst or model.busy \
+                or model.status not in (Status.LOADED, Status.SLEEPING) \
+                or inst.model in self.scheduler.queue:
+            return None
+        return model.last_used + ttl
 
     def handle(self, event: Event, now: float) -> list[Command]:
         out: list[Command] = []
@@ -226,19 +257,37 @@ class RouterCore:
                 out.append(Reply(req, 400, errors.MODEL_NOT_LOADED,
                                  f"model {name!r} is not loaded (still downloading)"))
                 return
+            if not self._room(req, out):
+                return
             self.requests[req] = Request(name, Phase.DOWNLOAD)
             model.after_download.append(req)
             return
         if inst is not None and not inst.stopping and name not in self.scheduler.draining:
             if model.status is Status.LOADING:
-                self.requests[req] = Request(name, Phase.WAITING, autoload=autoload)
+                if not self._room(req, out):
+                    return
+                self.requests[req] = Request(name, Phase.WAITING, self.scheduler.next_seq(),
+                                             autoload)
                 model.waiters.append(req)
             else:
-                self.forward(req, model, now, out)
+                if (model.in_line or model.full) and not self._room(req, out):
+                    return
+                # (its place in arrival order: should it wait in line and its model's child
+                # die, it goes back to the queue at that place)
+                self.requests[req] = Request(name, Phase.FORWARDED, self.scheduler.next_seq(),
+                                             autoload)
+                self.send(req, model, now, out)
             return
         if not autoload and (inst is None or inst.stopping):
             out.append(Reply(req, 400, errors.MODEL_NOT_LOADED,
                              f"model {name!r} is not loaded"))
+            return
+        pinned = self.scheduler.pinned_out(model)
+        if pinned:
+            out.append(Reply(req, 503, errors.PINNED_OUT, self.scheduler.pinned_message(
+                model, pinned)))
+            return
+        if not self._room(req, out):
             return
         # Queued, also with autoload off for a draining model: it waits behind the drain like
         # any other request (or that model would never drain), and is refused if the model is
@@ -246,6 +295,49 @@ class RouterCore:
         self.requests[req] = Request(name, Phase.QUEUED, self.scheduler.next_seq(), autoload)
         self.scheduler.enqueue(name, req)
         self.scheduler.run(now, out)
+
+    def _room(self, req: int, out: list[Command]) -> bool:
+        """Whether request ``req`` may wait (``--queue-max``): if as many requests wait already,
+        it is answered 429 with Retry-After, and no waiting request is dropped for it."""
+        limit = self.config.queue_max
+        if not limit:
+            return True
+        waiting = sum(1 for r in self.requests.values() if r.phase is not Phase.FORWARDED)
+        if waiting < limit:
+            return True
+        out.append(Reply(req, 429, errors.QUEUE_FULL, f"{waiting} requests are waiting "
+                         f"already (--queue-max {limit}); try again later", retry_after=1))
+        return False
+
+    def send(self, req: int, model: Model, now: float, out: list[Command]) -> None:
+        """Send ``req`` to its model's ready child, or put it in line on the model while as
+        many requests as its ``concurrency`` allows are in flight there (arrival order)."""
+        if model.in_line or model.full:
+            self.requests[req].phase = Phase.IN_LINE
+            model.in_line.append(req)
+        else:
+            self.forward(req, model, now, out)
+
+    def _next_in_line(self, model: Model, now: float, out: list[Command]) -> None:
+        """A place is free on the model's child: the requests in line go, oldest first."""
+        while model.in_line and model.usable and not model.full:
+            self.forward(model.in_line.pop(0), model, now, out)
+
+    def _out_of_line(self, model: Model, out: list[Command]) -> None:
+        """The model's child stops or died: its requests in line go back to the queue at their
+        places in arrival order, or get the error any request for it would get now."""
+        lined, model.in_line = model.in_line, []
+        name = model.spec.name
+        for req in lined:
+            if model.removing or model.vanished:
+                self.fail_waiters([req], 404, errors.REMOVED,
+                                  f"model {name!r} was removed", out)
+            elif not self.requests[req].autoload:
+                self.fail_waiters([req], 400, errors.MODEL_NOT_LOADED,
+                                  f"model {name!r} is not loaded", out)
+            else:
+                self.requests[req] = Request(name, Phase.QUEUED, self.requests[req].seq)
+                self.scheduler.enqueue(name, req)
 
     def forward(self, req: int, model: Model, now: float, out: list[Command]) -> None:
         assert model.instance is not None
@@ -262,6 +354,7 @@ class RouterCore:
         model = self.models.get(request.model)
         if model is not None:  # None: removed while this response was still on its way
             model.forwarded.discard(req)
+            self._next_in_line(model, now, out)
             model.last_used = now
         self.scheduler.run(now, out)
 
@@ -279,6 +372,9 @@ class RouterCore:
         elif request.phase is Phase.WAITING:
             del self.requests[req]
             self.models[request.model].waiters.remove(req)
+        elif request.phase is Phase.IN_LINE:
+            del self.requests[req]
+            self.models[request.model].in_line.remove(req)
         else:
             self._release(req, now, out)
             return
@@ -291,7 +387,7 @@ class RouterCore:
                 self.requests[req].phase = Phase.WAITING
                 model.waiters.append(req)
             else:
-                self.forward(req, model, now, out)
+                self.send(req, model, now, out)
 
     def fail_waiters(self, reqs: list[int], status: int, kind: str, message: str,
                      out: list[Command]) -> None:
@@ -319,6 +415,11 @@ class RouterCore:
         if not self.scheduler.fits_alone(model):
             out.append(Reply(event.req, 507, errors.INSUFFICIENT_MEMORY,
                              f"model {name!r} needs more memory than a device has"))
+            return
+        pinned = self.scheduler.pinned_out(model)
+        if pinned:
+            out.append(Reply(event.req, 503, errors.PINNED_OUT,
+                             self.scheduler.pinned_message(model, pinned)))
             return
         self.scheduler.enqueue(name, None)
         out.append(Reply(event.req, 200, errors.OK))
@@ -414,6 +515,7 @@ class RouterCore:
             out.append(SendExit(inst.id))
             inst.kill_at = now + model.spec.stop_timeout
         self._refuse_held(model, out)
+        self._out_of_line(model, out)
 
     def _refuse_held(self, model: Model, out: list[Command]) -> None:
         """Requests with autoload off that queued behind the drain of ``model``: it stops, so
@@ -546,7 +648,7 @@ class RouterCore:
         on its way out (removed, or gone from the sources), it waits for the exit that answers
         it, as nothing will load that model again."""
         if model.usable:
-            self.forward(req, model, now, out)
+            self.send(req, model, now, out)
         elif model.removing or model.vanished:
             model.waiters.append(req)
         elif not self.requests[req].autoload:  # its child is already stopping
@@ -576,6 +678,7 @@ class RouterCore:
         model.exit_code = code
         requested = inst.stopping
         self._refuse_held(model, out)  # a child that crashed: not stopped before
+        self._out_of_line(model, out)
         model.failed = code != 0 and not requested
         self._set_status(model, Status.UNLOADED, out, exit_code=code, failed=model.failed)
         waiters, model.waiters = model.waiters, []
@@ -597,7 +700,19 @@ class RouterCore:
             if inst.kill_at is not None and inst.kill_at <= now:
                 inst.kill_at = None
                 out.append(Kill(inst.id))
+        expired = [inst for inst in self.instances.values()
+                   if (t := self._expiry(inst)) is not None and t <= now]
+        for inst in expired:
+            self._expire(inst, now, out)
         self.scheduler.on_timer(now, out)
+
+    def _expire(self, inst: Instance, now: float, out: list[Command]) -> None:
+        """Unload a model idle for its TTL: its ready child is asked to exit, as ``stop`` asks
+        it, and the trace says why (``SendExit.expired``: not an eviction). Nothing is in
+        flight, in line or queued for it, so nothing else is to be done."""
+        inst.stopping = True
+        out.append(SendExit(inst.id, expired=True))
+        inst.kill_at = now + self.models[inst.model].spec.stop_timeout
 
     # -- status ------------------------------------------------------------------------------
 

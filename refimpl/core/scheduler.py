@@ -16,6 +16,10 @@ eviction:
 - ``naive-lru``: the original router: any LOADED or SLEEPING model, busy or not.
 - ``drain-timeout``: seed 004: idle victims, but after ``drain_timeout`` seconds blocked, the LRU
   busy model is force-evicted.
+
+Under every policy a *pinned* model (``ModelSpec.pin``) is never a victim, drained or forced;
+it still takes its slot and its memory. A model that cannot fit beside the pinned models that
+run, whatever else stops, is refused at once (503, naming them): waiting would never end.
 """
 
 from __future__ import annotations
@@ -153,13 +157,41 @@ class Scheduler:
         """The model fits on every device with nothing else loaded (its spec may change)."""
         return all(model.spec.memory.get(d, 0) <= cap for d, cap in self.devices.items())
 
+    def pinned_out(self, model: Model) -> list[str]:
+        """The pinned models that leave ``model`` no room whatever else stops (by count or on
+        some device), or ``[]`` when it can fit beside them (or fits nowhere: that is a 507)."""
+        pinned = [m for m in self._counted(projected=True) if m.spec.pin and m is not model]
+        if not pinned or not self.fits_alone(model) or self._fits(model, pinned):
+            return []
+        return sorted(m.spec.name for m in pinned)
+
+    def pinned_message(self, model: Model, pinned: list[str]) -> str:
+        limit = f"--models-max {self.models_max}" if self.models_max is not None else "memory"
+        return (f"model {model.spec.name!r} cannot be loaded: the pinned models {pinned} hold "
+                f"all the room it needs ({limit}); unload one of them or unpin it")
+
+    def _refuse_pinned_out(self, out: list[Command]) -> None:
+        """Queued models that pinned models now leave no room (one was pinned by a reload, or
+        loaded ahead of them): their requests are refused rather than wait for ever."""
+        if not any(m.spec.pin for m in self._counted(projected=True)):
+            return
+        for name, entry in list(self.queue.items()):
+            model = self.core.models[name]
+            pinned = [] if model.usable else self.pinned_out(model)
+            if pinned:
+                del self.queue[name]
+                self.core.fail_waiters(entry.waiters, 503, errors.PINNED_OUT,
+                                       self.pinned_message(model, pinned), out)
+
     def _victims(self, *, busy_too: bool) -> list[Model]:
-        """Eviction candidates, least recently used first."""
+        """Eviction candidates, least recently used first. A pinned model never is one."""
         out = []
         models = self.core.models
         for inst in self.core.instances.values():
             model = models[inst.model]
             if inst.stopping or inst.download or model.instance is not inst:
+                continue
+            if model.spec.pin:
                 continue
             if model.status is Status.LOADING:  # loaded for its waiters: it serves them first
                 continue
@@ -177,6 +209,7 @@ class Scheduler:
         # drained before: a drain that moved to whichever model was least recently used at
         # each step might never finish while traffic goes on.
         self._drained_before, self.draining = self.draining, set()
+        self._refuse_pinned_out(out)
         if not self.queue:
             self.drain_deadline = None  # nothing is blocked any more
             return

@@ -35,6 +35,7 @@ class Model:
     last_used: float = 0.0
     waiters: list[int] = field(default_factory=list)  # waiting for the current load
     forwarded: set[int] = field(default_factory=set)  # in flight on the current child
+    in_line: list[int] = field(default_factory=list)  # waiting for a place (its concurrency)
     exit_code: int | None = None
     failed: bool = False
     info: dict[str, Any] = field(default_factory=dict)
@@ -46,7 +47,13 @@ class Model:
 
     @property
     def busy(self) -> bool:
-        return bool(self.waiters) or bool(self.forwarded)
+        return bool(self.waiters) or bool(self.forwarded) or bool(self.in_line)
+
+    @property
+    def full(self) -> bool:
+        """As many requests in flight as its ``concurrency`` allows: the next one waits."""
+        limit = self.spec.concurrency
+        return bool(limit) and len(self.forwarded) >= limit
 
     @property
     def usable(self) -> bool:
@@ -61,11 +68,13 @@ class Model:
 
 class Phase(enum.Enum):
     """Where a request is: waiting for its model's download, in the queue, waiting for its
-    model's load, or on its way to a child."""
+    model's load, waiting for a free place on its model's child (``concurrency``), or on its
+    way to a child. Every phase but the last is a wait (``--queue-max`` counts them)."""
 
     DOWNLOAD = "download"
     QUEUED = "queued"
     WAITING = "waiting"
+    IN_LINE = "in_line"
     FORWARDED = "forwarded"
 
 

@@ -76,7 +76,14 @@ def reply_response(reply: Reply) -> JSONResponse:
         return JSONResponse({"success": True})
     kind = "not_found_error" if reply.status == 404 else (
         "invalid_request_error" if reply.status < 500 else "server_error")
-    return error(reply.status, reply.message or reply.kind, kind)
+    return _retry_after(error(reply.status, reply.message or reply.kind, kind), reply)
+
+
+def _retry_after(response: JSONResponse, reply: Reply) -> JSONResponse:
+    """The core's ``Reply.retry_after`` (a 429 of ``--queue-max``), as the header."""
+    if reply.retry_after is not None:
+        response.headers["Retry-After"] = str(reply.retry_after)
+    return response
 
 
 class RouterApp:
@@ -99,7 +106,8 @@ class RouterApp:
         # the catalog (what GET /models lists comes from the core, through the driver).
         self.load_entries = load_entries or list
         self.spec_for = spec_for or (lambda e: ModelSpec(
-            e.name, aliases=e.aliases, launch=launch_of(e), card=card_of(e)))
+            e.name, aliases=e.aliases, launch=launch_of(e), card=card_of(e), ttl=e.ttl,
+            pin=e.pin, concurrency=e.concurrency))
         self.options = options
         self.created = int(time.time())
         # ``transport``: how the proxy reaches the children (default: TCP on 127.0.0.1); the
@@ -154,6 +162,9 @@ class RouterApp:
             "object": "model", "owned_by": "llamacpp", "created": self.created,
             "status": status, "architecture": architecture, "source": card.source,
             "can_remove": card.source == "cache"}
+        # the policies it runs under (ROUTER.md 7), each shown only when on
+        own.update((k, v) for k, v in (("ttl", view.ttl), ("pinned", view.pinned),
+                                       ("concurrency", view.concurrency)) if v)
         # The child's info only adds fields, as upstream merges it: a llama-server child started
         # without --alias reports its file path in "aliases" (docs/CONFORMANCE.md, H7).
         return own | {k: v for k, v in view.info.items() if k not in own}
@@ -329,7 +340,7 @@ class RouterApp:
             reply = outcome.reply
             kind = "not_found_error" if reply.kind == errors.MODEL_NOT_FOUND else (
                 "invalid_request_error" if reply.status < 500 else "server_error")
-            return error(reply.status, reply.message or reply.kind, kind)
+            return _retry_after(error(reply.status, reply.message or reply.kind, kind), reply)
         assert outcome.forward is not None
         try:
             return await self._forward(request, body, req, outcome.forward, target)

@@ -76,13 +76,15 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
         return ModelSpec(e.name, aliases=e.aliases, memory=estimate_need(e, devices),
                          stop_timeout=e.stop_timeout if e.stop_timeout is not None
                          else opts.stop_timeout, load_on_startup=e.load_on_startup,
-                         launch=launch_of(e), card=card_of(e))
+                         launch=launch_of(e), card=card_of(e), ttl=e.ttl, pin=e.pin,
+                         concurrency=e.concurrency)
 
     entries = {e.name: e for e in load_entries()}
     devices = device_budget(opts.models_memory_margin, opts.device_memory)
     specs = tuple(spec_for(e) for e in entries.values())
     core = RouterCore(RouterConfig(models=specs, models_max=opts.models_max, devices=devices,
-                                   autoload=opts.models_autoload, policy=opts.policy))
+                                   autoload=opts.models_autoload, policy=opts.policy,
+                                   ttl=opts.models_ttl, queue_max=opts.queue_max))
     spawner: Spawner = make_spawner(opts.child_cmd, opts.port, log)
     download_spawner: Spawner = make_download_spawner(opts.download_cmd, opts.port, log,
                                                       opts.hf_token)

@@ -153,6 +153,8 @@ class RouterOptions:
     sleep_idle_seconds: float | None = None
     offline: bool = False
     policy: str = DEFAULT_POLICY
+    models_ttl: float = 0.0  # seconds idle before a model is unloaded, 0 = never (ROUTER.md 7)
+    queue_max: int = 0  # requests that may wait at once, 0 = unlimited (ROUTER.md 7)
     child_cmd: str = DEFAULT_CHILD
     download_cmd: str = DEFAULT_CHILD
     stop_timeout: float = 10.0
@@ -212,6 +214,14 @@ def build_parser(prog: str = "refimpl-router") -> argparse.ArgumentParser:
                         "refimpl.core.trace.At) for the invariants of properties/invariants.py")
     p.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
                    help="scheduling policy (%(default)s)")
+    p.add_argument("--models-ttl", type=parse_seconds, default=0.0, metavar="SECONDS",
+                   help="unload a model that has had no request in flight or waiting for this "
+                        "long, 0 = never (%(default)s); preset key ttl sets it per model, and "
+                        "a model pinned with pin = true keeps only its own")
+    p.add_argument("--queue-max", type=_whole(0), default=0, metavar="N",
+                   help="requests that may wait (for a load, a slot or a model's concurrency) "
+                        "at once; one more is answered 429 with Retry-After, 0 = unlimited "
+                        "(%(default)s)")
     p.add_argument("--stop-timeout", type=parse_seconds, default=10.0, metavar="SECONDS",
                    help="seconds a child gets to exit before it is killed (%(default)s)")
     p.add_argument("--child-cmd", default=DEFAULT_CHILD,
@@ -322,7 +332,8 @@ def parse(argv: list[str], env: Mapping[str, str] | None = None,
         device_memory=dict(known.device_memory), models_autoload=known.models_autoload,
         api_key=known.api_key, api_keys=tuple(dict.fromkeys(keys)), hf_token=token,
         sleep_idle_seconds=known.sleep_idle_seconds,
-        offline=known.offline, policy=known.policy, child_cmd=known.child_cmd,
+        offline=known.offline, policy=known.policy, models_ttl=known.models_ttl,
+        queue_max=known.queue_max, child_cmd=known.child_cmd,
         download_cmd=known.download_cmd,
         stop_timeout=known.stop_timeout, child_args=child_args,
         limit_concurrency=known.limit_concurrency, timeout_keep_alive=known.timeout_keep_alive,

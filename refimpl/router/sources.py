@@ -34,7 +34,8 @@ from .options import MAX_SECONDS, number_problem
 
 SHARD = re.compile(r"^(?P<base>.+)-(?P<n>\d{5})-of-(?P<total>\d{5})\.gguf$")
 PRESET_ONLY = {"load-on-startup", "stop-timeout", "dedup-cache-models",
-               "child-cmd", "health", "load-timeout"}  # the last three: ROUTER.md 7
+               "child-cmd", "health", "load-timeout",  # these three and the rest: ROUTER.md 7
+               "ttl", "pin", "concurrency"}
 ROUTER_ONLY = {"--api-key", "--ssl-key-file", "--ssl-cert-file", "--models-dir",
                "--models-preset", "--models-max", "--models-memory-margin", "--models-autoload",
                "--no-models-autoload", "--host", "--port", "--alias", "-a"}
@@ -74,6 +75,11 @@ class ModelEntry:
     child_cmd: str | None = None
     health: str | None = None
     load_timeout: float | None = None
+    # the router's policies for it (ROUTER.md 7): idle TTL (None: --models-ttl), pin, the
+    # requests in flight it takes at once (0: no limit)
+    ttl: float | None = None
+    pin: bool = False
+    concurrency: int = 0
 
     def args(self) -> list[str]:
         out: list[str] = []
@@ -234,6 +240,12 @@ def read_preset(path: Path) -> tuple[dict[str, str | None], list[ModelEntry]]:
                 entry.health = value
             elif key == "load-timeout":
                 entry.load_timeout = _seconds(value, f"{where} {key}")
+            elif key == "ttl":
+                entry.ttl = _seconds(value, f"{where} {key}")
+            elif key == "pin":
+                entry.pin = _truthy(value, f"{where} {key}")
+            elif key == "concurrency":
+                entry.concurrency = _count(value, f"{where} {key}")
             elif flag == "--alias" or key == "aliases":
                 named = [a.strip() for a in value.split(",") if a.strip()]
                 # its own name, or twice, is no second model: said once
@@ -251,6 +263,16 @@ def read_preset(path: Path) -> tuple[dict[str, str | None], list[ModelEntry]]:
         if entry.dedup_cache is None:
             entry.dedup_cache = common_dedup
     return common, entries
+
+
+def _count(value: str | None, where: str) -> int:
+    try:
+        count = int(value or "")
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise SourceError(f"{where} = {value!r}: a whole number, 0 or more (0: no limit)")
+    return count
 
 
 def _one_line(text: str) -> str:

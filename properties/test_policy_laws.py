@@ -1,0 +1,258 @@
+"""Laws of the policies of ROUTER.md section 7 (queue limit, pin, idle TTL, per-model
+concurrency), each on a scripted scenario against the real core with simulated children, and
+the sweeps that hold every guarantee (``invariants.CHECKS`` and ``policy_invariants``) on random
+mixtures of them. Each law names, in its docstring, the code change that breaks it; the four
+zoo mutants (``properties/mutants/policies.py``) are each killed by the sweep alone.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from refimpl.core import errors
+from refimpl.core.commands import Forward, Listed, Publish, Reply, SendExit, Spawn
+from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.core.events import CatalogChanged, ListAsked
+from refimpl.core.router import RouterCore
+from refimpl.core.trace import At
+from simulator.engine import Simulation
+from simulator.faults import FAULT_PRESETS
+from simulator.policies import Policies, apply, seeded
+from simulator.scenario import Action, Load, Request, Unload, play
+from simulator.workloads import WORKLOADS, make_workload
+
+from .invariants import CHECKS, Violation
+from .mutants.policies import POLICY_MUTANTS, policy_mutated
+from .policy_invariants import POLICY_CHECKS, check_policies
+
+GiB = 1024**3
+BIG = [HealthCheck.large_base_example, HealthCheck.data_too_large, HealthCheck.too_slow]
+
+
+def specs(*names: str, **extra: Any) -> tuple[ModelSpec, ...]:
+    return tuple(ModelSpec(n, stop_timeout=5.0, **extra) for n in names)
+
+
+def replies(trace: list[At], status: int | None = None) -> list[Reply]:
+    return [at.what for at in trace if isinstance(at.what, Reply)
+            and (status is None or at.what.status == status)]
+
+
+def held(trace: list[At], config: RouterConfig) -> list[Violation]:
+    violations = check_policies(trace, config)
+    assert not violations, "\n".join(map(str, violations))
+    return violations
+
+
+# -- queue limit -------------------------------------------------------------------------------
+
+def test_a_full_queue_answers_429_with_retry_after_and_keeps_its_waiters() -> None:
+    """--queue-max 1: one request waits for A's load, the next gets 429 (Retry-After), and the
+    waiting one is served. Breaks if ``_room`` is not asked before a request waits."""
+    config = RouterConfig(specs("A", "B"), models_max=1, queue_max=1)
+    trace = play(config, [(0.0, Request("A")), (0.1, Request("B")), (0.2, Request("A"))])
+    refused = replies(trace, 429)
+    assert [r.req for r in refused] == [2, 3] and all(r.retry_after for r in refused)
+    assert all(r.kind == errors.QUEUE_FULL for r in refused)
+    assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1]
+    held(trace, config)
+
+
+def test_the_queue_limit_counts_waiting_requests_not_those_in_flight() -> None:
+    """Two requests in flight on A and --queue-max 1: a request for B still has room to wait.
+    Breaks when requests in flight are counted as waiting (mutant P4)."""
+    config = RouterConfig(specs("A", "B"), models_max=1, queue_max=1)
+    trace = play(config, [(0.0, Request("A", 10.0)), (2.0, Request("A", 10.0)),
+                          (5.0, Request("B"))])
+    assert not replies(trace, 429)
+    assert {at.what.req for at in trace if isinstance(at.what, Forward)} == {1, 2, 3}
+    held(trace, config)
+
+
+# -- pin ---------------------------------------------------------------------------------------
+
+def test_a_pinned_model_is_never_the_victim() -> None:
+    """Two slots, P pinned and least recently used, A idle: a request for B evicts A, not P.
+    Breaks when ``Scheduler._victims`` keeps pinned models (mutant P2)."""
+    config = RouterConfig(specs("P", pin=True) + specs("A", "B"), models_max=2)
+    trace = play(config, [(0.0, Request("P")), (3.0, Request("A")), (10.0, Request("B"))])
+    stopped = [at.what.instance for at in trace if isinstance(at.what, SendExit)]
+    spawned = {at.what.instance: at.what.model for at in trace if isinstance(at.what, Spawn)}
+    assert [spawned[i] for i in stopped] == ["A"]
+    held(trace, config)
+
+
+def test_a_request_that_pins_crowd_out_is_answered_503_at_once_naming_them() -> None:
+    """One slot held by pinned P: a request and a load for B are refused at once with 503,
+    naming P; once P is unloaded, B loads. Breaks when ``Scheduler.pinned_out`` finds no pin
+    in the way (the request waits for ever: every_request_answered)."""
+    config = RouterConfig(specs("P", pin=True) + specs("B"), models_max=1)
+    trace = play(config, [(0.0, Request("P")), (3.0, Request("B")), (3.5, Load("B")),
+                          (4.0, Unload("P")), (6.0, Request("B"))])
+    refused = replies(trace, 503)
+    assert [(r.req, r.kind) for r in refused] == [(2, errors.PINNED_OUT), (3, errors.PINNED_OUT)]
+    assert all("'P'" in r.message for r in refused)
+    assert [at.what.model for at in trace if isinstance(at.what, Spawn)] == ["P", "B"]
+    held(trace, config)
+
+
+def test_pins_count_against_memory() -> None:
+    """A pinned model's memory is taken: a model that fits only without it is refused."""
+    config = RouterConfig(specs("P", pin=True, memory={"gpu": 6 * GiB})
+                          + specs("B", memory={"gpu": 6 * GiB}), models_max=0,
+                          devices={"gpu": 10 * GiB})
+    trace = play(config, [(0.0, Request("P")), (3.0, Request("B"))])
+    assert [r.req for r in replies(trace, 503)] == [2]
+    held(trace, config)
+
+
+# -- idle TTL ----------------------------------------------------------------------------------
+
+def test_an_idle_model_is_unloaded_after_its_ttl_not_failed() -> None:
+    """--models-ttl 10: A, idle from t=1.5, is asked to exit at 11.5 and reported unloaded, not
+    failed. Breaks when ``next_timer`` leaves out ``_expiry`` (ttl_unloads_idle: overdue)."""
+    config = RouterConfig(specs("A"), ttl=10.0)
+    trace = play(config, [(0.0, Request("A"))], until=60.0)
+    expired = [(at.t, at.what.expired) for at in trace if isinstance(at.what, SendExit)]
+    assert expired == [(11.5, True)]
+    unloaded = [at.what.data for at in trace if isinstance(at.what, Publish)
+                and at.what.data.get("status") == "unloaded"]
+    assert unloaded == [{"status": "unloaded", "exit_code": 0, "failed": False}]
+    held(trace, config)
+
+
+def test_a_busy_model_outlives_its_ttl() -> None:
+    """TTL 2 s and a 30 s stream: A is unloaded 2 s after the stream ends, not during it.
+    Breaks when the TTL clock runs from the last request's start (mutant P1)."""
+    config = RouterConfig(specs("A", ttl=2.0))
+    trace = play(config, [(0.0, Request("A", 30.0))], until=60.0)
+    assert [at.t for at in trace if isinstance(at.what, SendExit)] == [33.0]
+    held(trace, config)
+
+
+def test_a_pinned_model_keeps_only_its_own_ttl() -> None:
+    """--models-ttl 5: B goes after 5 s idle, pinned P stays; pinned Q with its own ttl goes."""
+    config = RouterConfig(specs("P", pin=True) + specs("Q", pin=True, ttl=3.0) + specs("B"),
+                          models_max=0, ttl=5.0)
+    trace = play(config, [(0.0, Request("P")), (0.0, Request("Q")), (0.0, Request("B"))],
+                 until=60.0)
+    spawned = {at.what.instance: at.what.model for at in trace if isinstance(at.what, Spawn)}
+    assert sorted(spawned[at.what.instance] for at in trace
+                  if isinstance(at.what, SendExit)) == ["B", "Q"]
+    held(trace, config)
+
+
+# -- per-model concurrency ---------------------------------------------------------------------
+
+def test_concurrency_caps_requests_in_flight_and_keeps_arrival_order() -> None:
+    """concurrency 1: three requests for A go to its child one after another, in arrival
+    order. Breaks with ``len(forwarded) > limit`` in ``Model.full`` (mutant P3)."""
+    config = RouterConfig(specs("A", concurrency=1))
+    trace = play(config, [(0.0, Request("A", 2.0)), (0.1, Request("A", 2.0)),
+                          (0.2, Request("A"))])
+    assert [(at.t, at.what.req) for at in trace if isinstance(at.what, Forward)] == [
+        (1.0, 1), (3.0, 2), (5.0, 3)]
+    held(trace, config)
+
+
+def test_requests_in_line_keep_their_model_from_eviction() -> None:
+    """A at its concurrency with a request in line, B requested: A drains (its line first)
+    and only then is evicted. Breaks when a response's end does not let the next request in
+    line go (``_release`` without ``_next_in_line``: request 2 waits for ever)."""
+    config = RouterConfig(specs("A", concurrency=1) + specs("B"), models_max=1)
+    trace = play(config, [(0.0, Request("A", 5.0)), (0.1, Request("A", 5.0)),
+                          (2.0, Request("B"))])
+    order = [at.what.req for at in trace if isinstance(at.what, Forward)]
+    assert order == [1, 2, 3], order
+    held(trace, config)
+
+
+# -- what the router shows ---------------------------------------------------------------------
+
+def test_the_listing_shows_each_policy_and_a_reload_publishes_its_change() -> None:
+    """GET /models (``Listed``) carries ttl, pinned and concurrency; a catalog change that
+    alters them publishes ``policy_change``, one that does not publishes nothing."""
+    config = RouterConfig(specs("A", pin=True, concurrency=2) + specs("B"), ttl=30.0)
+    core = RouterCore(config)
+    listed = core.handle(ListAsked(1), 0.0)[0]
+    assert isinstance(listed, Listed)
+    views = {v.name: (v.ttl, v.pinned, v.concurrency) for v in listed.models}
+    assert views == {"A": (0.0, True, 2), "B": (30.0, False, 0)}
+    same = core.handle(CatalogChanged(config.models, req=2), 0.0)
+    assert not [c for c in same if isinstance(c, Publish)]
+    changed = core.handle(CatalogChanged((replace(config.models[0], pin=False),), req=3), 0.0)
+    assert [(c.model, c.event, c.data) for c in changed if isinstance(c, Publish)] == [
+        ("A", "policy_change", {"ttl": 30.0, "pinned": False, "concurrency": 2})]
+
+
+def test_all_off_by_default() -> None:
+    """No policy set: the trace is the one the same run gives with every policy explicitly off."""
+    base = RouterConfig(specs("A", "B"), models_max=1)
+    off = RouterConfig(specs("A", "B", ttl=0.0, pin=False, concurrency=0), models_max=1, ttl=0.0,
+                       queue_max=0)
+    script: list[tuple[float, Action]] = [(0.0, Request("A", 3.0)), (0.5, Request("B")),
+                                          (0.6, Request("A"))]
+    assert [repr(at) for at in play(base, script)] == [repr(at) for at in play(off, script)]
+    assert not Policies().on and ModelSpec("A").ttl is None and RouterConfig(()).queue_max == 0
+
+
+# -- sweeps: every guarantee on random mixtures of the policies --------------------------------
+
+def run_mixture(rng: random.Random, seed: int, workload: str, faults: str, models_max: int,
+                memory: bool) -> list[str]:
+    w = make_workload(workload, 4, rate=rng.choice([0.5, 2.0]), long_service=20.0)
+    devices = {"gpu0": 10 * GiB} if memory else {}
+    models = tuple(ModelSpec(name, stop_timeout=5.0,
+                             memory={"gpu0": (2 + 2 * i) * GiB} if memory else {})
+                   for i, name in enumerate(w.model_names()))
+    config = apply(RouterConfig(models=models, models_max=models_max, devices=devices,
+                                drain_timeout=10.0), seeded(4, seed))
+    sim = Simulation(config, w, replace(FAULT_PRESETS[faults], until=60.0), rng,
+                     duration=90.0, chunk_rng=random.Random(0))
+    result = sim.run()
+    assert result.trace is not None
+    return [str(v) for v in check_policies(result.trace, config)]
+
+
+def seeded_mixture(seed: int) -> list[str]:
+    """The sweep's run for ``seed``: its workload, faults, limits and policies all drawn from
+    it (replay one with ``run_mixture`` or this)."""
+    rng = random.Random(seed)
+    workload, faults = rng.choice(WORKLOADS), rng.choice(sorted(FAULT_PRESETS))
+    models_max, memory = rng.randint(0, 3), rng.random() < 0.4
+    return run_mixture(rng, seed, workload, faults, models_max, memory)
+
+
+@settings(max_examples=30, suppress_health_check=BIG)
+@given(seed=st.integers(0, 2**32))
+def test_every_guarantee_holds_with_the_policies_on(seed: int) -> None:
+    violations = seeded_mixture(seed)
+    assert not violations, f"seed {seed}:\n" + "\n".join(violations[:10])
+
+
+@pytest.mark.parametrize("mutant, guarantee", [("P1", "ttl_unloads_idle"),
+                                               ("P2", "pinned_never_evicted"),
+                                               ("P3", "concurrency_held"),
+                                               ("P4", "queue_limit_held")])
+def test_the_sweep_kills_each_policy_mutant(mutant: str, guarantee: str) -> None:
+    """Each mutant of properties/mutants/policies.py breaks its policy's guarantee within the
+    sweep's first seeds (the same seeds hold every guarantee unmutated)."""
+    with policy_mutated(mutant):
+        for seed in range(20):
+            found = [v for v in seeded_mixture(seed) if v.startswith(f"[{guarantee}]")]
+            if found:
+                print(f"{mutant}: seed {seed}: {found[0]}")
+                return
+    pytest.fail(f"{mutant} survived 20 seeds of the policy sweep")
+
+
+def test_the_policy_guarantees_are_new_names() -> None:
+    """For registering them in invariants.CHECKS: no name is taken."""
+    assert not set(POLICY_CHECKS) & set(CHECKS)
+    assert set(POLICY_MUTANTS) == {"P1", "P2", "P3", "P4"}

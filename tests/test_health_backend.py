@@ -46,7 +46,7 @@ class Router:
 
     def chat(self, model: str) -> httpx.Response:
         return self.client.post("/v1/chat/completions", json={
-            "model": model, "messages": [{"role": "user", "content": "hi"}]})
+            "model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
 
     def stop(self) -> list[int]:
         kids = children_of(self.proc.pid)

@@ -34,7 +34,7 @@ from typing import Any
 import llama_cpp
 import llama_cpp.llama_cpp as llama_low
 
-from refimpl.child import chat, detokenize, timings
+from refimpl.child import chat, context, detokenize, timings
 from refimpl.child.cli import ChildOptions
 
 log = logging.getLogger("refimpl.child")
@@ -197,7 +197,8 @@ def load_llama(options: ChildOptions, on_progress: ProgressFn,
         # llama-server turns embeddings on per batch, for the batches that embed
         # (llama_set_embeddings); generation runs without them, as without --embeddings
         llama_low.llama_set_embeddings(llama.ctx, False)
-    return timings.recorded(chat.like_llama_server(detokenize.linear(llama)), on_generation)
+    return timings.recorded(chat.like_llama_server(context.within_context(
+        detokenize.linear(llama))), on_generation)
 
 
 def read_facts(llama: llama_cpp.Llama) -> ModelFacts:

@@ -31,15 +31,18 @@ class Spawn:
 @dataclass(frozen=True, slots=True)
 class SendExit:
     """Write the exit command to the child's stdin (graceful stop). ``expired``: the model was
-    idle for its TTL (an unload the router asked for, not an eviction): the driver does the
-    same; the trace says why."""
+    idle for its TTL (an unload the router asked for, not an eviction); ``group``: the model
+    whose load it makes way for, being outside that model's group (ROUTER.md 7). The driver
+    does the same either way; the trace says why."""
 
     instance: int
     expired: bool = False
+    group: str | None = None
 
     def __repr__(self) -> str:
         expired = ", expired=True" if self.expired else ""
-        return f"SendExit(instance={self.instance!r}{expired})"
+        group = f", group={self.group!r}" if self.group is not None else ""
+        return f"SendExit(instance={self.instance!r}{expired}{group})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,7 @@ class ModelView:
     ttl: float = 0.0
     pinned: bool = False
     concurrency: int = 0
+    group: str | None = None  # its group's name, if it has one
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "info", MappingProxyType(dict(self.info)))
@@ -112,12 +116,12 @@ class ModelView:
     def __reduce__(self) -> tuple[Any, ...]:  # traces are pickled (--trace)
         return (ModelView, (self.name, self.aliases, self.status, self.card, self.failed,
                             self.exit_code, dict(self.info), self.ttl, self.pinned,
-                            self.concurrency))
+                            self.concurrency, self.group))
 
     def __repr__(self) -> str:
         policies = "".join(f", {name}={value!r}" for name, value in (
-            ("ttl", self.ttl), ("pinned", self.pinned), ("concurrency", self.concurrency))
-            if value)
+            ("ttl", self.ttl), ("pinned", self.pinned), ("concurrency", self.concurrency),
+            ("group", self.group)) if value)
         return (f"ModelView(name={self.name!r}, aliases={self.aliases!r}, "
                 f"status={self.status!r}, card={self.card!r}, failed={self.failed!r}, "
                 f"exit_code={self.exit_code!r}, info={dict(self.info)!r}{policies})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 POLICIES = ("fifo", "naive-lru", "drain-timeout")
 DEFAULT_POLICY = "fifo"
@@ -53,6 +53,28 @@ class Card:
 
 
 @dataclass(frozen=True, slots=True)
+class Group:
+    """A group of models (ROUTER.md 7, preset ``group = NAME`` and ``[group:NAME]``): its
+    members may run together; loading one first stops the running models outside it. ``swap``:
+    at most one member runs at a time (the others are outside too). ``persistent``: its
+    members are never stopped to make room for another group (count, memory and TTL still end
+    them)."""
+
+    name: str
+    swap: bool = False
+    persistent: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a group needs a name")
+
+    def __repr__(self) -> str:
+        flags = "".join(f", {k}=True" for k, v in (("swap", self.swap),
+                                                    ("persistent", self.persistent)) if v)
+        return f"Group({self.name!r}{flags})"
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     """One model the router can load.
 
@@ -72,6 +94,7 @@ class ModelSpec:
     ttl: float | None = None
     pin: bool = False
     concurrency: int = 0
+    group: Group | None = None  # None: its own group (ROUTER.md 7)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "memory", _frozen(self.memory))
@@ -87,12 +110,12 @@ class ModelSpec:
     def __reduce__(self) -> tuple[Any, ...]:  # traces are pickled (--trace)
         return (ModelSpec, (self.name, self.aliases, dict(self.memory), self.stop_timeout,
                             self.load_on_startup, self.launch, self.card, self.ttl, self.pin,
-                            self.concurrency))
+                            self.concurrency, self.group))
 
     def __repr__(self) -> str:
         policies = "".join(f", {name}={value!r}" for name, value, off in (
             ("ttl", self.ttl, None), ("pin", self.pin, False),
-            ("concurrency", self.concurrency, 0)) if value != off)
+            ("concurrency", self.concurrency, 0), ("group", self.group, None)) if value != off)
         return (f"ModelSpec(name={self.name!r}, aliases={self.aliases!r}, "
                 f"memory={dict(self.memory)!r}, stop_timeout={self.stop_timeout!r}, "
                 f"load_on_startup={self.load_on_startup!r}, launch={self.launch!r}"
@@ -129,6 +152,7 @@ class RouterConfig:
             raise ValueError("queue_max must be >= 0 (0 means unlimited)")
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; known: {', '.join(POLICIES)}")
+        groups_of(self.models)  # one group name, one setting
         names: set[str] = set()
         for spec in self.models:
             for name in (spec.name, *spec.aliases):
@@ -143,6 +167,11 @@ class RouterConfig:
                 + (f", ttl={self.ttl!r}" if self.ttl else "")
                 + (f", queue_max={self.queue_max!r}" if self.queue_max else "") + ")")
 
+    @property
+    def groups(self) -> Mapping[str, Group]:
+        """The groups its models name, by name (empty: groups are not in use)."""
+        return groups_of(self.models)
+
     def ttl_of(self, spec: ModelSpec) -> float:
         """The seconds ``spec``'s model may stay idle before it is unloaded (0: never): its own
         ``ttl``, else the router's, which a pinned model does not take (pinning it says keep
@@ -150,3 +179,14 @@ class RouterConfig:
         if spec.ttl is not None:
             return spec.ttl
         return 0.0 if spec.pin else self.ttl
+
+
+def groups_of(specs: Iterable[ModelSpec]) -> Mapping[str, Group]:
+    """The groups ``specs`` name, by name; a name given two settings is an error."""
+    out: dict[str, Group] = {}
+    for spec in specs:
+        group = spec.group
+        if group is not None and out.setdefault(group.name, group) != group:
+            raise ValueError(f"group {group.name!r} is set two ways: {out[group.name]!r} and "
+                             f"{group!r} (model {spec.name!r})")
+    return MappingProxyType(out)

@@ -12,7 +12,8 @@ Policies (ROUTER.md section 7, all off by default): a model idle for its TTL is 
 (``next_timer`` wakes the core for it; its ``SendExit`` says ``expired``); a model's
 ``concurrency`` caps the requests in flight to its child, and the others wait *in line* on the
 model, in arrival order (they keep it busy); ``--queue-max`` caps the requests that wait (in
-every phase but forwarded) and answers one more with 429. Pins are the scheduler's business.
+every phase but forwarded) and answers one more with 429. Pins and groups are the scheduler's
+business; a reload that changes a model's group publishes ``group_change``.
 
 Downloads (``POST /models``) run in a *download child*: its model is DOWNLOADING, then
 DOWNLOADED, and when the child has exited it becomes an ordinary UNLOADED cache model. A download
@@ -139,6 +140,8 @@ class RouterCore:
             model.vanished = False
             if old is not None and self._policies(old) != self._policies(spec):
                 out.append(Publish(spec.name, "policy_change", self._policies(spec)))
+            if old is not None and old.group != spec.group:
+                out.append(Publish(spec.name, "group_change", self._group(spec)))
             if old is not None and old.launch != spec.launch and model.usable:
                 self.stop(model, now, out)  # a stale child: the next load starts the new one
             else:
@@ -164,11 +167,21 @@ class RouterCore:
         return {"ttl": self.config.ttl_of(spec), "pinned": spec.pin,
                 "concurrency": spec.concurrency}
 
+    @staticmethod
+    def _group(spec: ModelSpec) -> dict[str, Any]:
+        """What a ``group_change`` event publishes when a catalog change alters a model's
+        group or its group's settings (``group`` None: it is its own group now)."""
+        group = spec.group
+        return {"group": None if group is None else group.name,
+                "swap": group is not None and group.swap,
+                "persistent": group is not None and group.persistent}
+
     def _view(self, model: Model) -> ModelView:
         spec = model.spec
         return ModelView(spec.name, spec.aliases, model.status.value, spec.card, model.failed,
                          model.exit_code if model.failed else None, model.info,
-                         self.config.ttl_of(spec), spec.pin, spec.concurrency)
+                         self.config.ttl_of(spec), spec.pin, spec.concurrency,
+                         None if spec.group is None else spec.group.name)
 
     def resolve(self, name: str | None) -> str | None:
         return None if name is None else self.names.get(name)
@@ -503,8 +516,10 @@ class RouterCore:
         model.failed = False
         out.append(Spawn(inst.id, model.spec.name, card=model.spec.card))
 
-    def stop(self, model: Model, now: float, out: list[Command]) -> None:
-        """Stop the model's child: kill it at once while LOADING, else ask it to exit."""
+    def stop(self, model: Model, now: float, out: list[Command], group: str | None = None
+             ) -> None:
+        """Stop the model's child: kill it at once while LOADING, else ask it to exit.
+        ``group``: the model it makes way for, outside whose group it is (said in the trace)."""
         inst = model.instance
         if inst is None or inst.stopping:
             return
@@ -512,7 +527,7 @@ class RouterCore:
         if model.status is Status.LOADING:  # it may read stdin only once loaded (#21814)
             out.append(Kill(inst.id))
         else:
-            out.append(SendExit(inst.id))
+            out.append(SendExit(inst.id, group=group))
             inst.kill_at = now + model.spec.stop_timeout
         self._refuse_held(model, out)
         self._out_of_line(model, out)

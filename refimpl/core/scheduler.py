@@ -20,6 +20,15 @@ eviction:
 Under every policy a *pinned* model (``ModelSpec.pin``) is never a victim, drained or forced;
 it still takes its slot and its memory. A model that cannot fit beside the pinned models that
 run, whatever else stops, is refused at once (503, naming them): waiting would never end.
+
+Groups (ROUTER.md 7, ``ModelSpec.group``), in use once any known model has one: a model with
+none is then its own group. Before the head of the queue is spawned, every model *in its way*
+must have exited (a child asked to stop counts until then): a model of another group that is
+not persistent, or another member of its own group if that group is ``swap``. Those that are
+idle are stopped at once (``SendExit.group`` names the model they make way for); busy ones
+drain under every policy (never evicted busy); a loading one first serves its waiters. A
+pinned model in the way is never stopped: the load is refused at once, like a pin that holds
+the room. With no group anywhere nothing here changes a decision.
 """
 
 from __future__ import annotations
@@ -58,8 +67,10 @@ class Effects(Protocol):
                      out: list[Command]) -> None:
         """Answer queued requests with an error."""
 
-    def stop(self, model: Model, now: float, out: list[Command]) -> None:
-        """Stop the model's child (an eviction)."""
+    def stop(self, model: Model, now: float, out: list[Command], group: str | None = None
+             ) -> None:
+        """Stop the model's child (an eviction; ``group``: to make way for that model, outside
+        whose group it is)."""
 
 
 @dataclass(slots=True)
@@ -78,6 +89,7 @@ class Scheduler:
         self.queue: dict[str, Entry] = {}  # sorted by place: arrival order
         self.drain_deadline: float | None = None
         self.draining: set[str] = set()  # busy models that take no new requests until evicted
+        self.making_way: set[str] = set()  # of those, the ones in the way of the head's group
         self._drained_before: set[str] = set()
         self._seq = 0
         config = core.config
@@ -159,16 +171,65 @@ class Scheduler:
 
     def pinned_out(self, model: Model) -> list[str]:
         """The pinned models that leave ``model`` no room whatever else stops (by count or on
-        some device), or ``[]`` when it can fit beside them (or fits nowhere: that is a 507)."""
+        some device), or that are in its group's way (never stopped for it), or ``[]`` when it
+        can fit beside them (or fits nowhere: that is a 507)."""
         pinned = [m for m in self._counted(projected=True) if m.spec.pin and m is not model]
-        if not pinned or not self.fits_alone(model) or self._fits(model, pinned):
+        if not pinned or not self.fits_alone(model):
             return []
-        return sorted(m.spec.name for m in pinned)
+        if not self._fits(model, pinned):
+            return sorted(m.spec.name for m in pinned)
+        if self.groups_on():
+            return sorted(m.spec.name for m in pinned if self.in_the_way(model, m))
+        return []
 
     def pinned_message(self, model: Model, pinned: list[str]) -> str:
+        if self.groups_on() and any(self.in_the_way(model, self.core.models[name])
+                                    for name in pinned if name in self.core.models):
+            return (f"model {model.spec.name!r} cannot be loaded: the pinned models {pinned} "
+                    f"run outside its group and are never stopped for it; unload one of them "
+                    f"or unpin it")
         limit = f"--models-max {self.models_max}" if self.models_max is not None else "memory"
         return (f"model {model.spec.name!r} cannot be loaded: the pinned models {pinned} hold "
                 f"all the room it needs ({limit}); unload one of them or unpin it")
+
+    # -- groups ------------------------------------------------------------------------------
+
+    def groups_on(self) -> bool:
+        """Groups are in use: some model the router knows names one (else, ROUTER.md 7's "all
+        off by default", no model is in another's way)."""
+        return any(m.spec.group is not None for m in self.core.models.values())
+
+    @staticmethod
+    def in_the_way(model: Model, other: Model) -> bool:
+        """``other`` must have exited before ``model`` loads (groups in use): it is outside
+        ``model``'s group (a model with none is its own) and not in a persistent group, or it
+        is another member of ``model``'s group and that group is ``swap``."""
+        if other is model:
+            return False
+        mine, theirs = model.spec.group, other.spec.group
+        if mine is not None and theirs is not None and mine.name == theirs.name:
+            return mine.swap
+        return theirs is None or not theirs.persistent
+
+    def _way(self, model: Model) -> list[Model]:
+        """The models whose children are in ``model``'s way (groups in use), those asked to
+        stop included: each counts until it has exited."""
+        if not self.groups_on():
+            return []
+        return [m for m in self._counted(projected=False) if self.in_the_way(model, m)]
+
+    def _make_way(self, model: Model, way: list[Model], now: float,
+                  out: list[Command]) -> None:
+        """The models in ``model``'s way go: the idle ones now, the busy ones drain (whatever
+        the policy: none is evicted busy), a loading one first serves its waiters."""
+        for other in way:
+            inst = other.instance
+            if inst is None or inst.stopping or other.spec.pin:
+                continue  # going already; a pin in the way refuses the load instead
+            if other.status in (Status.LOADED, Status.SLEEPING) and not other.busy:
+                self.core.stop(other, now, out, group=model.spec.name)
+            elif other.status is not Status.LOADING:
+                self.making_way.add(other.spec.name)
 
     def _refuse_pinned_out(self, out: list[Command]) -> None:
         """Queued models that pinned models now leave no room (one was pinned by a reload, or
@@ -209,6 +270,7 @@ class Scheduler:
         # drained before: a drain that moved to whichever model was least recently used at
         # each step might never finish while traffic goes on.
         self._drained_before, self.draining = self.draining, set()
+        self.making_way = set()
         self._refuse_pinned_out(out)
         if not self.queue:
             self.drain_deadline = None  # nothing is blocked any more
@@ -216,6 +278,7 @@ class Scheduler:
         self._spawn_heads(now, out)
         # The victims' slots free up when their children exit, and the exit runs this again.
         blocked = self._plan_evictions(now, out) if self.queue else False
+        self.draining |= self.making_way
         if blocked and self.drain_fallback:
             if self.drain_deadline is None:
                 self.drain_deadline = now + self.drain_timeout
@@ -232,12 +295,18 @@ class Scheduler:
                     del self.queue[name]
                     core.join(model, entry.waiters, now, out)
                     continue
-                return  # its old child is still stopping: wait for the exit
+                # its old child is still stopping: wait for the exit, making way meanwhile
+                self._make_way(model, self._way(model), now, out)
+                return
             if not self.fits_alone(model):
                 del self.queue[name]
                 core.fail_waiters(entry.waiters, 507, errors.INSUFFICIENT_MEMORY,
                                   f"model {name!r} needs more memory than a device has", out)
                 continue
+            way = self._way(model)
+            if way:  # a child asked to stop is in the way until it has exited
+                self._make_way(model, way, now, out)
+                return
             if not self._fits(model, self._counted(projected=False)):
                 return
             del self.queue[name]
@@ -257,12 +326,16 @@ class Scheduler:
         chosen: list[Model] = []
         blocked_entry: str | None = None
         self.draining.clear()
+        groups = self.groups_on()
         for name in self.queue:
             model = self.core.models[name]
             if not self.fits_alone(model):
                 continue
             if model.usable and model in running:
                 continue  # a draining model: its child takes these requests when they come up
+            if groups:  # what is in its group's way will have gone when it loads
+                running = [m for m in running if not self.in_the_way(model, m)]
+                victims = [m for m in victims if m in running]
             taken: list[Model] = []
             while not self._fits(model, running) and victims:
                 victim = victims.pop(0)

@@ -107,7 +107,7 @@ class RouterApp:
         self.load_entries = load_entries or list
         self.spec_for = spec_for or (lambda e: ModelSpec(
             e.name, aliases=e.aliases, launch=launch_of(e), card=card_of(e), ttl=e.ttl,
-            pin=e.pin, concurrency=e.concurrency))
+            pin=e.pin, concurrency=e.concurrency, group=e.group))
         self.options = options
         self.created = int(time.time())
         # ``transport``: how the proxy reaches the children (default: TCP on 127.0.0.1); the
@@ -164,7 +164,8 @@ class RouterApp:
             "can_remove": card.source == "cache"}
         # the policies it runs under (ROUTER.md 7), each shown only when on
         own.update((k, v) for k, v in (("ttl", view.ttl), ("pinned", view.pinned),
-                                       ("concurrency", view.concurrency)) if v)
+                                       ("concurrency", view.concurrency),
+                                       ("group", view.group)) if v)
         # The child's info only adds fields, as upstream merges it: a llama-server child started
         # without --alias reports its file path in "aliases" (docs/CONFORMANCE.md, H7).
         return own | {k: v for k, v in view.info.items() if k not in own}

@@ -77,7 +77,7 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
                          stop_timeout=e.stop_timeout if e.stop_timeout is not None
                          else opts.stop_timeout, load_on_startup=e.load_on_startup,
                          launch=launch_of(e), card=card_of(e), ttl=e.ttl, pin=e.pin,
-                         concurrency=e.concurrency)
+                         concurrency=e.concurrency, group=e.group)
 
     entries = {e.name: e for e in load_entries()}
     devices = device_budget(opts.models_memory_margin, opts.device_memory)

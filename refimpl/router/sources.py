@@ -11,6 +11,8 @@ preset parser takes it (common/preset.cpp). A section may name its model by ``hf
 when the cache does not hold it, the repo is handed to the child, which fetches it as it loads;
 and with ``dedup-cache-models`` the cache entry of that same file is hidden from ``GET /models``
 (still routed), as upstream does (server-models.cpp, ``load_models``).
+A ``[group:NAME]`` section is no model: it sets its group's ``swap`` and ``persistent``
+(ROUTER.md 7); a model section joins it with ``group = NAME``.
 
 What the sources say is checked here, before a core is built from it, so that start-up and
 ``GET /models?reload=1`` refuse it alike with one line naming the file, section and key
@@ -28,14 +30,16 @@ from pathlib import Path
 
 from refimpl import flags
 from refimpl.cache import PREFERRED_TAGS, BadName, CachedModel, list_cached, split_name
-from refimpl.core.config import Card
+from refimpl.core.config import Card, Group
 
 from .options import MAX_SECONDS, number_problem
 
 SHARD = re.compile(r"^(?P<base>.+)-(?P<n>\d{5})-of-(?P<total>\d{5})\.gguf$")
 PRESET_ONLY = {"load-on-startup", "stop-timeout", "dedup-cache-models",
                "child-cmd", "health", "load-timeout",  # these three and the rest: ROUTER.md 7
-               "ttl", "pin", "concurrency"}
+               "ttl", "pin", "concurrency", "group"}
+GROUP_SECTION = "group:"  # ``[group:NAME]``: a group's settings (ROUTER.md 7), not a model
+GROUP_KEYS = ("swap", "persistent")
 ROUTER_ONLY = {"--api-key", "--ssl-key-file", "--ssl-cert-file", "--models-dir",
                "--models-preset", "--models-max", "--models-memory-margin", "--models-autoload",
                "--no-models-autoload", "--host", "--port", "--alias", "-a"}
@@ -80,6 +84,7 @@ class ModelEntry:
     ttl: float | None = None
     pin: bool = False
     concurrency: int = 0
+    group: Group | None = None  # preset ``group = NAME`` with its ``[group:NAME]`` settings
 
     def args(self) -> list[str]:
         out: list[str] = []
@@ -208,9 +213,22 @@ def read_preset(path: Path) -> tuple[dict[str, str | None], list[ModelEntry]]:
     common: dict[str, str | None] = {}
     entries: list[ModelEntry] = []
     common_dedup: bool | None = None
+    groups: dict[str, Group] = {}  # [group:NAME] sections
+    members: dict[str, str] = {}  # model section -> the group it names
     for section in parser.sections():
         items = {_PRESET_ENV.get(k, k): v for k, v in parser.items(section)}
         where = f"--models-preset {path}: [{section}]"
+        if section.startswith(GROUP_SECTION):
+            name = section[len(GROUP_SECTION):].strip()
+            if not name:
+                raise SourceError(f"{where}: a group section needs a name ([group:NAME])")
+            for key in items:
+                if key not in GROUP_KEYS:
+                    raise SourceError(f"{where} {key}: a group section takes only "
+                                      f"{', '.join(GROUP_KEYS)}")
+            groups[name] = Group(name, *(_truthy(items[k], f"{where} {k}") if k in items
+                                         else False for k in GROUP_KEYS))
+            continue
         if section == "*":
             common = {_key_to_flag(k): _checked_value(where, k, v) for k, v in items.items()
                       if k not in PRESET_ONLY}
@@ -246,6 +264,10 @@ def read_preset(path: Path) -> tuple[dict[str, str | None], list[ModelEntry]]:
                 entry.pin = _truthy(value, f"{where} {key}")
             elif key == "concurrency":
                 entry.concurrency = _count(value, f"{where} {key}")
+            elif key == "group":
+                if not (value or "").strip():
+                    raise SourceError(f"{where} group: empty")
+                members[section] = value.strip()
             elif flag == "--alias" or key == "aliases":
                 named = [a.strip() for a in value.split(",") if a.strip()]
                 # its own name, or twice, is no second model: said once
@@ -262,6 +284,9 @@ def read_preset(path: Path) -> tuple[dict[str, str | None], list[ModelEntry]]:
     for entry in entries:  # [*] says it for every section that does not
         if entry.dedup_cache is None:
             entry.dedup_cache = common_dedup
+        if entry.name in members:  # a group with no section of its own: neither swap nor kept
+            name = members[entry.name]
+            entry.group = groups.get(name, Group(name))
     return common, entries
 
 

@@ -110,7 +110,8 @@ def pin(config: RouterConfig) -> RouterConfig:
 
 def groups(config: RouterConfig) -> RouterConfig:
     """Models in pairs: m0 and m1 are group g0, m2 and m3 g1, and so on."""
-    return _specs(config, lambda i, s: with_field(s, ("group",), f"g{i // 2}"))
+    from refimpl.core.config import Group
+    return _specs(config, lambda i, s: with_field(s, ("group",), Group(f"g{i // 2}")))
 
 
 @dataclass(frozen=True)

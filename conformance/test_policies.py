@@ -4,7 +4,7 @@ against the reference router started from its command. llama-server has none of 
 reference router are (``test_sources.py``).
 
 Each test ends by checking the router's own trace (``--trace``, written when it stops) against
-every guarantee, section 7's included (``properties.policy_invariants.check_policies``)."""
+every guarantee, section 7's included (``properties.invariants.check_all``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import pytest
 
-from properties.policy_invariants import check_policies
+from properties.invariants import check_all
 from refimpl.core.commands import Listed
 from refimpl.core.config import ModelSpec, RouterConfig
 
@@ -49,7 +49,7 @@ def trace_holds(router: Router, trace: Path, **config: Any) -> None:
     names |= {view.name for at in entries if isinstance(at.what, Listed)
               for view in at.what.models}
     specs = tuple(ModelSpec(n, **config.pop(n, {})) for n in sorted(names))
-    violations = check_policies(entries, RouterConfig(models=specs, **config))
+    violations = check_all(entries, RouterConfig(models=specs, **config))
     assert not violations, "\n".join(map(str, violations))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from refimpl.core import errors
 from refimpl.core.commands import Forward, Listed, ModelView, Publish, Reply, SendExit, Spawn
-from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.core.config import Group, ModelSpec, RouterConfig
 from refimpl.core.events import (ChildExited, DownloadAsked, ListAsked, LoadAsked, RequestArrived,
                                  ResponseEnded, TimerFired, UnloadAsked)
 from refimpl.core.trace import At
@@ -24,6 +24,16 @@ ONE = RouterConfig(models=(ModelSpec("A", stop_timeout=5.0), ModelSpec("B", stop
 MEM = RouterConfig(models=(ModelSpec("A", memory={"gpu": 6 * GiB}, stop_timeout=5.0),
                            ModelSpec("B", memory={"gpu": 6 * GiB}, stop_timeout=5.0)),
                    models_max=0, devices={"gpu": 10 * GiB})
+
+# ROUTER.md section 7: a pinned model, a model with an idle TTL and a concurrency of one
+PIN = RouterConfig(models=(ModelSpec("P", pin=True, stop_timeout=5.0),
+                           ModelSpec("B", stop_timeout=5.0)), models_max=1)
+TTL = RouterConfig(models=(ModelSpec("A", ttl=10.0, stop_timeout=5.0),), models_max=1)
+LINE = RouterConfig(models=(ModelSpec("A", concurrency=1, stop_timeout=5.0),), models_max=1)
+QUEUE = RouterConfig(models=ONE.models, models_max=1, queue_max=2)
+# ROUTER.md section 7's groups: A in group chat, B in its own (no count limit)
+GROUPS = RouterConfig(models=(ModelSpec("A", group=Group("chat"), stop_timeout=5.0),
+                              ModelSpec("B", stop_timeout=5.0)), models_max=0)
 
 LOADED = {"status": "loaded", "info": {}}
 
@@ -113,6 +123,21 @@ BROKEN: dict[str, tuple[RouterConfig, list[At]]] = {
     "listing_true": (ONE, [*serve_a(), At(3, ListAsked(2)), At(3, Listed(2, (
         ModelView("A", (), "unloaded"), ModelView("B", (), "unloaded"),
         ModelView("C", (), "unloaded"))))]),
+    "pinned_never_evicted": (PIN, [At(0, RequestArrived(1, "P")), At(0, Spawn(1, "P")),
+                                   At(1, loaded("P")), At(1, Forward(1, "P", 1)),
+                                   At(2, ResponseEnded(1)), At(3, RequestArrived(2, "B")),
+                                   At(3, SendExit(1))]),  # P evicted for B
+    "ttl_unloads_idle": (TTL, [*serve_a()[:5], At(11, TimerFired()),
+                               At(11, SendExit(1, expired=True))]),  # request 1 in flight
+    "concurrency_held": (LINE, [At(0, RequestArrived(1, "A")), At(0, RequestArrived(2, "A")),
+                                At(0, Spawn(1, "A")), At(1, loaded("A")),
+                                At(1, Forward(1, "A", 1)), At(1, Forward(2, "A", 1))]),
+    "queue_limit_held": (QUEUE, [At(0, RequestArrived(1, "A")), At(0, Spawn(1, "A")),
+                                 At(0.5, RequestArrived(2, "B")),
+                                 At(0.5, Reply(2, 429, errors.QUEUE_FULL, "full",
+                                               retry_after=1))]),  # one waits, two may
+    "groups_held": (GROUPS, [*serve_a(), At(3, RequestArrived(2, "B")),
+                             At(3, Spawn(2, "B"))]),  # A (chat) still runs in B's way
 }
 
 

@@ -1,5 +1,5 @@
-"""The router's guarantees (ROUTER.md sections 4 and 6, BUGZOO.md), each a plain function over a
-trace.
+"""The router's guarantees (ROUTER.md sections 4, 6 and 7, BUGZOO.md), each a plain function over
+a trace.
 
 Every function takes a trace (a sequence of ``At``) and the router's configuration, and returns
 the list of its violations, empty when the guarantee held. They read nothing but the trace, so the
@@ -63,6 +63,19 @@ Trace = Sequence[At]
 # Virtual seconds a child may take to exit after it was killed or asked to exit, and for the
 # router to act on an event: what the bounds below allow beyond the stop timeouts and loads.
 SLACK = 2.0
+# A first stop the scheduler makes for another model's load: an eviction for room, or a stop
+# that makes way for a model whose group the child is in the way of (ROUTER.md 7). Both spare a
+# busy, loading or pinned child ("busy ones drain ... never evicted busy"; "a loading one first
+# serves its waiters"; a pin is "never chosen as an eviction victim or stopped for a group");
+# only an eviction answers to the count, the memory and the LRU order.
+FOR_ANOTHER = ("evicted", "grouped")
+
+
+def _stopped(what: object) -> str:
+    """How a violation names a stop for another model: "evicted", or the group's way."""
+    if isinstance(what, SendExit) and what.group is not None:
+        return f"stopped (making way for {what.group})"
+    return "evicted"
 
 
 # Each guarantee is written as a walk: a generator given the configuration and a Replay, sent
@@ -115,15 +128,17 @@ def limits_held(config: RouterConfig, replay: Replay) -> Walk:
 
 @_walks
 def busy_never_evicted(config: RouterConfig, replay: Replay) -> Walk:
-    """The router never evicts a child with in-flight requests, however long the wait (Z2, Z19)."""
+    """The router never evicts a child with in-flight requests, however long the wait (Z2, Z19),
+    nor stops one to make way for another group (ROUTER.md 7: busy ones drain)."""
     out: list[Violation] = []
     while (at := (yield out)) is not None:
         child = replay.first_stop(at.what)
-        if child is not None and replay.stop_reason() == "evicted":
+        if child is not None and replay.stop_reason(at.what) in FOR_ANOTHER:
             busy = replay.in_flight(child.instance)
             if busy:
                 out.append(Violation("busy_never_evicted", at.t,
-                                     f"evicted {child.model} (instance {child.instance}) with "
+                                     f"{_stopped(at.what)} {child.model} (instance "
+                                     f"{child.instance}) with "
                                      f"requests {[r.req for r in busy]} in flight"))
     return out
 
@@ -131,15 +146,17 @@ def busy_never_evicted(config: RouterConfig, replay: Replay) -> Walk:
 @_walks
 def victim_is_lru(config: RouterConfig, replay: Replay) -> Walk:
     """An eviction takes the least recently used idle model (ready, not stopping, nothing in
-    flight, no request waiting for it): last use is its last forward, response end or ready."""
+    flight, no request waiting for it): last use is its last forward, response end or ready. A
+    pinned model is never a candidate (ROUTER.md 7), however long it has been idle: it is not
+    the LRU model passed over (``pinned_never_evicted`` judges its own eviction)."""
     out: list[Violation] = []
     while (at := (yield out)) is not None:
         victim = replay.first_stop(at.what)
-        if victim is None or replay.stop_reason() != "evicted" or not replay.idle(victim):
+        if victim is None or replay.stop_reason(at.what) != "evicted" or not replay.idle(victim):
             continue  # a busy or loading victim is another guarantee's business
         used = replay.last_used.get(victim.model, 0.0)
         older = sorted(c.model for c in replay.children.values()
-                       if c is not victim and replay.idle(c)
+                       if c is not victim and replay.idle(c) and not replay.pinned(c.model)
                        and replay.last_used.get(c.model, 0.0) < used)
         if older:
             out.append(Violation("victim_is_lru", at.t, f"evicted {victim.model} (last used "
@@ -156,7 +173,7 @@ def evictions_needed(config: RouterConfig, replay: Replay) -> Walk:
     out: list[Violation] = []
     while (at := (yield out)) is not None:
         victim = replay.first_stop(at.what)
-        if victim is None or replay.stop_reason() != "evicted":
+        if victim is None or replay.stop_reason(at.what) != "evicted":
             continue
         waiting = replay.demand()
         staying = [c for c in replay.children.values() if not c.download and c.stop is None]
@@ -183,7 +200,7 @@ def loads_bounded(config: RouterConfig, replay: Replay) -> Walk:
         what = at.what
         victim = replay.first_stop(what)
         if victim is not None:
-            if replay.stop_reason() == "evicted":
+            if replay.stop_reason(what) in FOR_ANOTHER:  # a group's way too
                 others = [t for m, (t, _) in replay.demand().items() if m != victim.model]
                 evicted_for[victim.model] = min(others, default=at.t)
             else:
@@ -270,9 +287,15 @@ def _wait_bounds(config: RouterConfig, replay: Replay
     # kept by id: where each starts waiting needs the downloads of the whole trace.)
     candidates: dict[int, list[tuple[tuple[float, float], int | None]]] = {}
     waiting: dict[int, list[int]] = {}
+    # Models with a concurrency limit (ROUTER.md 7) at some point: their requests go to the
+    # child N at a time, in arrival order (in line, or back to the queue at their own places
+    # when the child stops or dies), so one that joins an entry or a load, and takes its
+    # place, still waits behind every request of its model that came before it.
+    limited = {s.name for s in config.models if s.concurrency}
     while (at := (yield ())) is not None:
         if isinstance(at.what, CatalogChanged):
             stop = max([stop, *(s.stop_timeout for s in at.what.specs)])
+            limited.update(s.name for s in at.what.specs if s.concurrency)
         elif isinstance(at.what, DownloadAsked):  # a download's entry has the default spec
             stop = max(stop, ModelSpec(at.what.model).stop_timeout)
         elif isinstance(at.what, RequestArrived):
@@ -286,8 +309,17 @@ def _wait_bounds(config: RouterConfig, replay: Replay
             # (one that waited for a download holds its place from the download's end)
             candidates[at.what.req] = [((at.t, replay.index + 1), None),
                                        *((key, None) for key in asked)]
-            waiting[at.what.req] = [r.req for r in replay.open_for(model)
-                                    if not replay.doomed(r)]
+            # Requests open for a model whose ready child has a concurrency limit wait *in line*
+            # on that child (ROUTER.md 7), in no queue entry: one that comes after them goes
+            # in line behind them, or, if its model drains, to the queue behind the entry the
+            # drain is for, which may be newer than they are; either way it has no earlier
+            # place than its own.
+            spec = replay.specs.get(model)
+            usable = replay.usable(model)
+            in_line = spec is not None and bool(spec.concurrency) and usable is not None \
+                and usable.ready
+            waiting[at.what.req] = [] if in_line else [
+                r.req for r in replay.open_for(model) if not replay.doomed(r)]
     h = replay.history()
     loads = sorted((c.spawned, (c.ready_at if c.ready_at is not None else
                                 c.exited_at if c.exited_at is not None else h.end) - c.spawned)
@@ -332,6 +364,15 @@ def _wait_bounds(config: RouterConfig, replay: Replay
         start = start_of(r)
         keys[r.req] = (start, r.seq) if start > r.arrived else place.get(r.req, (r.arrived, r.seq))
     starts = {req: key[0] for req, key in keys.items()}
+    # For a model with a concurrency limit: the latest end among its requests that came before
+    # each one (the line ahead of it on its model's child).
+    before: dict[int, float] = {}
+    line_end: dict[str, float] = {}
+    for r in h.requests.values():  # in arrival order
+        if r.kind == "request" and r.model in limited:
+            before[r.req] = line_end.get(r.model, 0.0)
+            end = r.ended_at if r.ended_at is not None else float("inf")
+            line_end[r.model] = max(line_end.get(r.model, 0.0), end)
     reqs = sorted(h.requests.values(), key=lambda r: keys[r.req])
     out: list[tuple[Req, float]] = []
     ahead = 0.0  # the latest end among the requests whose place in the queue is ahead
@@ -342,7 +383,7 @@ def _wait_bounds(config: RouterConfig, replay: Replay
             first = bisect.bisect_left(spawns, start - longest)
             last = bisect.bisect_right(spawns, decided)
             load = sum(d for t, d in loads[first:last] if t + d >= start)
-            out.append((r, max(start, ahead) + stop + load + SLACK))
+            out.append((r, max(start, ahead, before.get(r.req, 0.0)) + stop + load + SLACK))
         elif r.kind in ("unload", "remove"):
             out.append((r, r.arrived + stop + SLACK))
         else:
@@ -395,6 +436,8 @@ def _event_error_cause(r: Req, reply: Reply, replay: Replay,
     cause = replay.cause
     if reply.status == 507 and replay.too_big(r.model):
         return 507, errors.INSUFFICIENT_MEMORY
+    if reply.kind == errors.PINNED_OUT and replay.pinned_out(r.model):
+        return 503, errors.PINNED_OUT  # on arrival, or queued when pins crowd it out
     if isinstance(cause, RequestArrived) and cause.req == r.req:
         if not r.name:
             return 400, errors.INVALID_REQUEST
@@ -403,6 +446,9 @@ def _event_error_cause(r: Req, reply: Reply, replay: Replay,
         autoload = config.autoload if r.autoload is None else r.autoload
         if not autoload and replay.usable(r.model) is None:
             return 400, errors.MODEL_NOT_LOADED
+        # (the replay counts the request itself among those waiting)
+        if config.queue_max and replay.waiting() - 1 >= config.queue_max:
+            return 429, errors.QUEUE_FULL
         return None
     if isinstance(cause, ChildExited):
         child = replay.every_child.get(cause.instance)
@@ -434,6 +480,8 @@ def _call_error_cause(r: Req, reply: Reply, replay: Replay,
             return 400, errors.ALREADY_RUNNING
         if replay.too_big(r.model):
             return 507, errors.INSUFFICIENT_MEMORY
+        if replay.pinned_out(r.model):
+            return 503, errors.PINNED_OUT
     return None
 
 
@@ -457,7 +505,11 @@ def errors_have_causes(config: RouterConfig, replay: Replay) -> Walk:
     model is unknown, already running (load), not running (unload) or already exists
     (download), or when a catalog change names a model twice. Each error has the status and the
     kind (``refimpl.core.errors``) of its cause and a message, and a success is 200 ``ok``.
-    Lack of capacity is never a cause, whatever the status or kind (Z10)."""
+    Lack of capacity is never a cause, whatever the status or kind (Z10), but for the policies
+    of ROUTER.md 7: a request that arrives while ``--queue-max`` requests wait is refused 429
+    ``queue_full``, and a request or load that the pinned models running leave no room (on
+    arrival, or queued when pins crowd it out), or that a pinned model running blocks (groups:
+    in its way, never stopped for it) 503 ``pinned_models_full``."""
     out: list[Violation] = []
     catalog: dict[int, bool] = {}  # catalog call -> it clashed
     while (at := (yield out)) is not None:
@@ -500,9 +552,12 @@ def api_calls_take_effect(config: RouterConfig, replay: Replay) -> Walk:
     unload leaves the model with no child that takes requests but one started for a later demand; a download starts a download
     child; a removal publishes ``model_remove`` and removes the files; a catalog change makes
     every new name resolve and leaves no removed or changed model's old child taking requests,
-    and a reload of the sources (``reload``) publishes ``models_reload`` once."""
+    and a reload of the sources (``reload``) publishes ``models_reload`` once. A load that the
+    pinned models running leave no room after its 200, or block in its group's way, is not
+    owed: the router drops it (ROUTER.md 7, pin, groups)."""
     out: list[Violation] = []
-    due_load: dict[str, tuple[float, int]] = {}  # model -> (when, call) of a 200 load
+    # model -> (when, call, trace index) of a 200 load
+    due_load: dict[str, tuple[float, int, int]] = {}
     checks: list[tuple[int, Req, Any]] = []  # (call, request, what to check after the event)
     seen: list[Any] = []  # commands of the current event
 
@@ -589,7 +644,7 @@ def api_calls_take_effect(config: RouterConfig, replay: Replay) -> Walk:
             if r is None:
                 continue
             if r.kind == "load":
-                due_load.setdefault(r.model, (at.t, r.req))
+                due_load.setdefault(r.model, (at.t, r.req, replay.index))
             elif r.kind == "remove":
                 checks.append((r.req, r, removes.pop(r.req, [])))
             elif r.kind == "catalog":
@@ -599,8 +654,9 @@ def api_calls_take_effect(config: RouterConfig, replay: Replay) -> Walk:
             elif r.kind in ("unload", "download"):
                 checks.append((r.req, r, None))
     settle(replay)  # the replay has stepped the whole trace
-    for model, (t, req) in due_load.items():
-        if replay.usable(model) is None:
+    for model, (t, req, index) in due_load.items():
+        pinned_out = replay.pinned_asks.get(model, -1) > index or replay.pinned_out(model)
+        if replay.usable(model) is None and not pinned_out:
             out.append(Violation("api_calls_take_effect", t, f"load {req} of {model} answered "
                                  "200 but no child was started for it"))
     return out
@@ -691,16 +747,17 @@ def stop_not_failed(config: RouterConfig, replay: Replay) -> Walk:
 
 @_walks
 def loading_stops(config: RouterConfig, replay: Replay) -> Walk:
-    """A LOADING child is never an eviction victim, and when unloaded it is killed at once rather
+    """A LOADING child is never an eviction victim nor stopped for a group (it first serves its
+    waiters, ROUTER.md 7), and when unloaded it is killed at once rather
     than asked to exit (it may not read stdin before loading ends) (Z6, Z8)."""
     out: list[Violation] = []
     while (at := (yield out)) is not None:
         what = at.what
         child = replay.first_stop(what)
         if child is not None and not child.ready:
-            if replay.stop_reason() == "evicted":
-                out.append(Violation("loading_stops", at.t, f"{child.model} evicted while "
-                                     "loading"))
+            if replay.stop_reason(what) in FOR_ANOTHER:
+                out.append(Violation("loading_stops", at.t, f"{child.model} {_stopped(what)} "
+                                     "while loading"))
             elif isinstance(what, SendExit):
                 out.append(Violation("loading_stops", at.t, f"{child.model} unloaded while "
                                      "loading with the exit command, not killed at once"))
@@ -735,17 +792,19 @@ def coalesced(config: RouterConfig, replay: Replay) -> Walk:
 @_walks
 def no_thrash(config: RouterConfig, replay: Replay) -> Walk:
     """A model loaded for waiting requests serves one of them with a successful response before
-    it can be evicted (Z1, Z8); waiters that left on their own do not count. Only evictions
-    count: an unload asked through the API or a crash may end a child at any time."""
+    it can be evicted or stopped for a group (Z1, Z8; ROUTER.md 7: "a loading one first serves
+    its waiters"); waiters that left on their own do not count. Only those stops count: an
+    unload asked through the API or a crash may end a child at any time."""
     out: list[Violation] = []
     while (at := (yield out)) is not None:
         child = replay.first_stop(at.what)
-        if child is None or replay.stop_reason() != "evicted" or not child.waiters:
+        if child is None or replay.stop_reason(at.what) not in FOR_ANOTHER \
+                or not child.waiters:
             continue
         stayed = sorted(r for r in child.waiters if not replay.requests[r].gone)
         if stayed and not child.served & set(stayed):
             out.append(Violation("no_thrash", at.t, f"{child.model} (instance {child.instance}) "
-                                 f"evicted before it served any of the requests {stayed} it "
+                                 f"{_stopped(at.what)} before it served any of the requests {stayed} it "
                                  "was loaded for"))
     return out
 
@@ -858,6 +917,8 @@ def download_ends_clean(config: RouterConfig, replay: Replay) -> Walk:
     return out
 
 
+POLICY_KEYS = {"ttl", "pinned", "concurrency"}  # a policy_change event's payload
+GROUP_KEYS = {"group", "swap", "persistent"}  # a group_change event's payload
 STATUS_KEYS = {"unloaded": {"exit_code", "failed"}, "loading": {"progress"},
                "loaded": {"info"}, "sleeping": set(), "downloading": set(), "downloaded": set()}
 
@@ -911,6 +972,25 @@ def _payload_problem(what: Publish, replay: Replay) -> str | None:
         return None if not data else f"unexpected payload {data!r}"
     if event == "models_reload":
         return None
+    if event == "group_change":  # ROUTER.md 7: "Group changes are published on /models/sse"
+        if set(data) != GROUP_KEYS:
+            return f"keys {sorted(data)}, not {sorted(GROUP_KEYS)}"
+        group = data["group"]
+        if not ((group is None or isinstance(group, str) and group)
+                and isinstance(data["swap"], bool) and isinstance(data["persistent"], bool)):
+            return f"malformed {data!r}"
+        if group is None and (data["swap"] or data["persistent"]):
+            return f"no group, yet {data!r}"
+        return None
+    if event == "policy_change":  # ROUTER.md 7: a catalog change altered the model's policies
+        if set(data) != POLICY_KEYS:
+            return f"keys {sorted(data)}, not {sorted(POLICY_KEYS)}"
+        if not (isinstance(data["ttl"], (int, float)) and not isinstance(data["ttl"], bool)
+                and data["ttl"] >= 0 and isinstance(data["pinned"], bool)
+                and isinstance(data["concurrency"], int)
+                and not isinstance(data["concurrency"], bool) and data["concurrency"] >= 0):
+            return f"malformed {data!r}"
+        return None
     return f"unknown event {event!r}"
 
 
@@ -918,7 +998,11 @@ def _payload_problem(what: Publish, replay: Replay) -> str | None:
 def events_well_formed(config: RouterConfig, replay: Replay) -> Walk:
     """What ``/models/sse`` publishes matches ROUTER.md section 4: a known event name, the model
     it is about, and its payload (a status with only the fields that status carries; download
-    progress while a download runs; one result per download)."""
+    progress while a download runs; one result per download). Section 7 adds
+    ``policy_change``, whose payload is the model's ``ttl`` (seconds, >= 0), ``pinned`` and
+    ``concurrency`` (>= 0), nothing else, and ``group_change``, whose payload is the model's
+    ``group`` (a name, or null: its own group now), ``swap`` and ``persistent`` (booleans,
+    both false with no group), nothing else."""
     out: list[Violation] = []
     while (at := (yield out)) is not None:
         what = at.what
@@ -983,6 +1067,207 @@ def listing_true(config: RouterConfig, replay: Replay) -> Walk:
     return out
 
 
+# -- policies beyond upstream (ROUTER.md section 7) ---------------------------------------------
+
+EPSILON = 1e-9  # a timer set for t fires at t: float sums may put it a hair before
+
+
+def _expired(what: object) -> bool:
+    return isinstance(what, SendExit) and what.expired
+
+
+@_walks
+def pinned_never_evicted(config: RouterConfig, replay: Replay) -> Walk:
+    """A pinned model is never an eviction victim (least recently used, drained or forced,
+    whatever the policy) nor stopped for a group; it may still be unloaded through the API, a
+    catalog change or its own TTL. A request or load is refused because of pins (503
+    ``pinned_models_full``) only when the pinned models running leave its model no room
+    whatever else stops, or (groups in use) run in its group's way, and the message names
+    them."""
+    out: list[Violation] = []
+    while (at := (yield out)) is not None:
+        what = at.what
+        child = replay.first_stop(what)
+        if child is not None and replay.stop_reason(what) in FOR_ANOTHER \
+                and replay.pinned(child.model):
+            out.append(Violation("pinned_never_evicted", at.t, f"{_stopped(what)} {child.model} "
+                                 f"(instance {child.instance}), which is pinned"))
+        if isinstance(what, Reply) and what.kind == errors.PINNED_OUT:
+            r = replay.requests.get(what.req)
+            if r is None:
+                continue
+            pinned = replay.pinned_out(r.model)
+            if not pinned:
+                running = sorted(c.model for c in replay.pinned_running(r.model))
+                out.append(Violation("pinned_never_evicted", at.t, f"{r.kind} {r.req} for "
+                                     f"{r.model} refused for pins, but the pinned models "
+                                     f"running ({running}) leave it room and none is in its "
+                                     "way"))
+            elif what.status != 503 or not all(name in what.message for name in pinned):
+                out.append(Violation("pinned_never_evicted", at.t, f"{r.kind} {r.req} for "
+                                     f"{r.model} refused with {what.status} "
+                                     f"{what.message!r}: not a 503 naming {pinned}"))
+    return out
+
+
+@_walks
+def ttl_unloads_idle(config: RouterConfig, replay: Replay) -> Walk:
+    """A model is unloaded for idleness (a ``SendExit`` marked ``expired``) only when it has a
+    TTL (its own ``ttl``, else ``--models-ttl`` unless pinned), its child is ready, nothing is
+    in flight on it or waits for it, and it was last used (a forward, a response's end, ready)
+    at least its TTL ago. And a model idle for its TTL does not stay loaded: it is unloaded
+    within SLACK of its deadline (counted from the catalog change that gave it its TTL, if that
+    came later)."""
+    out: list[Violation] = []
+    late: set[int] = set()  # children already reported as overdue
+    changed: dict[str, float] = {}  # model -> when a catalog change last altered its TTL
+
+    def ttl_of(model: str) -> float:
+        spec = replay.specs.get(model)
+        return config.ttl_of(spec) if spec is not None else 0.0
+
+    def overdue(t: float) -> None:
+        for child in replay.children.values():
+            if child.instance in late or not replay.idle(child):
+                continue
+            ttl = ttl_of(child.model)
+            since = max(replay.last_used.get(child.model, child.spawned),
+                        changed.get(child.model, 0.0))
+            if ttl and since + ttl + SLACK < t:
+                late.add(child.instance)
+                out.append(Violation("ttl_unloads_idle", since + ttl + SLACK, f"{child.model} "
+                                     f"(instance {child.instance}) idle since t={since:.6g} "
+                                     f"with a TTL of {ttl:.6g} s, still loaded at t={t:.6g}"))
+
+    while (at := (yield out)) is not None:
+        what = at.what
+        if isinstance(what, EVENT_TYPES):
+            overdue(at.t)
+        if isinstance(what, CatalogChanged):
+            for new in what.specs:
+                old = replay.specs.get(new.name)
+                if old is None or config.ttl_of(old) != config.ttl_of(new):
+                    changed[new.name] = at.t
+        child = replay.first_stop(what)
+        if child is None or not _expired(what):
+            continue
+        ttl = ttl_of(child.model)
+        since = replay.last_used.get(child.model, child.spawned)
+        if not ttl:
+            out.append(Violation("ttl_unloads_idle", at.t, f"{child.model} (instance "
+                                 f"{child.instance}) unloaded as expired, but it has no TTL"))
+        elif not replay.idle(child):
+            busy = [r.req for r in replay.in_flight(child.instance)] \
+                + [r.req for r in replay.open_for(child.model)]
+            out.append(Violation("ttl_unloads_idle", at.t, f"{child.model} (instance "
+                                 f"{child.instance}) unloaded for its TTL while not idle"
+                                 + (f": requests {busy} in flight or waiting" if busy else
+                                    " (loading, or a load asked)")))
+        elif since + ttl > at.t + EPSILON:
+            out.append(Violation("ttl_unloads_idle", at.t, f"{child.model} (instance "
+                                 f"{child.instance}) unloaded for its TTL of {ttl:.6g} s, idle "
+                                 f"only since t={since:.6g}"))
+    overdue(replay.now)
+    return out
+
+
+@_walks
+def concurrency_held(config: RouterConfig, replay: Replay) -> Walk:
+    """At no instant are more requests in flight to a model's child than the model's
+    ``concurrency`` (the spec in force when each is forwarded); the others wait."""
+    out: list[Violation] = []
+    while (at := (yield out)) is not None:
+        what = at.what
+        if not isinstance(what, Forward):
+            continue
+        spec = replay.specs.get(what.model)
+        limit = spec.concurrency if spec is not None else 0
+        flight = [r.req for r in replay.in_flight(what.instance) if r.req != what.req]
+        if limit and len(flight) >= limit:
+            out.append(Violation("concurrency_held", at.t, f"request {what.req} forwarded to "
+                                 f"{what.model} (instance {what.instance}) with {flight} in "
+                                 f"flight; its concurrency is {limit}"))
+    return out
+
+
+@_walks
+def queue_limit_held(config: RouterConfig, replay: Replay) -> Walk:
+    """With ``--queue-max N``, at no instant do more than N requests wait (arrived, neither
+    forwarded nor answered, client still there); a request is answered 429 ``queue_full``, with
+    Retry-After, only as it arrives and only when N requests were waiting already: waiting
+    requests are never dropped to make room, and with no limit nothing is answered 429."""
+    out: list[Violation] = []
+    limit = config.queue_max
+    waiting: set[int] = set()
+    over = False  # reported: one violation per stretch over the limit
+    while (at := (yield out)) is not None:
+        what = at.what
+        if isinstance(what, EVENT_TYPES):
+            if limit and len(waiting) > limit and not over:
+                out.append(Violation("queue_limit_held", at.t, f"{len(waiting)} requests "
+                                     f"waiting ({sorted(waiting)}); --queue-max is {limit}"))
+            over = bool(limit) and len(waiting) > limit
+        if isinstance(what, RequestArrived):
+            waiting.add(what.req)
+        elif isinstance(what, (Forward, ClientGone)):
+            waiting.discard(what.req)
+        elif isinstance(what, Reply):
+            waiting.discard(what.req)
+            if what.status != 429 and what.kind != errors.QUEUE_FULL:
+                continue
+            cause = replay.cause
+            ahead = len(waiting)
+            if not (isinstance(cause, RequestArrived) and cause.req == what.req):
+                out.append(Violation("queue_limit_held", at.t, f"request {what.req} answered "
+                                     f"{what.status} {what.kind} after it arrived: a waiting "
+                                     "request dropped"))
+            elif not limit or ahead < limit:
+                out.append(Violation("queue_limit_held", at.t, f"request {what.req} answered "
+                                     f"{what.status} {what.kind} with {ahead} waiting; "
+                                     f"--queue-max is {limit or 'unlimited'}"))
+            elif (what.status, what.kind) != (429, errors.QUEUE_FULL) or not what.retry_after:
+                out.append(Violation("queue_limit_held", at.t, f"request {what.req}: a full "
+                                     f"queue answered {what.status} {what.kind} retry_after="
+                                     f"{what.retry_after!r}, not 429 queue_full with "
+                                     "Retry-After"))
+    if limit and len(waiting) > limit and not over:
+        out.append(Violation("queue_limit_held", replay.now, f"{len(waiting)} requests waiting "
+                             f"at the end; --queue-max is {limit}"))
+    return out
+
+
+@_walks
+def groups_held(config: RouterConfig, replay: Replay) -> Walk:
+    """No group constraint is broken at any instant: a model's child starts only when no child
+    of a model in its way is alive (a child asked to stop counts until it has exited): no model
+    of another group unless that group is persistent, and in a swap group no other member. A
+    stop made for a group (``SendExit.group``, the model it makes way for) stops only a model
+    in that model's way; like an eviction it spares a busy, loading or pinned child
+    (``busy_never_evicted``, ``no_thrash``, ``loading_stops``, ``pinned_never_evicted``), and a
+    pinned model in the way refuses the load instead (``pinned_never_evicted``). With no group
+    anywhere this holds trivially."""
+    out: list[Violation] = []
+    while (at := (yield out)) is not None:
+        what = at.what
+        if isinstance(what, Spawn) and not what.download:
+            way = replay.running_in_way(what.model)
+            if way:
+                names = ", ".join(f"{c.model} (instance {c.instance}"
+                                  + (", asked to stop)" if c.stop is not None else ")")
+                                  for c in way)
+                spec = replay.specs.get(what.model)
+                group = spec.group.name if spec is not None and spec.group else "of its own"
+                out.append(Violation("groups_held", at.t, f"{what.model} (group {group}) "
+                                     f"started while {names} still ran in its way"))
+        elif isinstance(what, SendExit) and what.group is not None:
+            child = replay.first_stop(what)
+            if child is not None and not replay.in_way(what.group, child.model):
+                out.append(Violation("groups_held", at.t, f"stopped {child.model} (instance "
+                                     f"{child.instance}) to make way for {what.group}, whose "
+                                     "group it is not in the way of"))
+    return out
+
+
 Check = Callable[[Trace, RouterConfig], list[Violation]]
 
 CHECKS: dict[str, Check] = {
@@ -1009,6 +1294,17 @@ CHECKS: dict[str, Check] = {
     "events_well_formed": events_well_formed,
     "listing_true": listing_true,
 }
+# The guarantees of the router's own policies (ROUTER.md section 7): judged with every other one.
+POLICY_CHECKS: dict[str, Check] = {
+    "pinned_never_evicted": pinned_never_evicted,
+    "ttl_unloads_idle": ttl_unloads_idle,
+    "concurrency_held": concurrency_held,
+    "queue_limit_held": queue_limit_held,
+}
+CHECKS.update(POLICY_CHECKS)
+# ROUTER.md section 7's groups: judged with every other one too.
+GROUP_CHECKS: dict[str, Check] = {"groups_held": groups_held}
+CHECKS.update(GROUP_CHECKS)
 LIVENESS = ("every_request_answered", "api_calls_take_effect")  # need a trace that ran its course
 
 

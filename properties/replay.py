@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 from refimpl.core.commands import Forward, Kill, Log, Publish, RemoveFiles, Reply, SendExit, Spawn
-from refimpl.core.config import Card, ModelSpec, RouterConfig
+from refimpl.core.config import Card, Group, ModelSpec, RouterConfig
 from refimpl.core.events import (EVENT_TYPES, CatalogChanged, ChildExited, ChildOutput,
                                  ChildStarted, ClientGone, DownloadAsked, LoadAsked, RemoveAsked,
                                  RequestArrived, ResponseEnded, RouterStarted, UnloadAsked)
@@ -34,7 +34,10 @@ class Child:
     spawned: float
     memory: Mapping[str, int] = field(default_factory=dict)  # the spec's need at spawn
     ready_at: float | None = None
-    stop: str | None = None  # None, "evicted" or "unloaded": why the router stopped it
+    # None, or why the router stopped it: "evicted" (for room), "unloaded" (an API call or a
+    # catalog change), "expired" (its idle TTL, ROUTER.md 7: an unload, not an eviction) or
+    # "grouped" (to make way for a model whose group it is in the way of, ROUTER.md 7)
+    stop: str | None = None
     stop_at: float | None = None
     exited_at: float | None = None
     waiters: set[int] = field(default_factory=set)  # requests it was loaded for (open at spawn)
@@ -89,6 +92,10 @@ class Replay:
         self.last_used: dict[str, float] = {}  # model -> when it last served or became ready
         self.asked: dict[str, float] = {}  # model -> when a load was asked for it (not yet spawned)
         self.asked_by: dict[str, float] = {}  # model -> index of the asked load's reply
+        # model -> the index of the last event at whose start pinned models left its asked load
+        # no room: the router drops such a queue entry when it next runs (ROUTER.md 7, pin),
+        # and no command says so, so from then on the load may be gone
+        self.pinned_asks: dict[str, int] = {}
         self._open: dict[str, set[int]] = {}  # model -> requests not yet forwarded or answered
         self._flight: dict[int, set[int]] = {}  # instance -> requests forwarded, not ended
         # A catalog change is applied at once and undone if the router refuses it (400).
@@ -131,8 +138,12 @@ class Replay:
 
     def demand(self) -> dict[str, tuple[float, float]]:
         """Models that wait for a load (open requests or an asked load, no usable child, not
-        downloading), each with its place in the queue: the (time, trace index) of its oldest demand. A
-        request that waited for a download joins the queue when the download child exits."""
+        downloading), each with its place in the queue: the (time, trace index) of its oldest
+        demand. A request that waited for a download joins the queue when the download child
+        exits. A model that can never load now waits for nothing: one too big for a device
+        (507), or one that pinned models leave no room or block its group's way (503,
+        ROUTER.md 7: its requests are refused, and its asked load is dropped, once pins crowd
+        it out: :meth:`pinned_out`)."""
         out: dict[str, tuple[float, float]] = {}
         never = (float("-inf"), 0)
         known = set(self.names.values())  # a removed model's requests wait for their error
@@ -140,12 +151,14 @@ class Replay:
             live = [self.requests[r] for r in reqs if self.requests[r].kind == "request"
                     and not self.doomed(self.requests[r])]
             if live and model in known and self.usable(model) is None \
-                    and not self.downloading(model) and not self.too_big(model):
+                    and not self.downloading(model) and not self.too_big(model) \
+                    and not self.pinned_out(model):  # (those two are refused, never loaded)
                 joined = self.downloaded_at.get(model, never)
                 out[model] = min(max((r.arrived, r.seq), joined) for r in live)
         for model, t in self.asked.items():
             if self.usable(model) is None and not self.downloading(model) \
-                    and not self.too_big(model):  # one too big is refused, never loaded
+                    and not self.too_big(model) and model not in self.pinned_asks \
+                    and not self.pinned_out(model):
                 place = max((t, self.asked_by.get(model, 0)), self.downloaded_at.get(model, never))
                 out[model] = min(out.get(model, place), place)
         return out
@@ -163,6 +176,72 @@ class Replay:
         memory = spec.memory if spec is not None else {}
         return any(memory.get(d, 0) > cap for d, cap in self.config.devices.items())
 
+    def pinned(self, model: str) -> bool:
+        """The model's spec in force says ``pin = true`` (ROUTER.md 7)."""
+        spec = self.specs.get(model)
+        return spec is not None and spec.pin
+
+    def pinned_running(self, besides: str) -> list[Child]:
+        """The pinned models' children that take room and are not asked to stop (but
+        ``besides``'s)."""
+        return [c for c in self.children.values() if not c.download and c.stop is None
+                and c.model != besides and self.pinned(c.model)]
+
+    def pinned_out(self, model: str) -> list[str]:
+        """The pinned models that leave ``model`` no room whatever else stops (by count or on
+        some device), or else those that run in its group's way (a pin is never stopped for a
+        group), sorted; ``[]`` when it fits beside them and none is in its way, or when it fits
+        on no device at all (a 507). Such a model is refused 503 ``pinned_models_full``
+        (ROUTER.md 7, pin)."""
+        if self.config is None:
+            return []
+        pinned = self.pinned_running(model)
+        if not pinned or self.too_big(model):
+            return []
+        spec = self.specs.get(model)
+        need = spec.memory if spec is not None else {}
+        by_count = bool(self.config.models_max) and len(pinned) + 1 > self.config.models_max
+        by_memory = any(sum(c.memory.get(d, 0) for c in pinned) + need.get(d, 0) > cap
+                        for d, cap in self.config.devices.items())
+        if by_count or by_memory:
+            return sorted(c.model for c in pinned)
+        return sorted(c.model for c in pinned if self.in_way(model, c.model))
+
+    # -- groups (ROUTER.md 7) ----------------------------------------------------------------
+
+    def groups_on(self) -> bool:
+        """Groups are in use: some model the trace knows names one. Only then is a model
+        without one its own group ("all off by default": else nothing is in any model's way)."""
+        return any(spec.group is not None for spec in self.specs.values())
+
+    def in_way(self, model: str, other: str) -> bool:
+        """``other``'s child must have exited before ``model``'s starts (groups in use):
+        ``other`` is of another group that is not persistent, or another member of
+        ``model``'s group and that group is ``swap``. Stated from the specs alone, not
+        imported from the scheduler."""
+        if other == model or not self.groups_on():
+            return False
+        mine, theirs = self._group(model), self._group(other)
+        if mine is not None and theirs is not None and mine.name == theirs.name:
+            return mine.swap
+        return theirs is None or not theirs.persistent
+
+    def _group(self, model: str) -> Group | None:
+        spec = self.specs.get(model)
+        return spec.group if spec is not None else None
+
+    def running_in_way(self, model: str) -> list[Child]:
+        """The model children alive in ``model``'s way, those asked to stop included: each
+        counts until it has exited."""
+        return [c for c in self.children.values()
+                if not c.download and self.in_way(model, c.model)]
+
+    def waiting(self) -> int:
+        """Requests that wait (ROUTER.md 7, queue limit): arrived for a known model, neither
+        forwarded nor answered, client still there; for a download, in the queue, for a load
+        or in line on a child at its concurrency."""
+        return sum(len(reqs) for reqs in self._open.values())
+
     def stop_timeout(self) -> float:
         return max((s.stop_timeout for s in self.specs.values()), default=10.0)
 
@@ -174,11 +253,20 @@ class Replay:
         child = self.children.get(what.instance)
         return child if child is not None and child.stop is None and not child.download else None
 
-    def stop_reason(self) -> str:
-        """Why the router stops a child now: an API call or a catalog change unloads it; any
-        other event that leads to a stop is the scheduler's eviction."""
-        return "unloaded" if isinstance(self.cause, (UnloadAsked, RemoveAsked, CatalogChanged)) \
-            else "evicted"
+    def stop_reason(self, what: Item) -> str:
+        """Why the router stops a child with ``what`` (its first stop command), now: an exit
+        command that names the model it makes way for (``SendExit.group``) is ``"grouped"``
+        (ROUTER.md 7: loading a model "first stops every running model outside its group"),
+        whatever event it answers; else an API call or a catalog change unloads it; an exit
+        command marked ``expired`` is its idle TTL (ROUTER.md 7: "unloaded, as an unload the
+        router asked for"), not an eviction; any other stop is the scheduler's eviction."""
+        if isinstance(what, SendExit) and what.group is not None:
+            return "grouped"
+        if isinstance(self.cause, (UnloadAsked, RemoveAsked, CatalogChanged)):
+            return "unloaded"
+        if isinstance(what, SendExit) and what.expired:
+            return "expired"
+        return "evicted"
 
     # -- bookkeeping -------------------------------------------------------------------------
 
@@ -217,8 +305,7 @@ class Replay:
         for name in self.removed_now:
             if not self.downloading(name):
                 self._forget_names(name)
-                self.asked.pop(name, None)  # its queue entry goes with it
-                self.asked_by.pop(name, None)
+                self._drop_ask(name)  # its queue entry goes with it
         for spec in what.specs:
             child = self.by_model.get(spec.name)
             if child is not None and child.download and not child.results:
@@ -236,6 +323,8 @@ class Replay:
         self.index += 1
         what = at.what
         kind = type(what)
+        if self.asked and kind in EVENT_TYPES:
+            self._note_pinned_asks()
         if kind is ChildOutput:  # most of a trace: what a child wrote changes nothing here
             self.cause = what
             return
@@ -319,8 +408,7 @@ class Replay:
                 for r in self.open_for(what.model):
                     r.joined = what.instance
                 child.place = self.demand().get(what.model, (at.t, self.index))
-                self.asked.pop(what.model, None)
-                self.asked_by.pop(what.model, None)
+                self._drop_ask(what.model)
             self.children[what.instance] = child
             self.by_model[what.model] = child
         elif isinstance(what, Publish):
@@ -335,17 +423,15 @@ class Replay:
             elif what.event == "model_remove":
                 self._forget_names(what.model)
                 self.specs.pop(what.model, None)
-                self.asked.pop(what.model, None)
-                self.asked_by.pop(what.model, None)
+                self._drop_ask(what.model)
         elif isinstance(what, (SendExit, Kill)):
             stopped = self.children.get(what.instance)
             if stopped is not None and stopped.stop is None:
-                stopped.stop = self.stop_reason()
+                stopped.stop = self.stop_reason(what)
                 stopped.stop_at = at.t
                 if stopped.stop == "unloaded" and isinstance(self.cause, (UnloadAsked,
                                                                           RemoveAsked)):
-                    self.asked.pop(stopped.model, None)
-                    self.asked_by.pop(stopped.model, None)
+                    self._drop_ask(stopped.model)
         elif isinstance(what, ChildStarted):
             started = self.children.get(what.instance)
             if started is not None:
@@ -359,6 +445,16 @@ class Replay:
                     self.downloaded_at[exited.model] = (at.t, self.index)
                 if self.by_model.get(exited.model) is exited:
                     del self.by_model[exited.model]
+
+    def _note_pinned_asks(self) -> None:
+        for model in self.asked:
+            if self.usable(model) is None and self.pinned_out(model):
+                self.pinned_asks[model] = self.index
+
+    def _drop_ask(self, model: str) -> None:
+        self.asked.pop(model, None)
+        self.asked_by.pop(model, None)
+        self.pinned_asks.pop(model, None)
 
     def history(self) -> History:
         """What the entries stepped so far did to every request, API call and child: at the

@@ -13,7 +13,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from refimpl.core import errors
 from refimpl.core.commands import Forward, Listed, ModelView, Publish, Reply, SendExit, Spawn
-from refimpl.core.config import Card, ModelSpec, RouterConfig
+from refimpl.core.config import Card, Group, ModelSpec, RouterConfig
 from refimpl.core.events import (CatalogChanged, ChildExited, ChildStarted, DownloadAsked, ListAsked, LoadAsked,
                                  RequestArrived, ResponseEnded, RouterStarted, TimerFired,
                                  UnloadAsked)
@@ -295,3 +295,153 @@ def test_a_loading_status_may_carry_a_bare_stage(progress: dict[str, Any], ok: b
                                               {"status": "loading", "progress": progress}))]
     found = [v for v in events_well_formed(trace, ONE) if "progress" in v.detail]
     assert (found == []) is ok, found
+
+
+# -- the policies of ROUTER.md 7, read for what they are, and still no cover for a fault ---------
+
+def _verdicts(trace: list[At], config: RouterConfig) -> set[str]:
+    return {v.guarantee for v in check_all(trace, config, liveness=False)}
+
+
+def test_a_ttl_unload_is_no_eviction_but_still_judged() -> None:
+    """An expired exit of a model idle for its TTL breaks nothing; the same exit of a busy
+    model is still caught (by ``ttl_unloads_idle``), and an unmarked one is still an eviction."""
+    from .broken import TTL
+    idle = [*serve_a(), At(12, TimerFired()), At(12, SendExit(1, expired=True)),
+            At(12.1, ChildExited(1, 0)), At(12.1, unloaded("A"))]
+    assert _verdicts(idle, TTL) == set()
+    busy = [*serve_a()[:5], At(11, TimerFired()), At(11, SendExit(1, expired=True))]
+    assert _verdicts(busy, TTL) == {"ttl_unloads_idle"}
+    assert "busy_never_evicted" in _verdicts(
+        [*serve_a()[:5], At(11, TimerFired()), At(11, SendExit(1))], TTL)
+
+
+def test_a_pinned_model_is_no_lru_candidate_but_others_are() -> None:
+    """victim_is_lru passes over a pinned model used less recently, not an unpinned one."""
+    models = (ModelSpec("A", stop_timeout=5.0, pin=True), *ONE.models[1:])
+    trace = BROKEN["victim_is_lru"][1]  # B evicted while A (older) is idle
+    assert "victim_is_lru" not in _verdicts(trace, RouterConfig(models=models, models_max=2))
+    assert "victim_is_lru" in _verdicts(trace, RouterConfig(models=ONE.models, models_max=2))
+
+
+def test_policy_refusals_need_their_cause() -> None:
+    """429 only with --queue-max requests waiting; 503 pinned_models_full only when pins hold
+    the room."""
+    full = RouterConfig(models=ONE.models, models_max=1, queue_max=1)
+    queued = [At(0, RequestArrived(1, "A")), At(0, Spawn(1, "A")), At(0.5, RequestArrived(2, "B")),
+              At(0.5, Reply(2, 429, errors.QUEUE_FULL, "full", retry_after=1))]
+    assert "errors_have_causes" not in _verdicts(queued, full)
+    assert "errors_have_causes" in _verdicts(queued, RouterConfig(models=ONE.models,
+                                                                  models_max=1, queue_max=2))
+    from .broken import PIN
+    crowded = [*BROKEN["pinned_never_evicted"][1][:6],
+               At(3, Reply(2, 503, errors.PINNED_OUT, "the pinned models ['P'] hold it"))]
+    assert not _verdicts(crowded, PIN) & {"errors_have_causes", "pinned_never_evicted"}
+    unpinned = RouterConfig(models=(ModelSpec("P", stop_timeout=5.0), PIN.models[1]),
+                            models_max=1)
+    assert {"errors_have_causes", "pinned_never_evicted"} <= _verdicts(crowded, unpinned)
+
+
+@pytest.mark.parametrize("data, ok", [
+    ({"ttl": 30.0, "pinned": False, "concurrency": 2}, True),
+    ({"ttl": 0, "pinned": True, "concurrency": 0}, True),
+    ({"ttl": -1, "pinned": False, "concurrency": 0}, False),
+    ({"ttl": 3, "pinned": "yes", "concurrency": 0}, False),
+    ({"ttl": 3, "pinned": False}, False)])
+def test_a_policy_change_event_is_well_formed(data: dict[str, Any], ok: bool) -> None:
+    trace = [*serve_a(), At(3, Publish("A", "policy_change", data))]
+    assert ("events_well_formed" not in _verdicts(trace, ONE)) is ok
+
+
+# -- the groups of ROUTER.md 7, read for what they are, and still no cover for a fault -----------
+
+CHAT, X, KEPT = Group("chat"), Group("x"), Group("kept", persistent=True)
+
+
+def _serve(model: str, t: float, req: int, inst: int, *, end: bool = True) -> list[At]:
+    """A request for ``model`` loads it and is served (its response ends unless not ``end``)."""
+    return [At(t, RequestArrived(req, model)), At(t, Spawn(inst, model)),
+            At(t + 1, loaded(model)), At(t + 1, Forward(req, model, inst)),
+            *([At(t + 2, ResponseEnded(req))] if end else [])]
+
+
+def _groups(*specs: ModelSpec, models_max: int = 0) -> RouterConfig:
+    return RouterConfig(models=specs, models_max=models_max)
+
+
+def _make_way(victim: str, inst: int, t: float, *, group: str | None) -> list[At]:
+    return [At(t, SendExit(inst, group=group)), At(t + 0.1, ChildExited(inst, 0)),
+            At(t + 0.1, unloaded(victim))]
+
+
+def test_a_group_stop_is_no_eviction_but_still_judged() -> None:
+    """Idle A (group chat) asked to exit to make way for B (its own group), while C (persistent
+    group) is idle and used less recently, and nothing counts or weighs: no eviction, so
+    neither evictions_needed nor victim_is_lru judges it, and it breaks nothing. The same exit
+    unmarked is still an eviction nobody needed, of the wrong victim; marked, it is still caught
+    stopping a busy model (busy_never_evicted), a pinned one (pinned_never_evicted), or one not
+    in B's way (groups_held)."""
+    specs = (ModelSpec("A", group=CHAT, stop_timeout=5.0), ModelSpec("B", stop_timeout=5.0),
+             ModelSpec("C", group=KEPT, stop_timeout=5.0))
+    config = _groups(*specs)
+    before = [*_serve("C", 0, 1, 1), *_serve("A", 3, 2, 2), At(6, RequestArrived(3, "B"))]
+    after = [At(6.1, Spawn(3, "B")), At(7, loaded("B")), At(7, Forward(3, "B", 3)),
+             At(8, ResponseEnded(3))]
+    grouped = [*before, *_make_way("A", 2, 6, group="B"), *after]
+    assert _verdicts(grouped, config) == set()
+    unmarked = [*before, *_make_way("A", 2, 6, group=None), *after]
+    assert {"evictions_needed", "victim_is_lru"} <= _verdicts(unmarked, config)
+    busy = [*_serve("A", 0, 1, 1, end=False), At(3, RequestArrived(2, "B")),
+            At(3, SendExit(1, group="B"))]
+    assert "busy_never_evicted" in _verdicts(busy, config)
+    pinned = _groups(replace(specs[0], pin=True), *specs[1:])
+    assert "pinned_never_evicted" in _verdicts(grouped, pinned)
+    together = _groups(specs[0], replace(specs[1], group=CHAT), specs[2])
+    assert "groups_held" in _verdicts(grouped, together)
+
+
+def test_a_pinned_model_in_the_way_refuses_the_load_and_only_then() -> None:
+    """P (pinned, its own group) runs; B (group chat) is refused 503 pinned_models_full naming
+    P, on arrival and on POST /models/load, though count and memory leave room: P is in B's
+    way and never stopped for a group. The same refusal is still caught when P is in a
+    persistent group (not in the way: no cause, room left), and one not naming P."""
+    specs = (ModelSpec("P", pin=True, stop_timeout=5.0),
+             ModelSpec("B", group=CHAT, stop_timeout=5.0))
+    message = "the pinned models ['P'] run outside its group"
+    refused = [*_serve("P", 0, 1, 1), At(3, RequestArrived(2, "B")),
+               At(3, Reply(2, 503, errors.PINNED_OUT, message)), At(4, LoadAsked(3, "B")),
+               At(4, Reply(3, 503, errors.PINNED_OUT, message))]
+    assert _verdicts(refused, _groups(*specs)) == set()
+    kept = _groups(replace(specs[0], group=KEPT), specs[1])
+    assert {"errors_have_causes", "pinned_never_evicted"} <= _verdicts(refused, kept)
+    unnamed = [*refused[:-1], At(4, Reply(3, 503, errors.PINNED_OUT, "pinned models in the way"))]
+    assert "pinned_never_evicted" in _verdicts(unnamed, _groups(*specs))
+
+
+def test_a_load_a_pinned_model_in_the_way_crowds_out_is_not_owed() -> None:
+    """Loads of P (pinned, group x) and B (its own group) both answered 200; P starts, and is
+    in B's way: the router drops B's load. C (group x) then loads before B without breaking
+    arrival order, and B's load is not owed. With P unpinned it would have been stopped for
+    B: the same trace breaks fifo_between_models and api_calls_take_effect."""
+    specs = (ModelSpec("P", pin=True, group=X, stop_timeout=5.0),
+             ModelSpec("B", stop_timeout=5.0), ModelSpec("C", group=X, stop_timeout=5.0))
+    trace = [At(0, LoadAsked(1, "P")), At(0, Reply(1, 200, errors.OK)),
+             At(0, LoadAsked(2, "B")), At(0, Reply(2, 200, errors.OK)), At(0, Spawn(1, "P")),
+             At(1, loaded("P")), *_serve("C", 2, 3, 2)]
+    found = {v.guarantee for v in check_all(trace, _groups(*specs))}
+    assert found == set()
+    unpinned = _groups(replace(specs[0], pin=False), *specs[1:])
+    assert {"fifo_between_models", "api_calls_take_effect"} <= {
+        v.guarantee for v in check_all(trace, unpinned)}
+
+
+@pytest.mark.parametrize("data, ok", [
+    ({"group": "chat", "swap": True, "persistent": False}, True),
+    ({"group": None, "swap": False, "persistent": False}, True),
+    ({"group": None, "swap": True, "persistent": False}, False),
+    ({"group": "", "swap": False, "persistent": False}, False),
+    ({"group": "chat", "swap": "yes", "persistent": False}, False),
+    ({"group": "chat", "swap": False}, False)])
+def test_a_group_change_event_is_well_formed(data: dict[str, Any], ok: bool) -> None:
+    trace = [*serve_a(), At(3, Publish("A", "group_change", data))]
+    assert ("events_well_formed" not in _verdicts(trace, ONE)) is ok

@@ -1,6 +1,6 @@
 """Laws of the policies of ROUTER.md section 7 (queue limit, pin, idle TTL, per-model
 concurrency), each on a scripted scenario against the real core with simulated children, and
-the sweeps that hold every guarantee (``invariants.CHECKS`` and ``policy_invariants``) on random
+the sweeps that hold every guarantee (``invariants.CHECKS``, section 7's included) on random
 mixtures of them. Each law names, in its docstring, the code change that breaks it; the four
 zoo mutants (``properties/mutants/policies.py``) are each killed by the sweep alone.
 """
@@ -27,9 +27,9 @@ from simulator.policies import Policies, apply, seeded
 from simulator.scenario import Action, Load, Request, Unload, play
 from simulator.workloads import WORKLOADS, make_workload
 
-from .invariants import CHECKS, Violation
-from .mutants.policies import POLICY_MUTANTS, policy_mutated
-from .policy_invariants import POLICY_CHECKS, check_policies
+from .invariants import CHECKS, POLICY_CHECKS, Violation, check_all
+from .mutants import MUTANTS, mutated
+from .mutants.policies import POLICY_MUTANTS
 
 GiB = 1024**3
 BIG = [HealthCheck.large_base_example, HealthCheck.data_too_large, HealthCheck.too_slow]
@@ -45,7 +45,7 @@ def replies(trace: list[At], status: int | None = None) -> list[Reply]:
 
 
 def held(trace: list[At], config: RouterConfig) -> list[Violation]:
-    violations = check_policies(trace, config)
+    violations = check_all(trace, config)
     assert not violations, "\n".join(map(str, violations))
     return violations
 
@@ -217,7 +217,7 @@ def run_mixture(rng: random.Random, seed: int, workload: str, faults: str, model
                      duration=90.0, chunk_rng=random.Random(0))
     result = sim.run()
     assert result.trace is not None
-    return [str(v) for v in check_policies(result.trace, config)]
+    return [str(v) for v in check_all(result.trace, config)]
 
 
 def seeded_mixture(seed: int) -> list[str]:
@@ -243,7 +243,7 @@ def test_every_guarantee_holds_with_the_policies_on(seed: int) -> None:
 def test_the_sweep_kills_each_policy_mutant(mutant: str, guarantee: str) -> None:
     """Each mutant of properties/mutants/policies.py breaks its policy's guarantee within the
     sweep's first seeds (the same seeds hold every guarantee unmutated)."""
-    with policy_mutated(mutant):
+    with mutated(mutant):
         for seed in range(20):
             found = [v for v in seeded_mixture(seed) if v.startswith(f"[{guarantee}]")]
             if found:
@@ -252,7 +252,9 @@ def test_the_sweep_kills_each_policy_mutant(mutant: str, guarantee: str) -> None
     pytest.fail(f"{mutant} survived 20 seeds of the policy sweep")
 
 
-def test_the_policy_guarantees_are_new_names() -> None:
-    """For registering them in invariants.CHECKS: no name is taken."""
-    assert not set(POLICY_CHECKS) & set(CHECKS)
+def test_the_policy_guarantees_and_mutants_are_registered() -> None:
+    """Section 7's guarantees are judged with every other one (``check_all``), after them; its
+    mutants are in the zoo (``python -m properties.zoo P1 P2 P3 P4``)."""
+    assert list(CHECKS)[-len(POLICY_CHECKS):] == list(POLICY_CHECKS)
     assert set(POLICY_MUTANTS) == {"P1", "P2", "P3", "P4"}
+    assert all(MUTANTS[name] is mutant for name, mutant in POLICY_MUTANTS.items())

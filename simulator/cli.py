@@ -11,7 +11,7 @@ import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from properties.mutants import MUTANTS, mutated
 from refimpl.core.config import DEFAULT_POLICY, POLICIES, ModelSpec, RouterConfig
@@ -21,7 +21,7 @@ from refimpl.core.trace import At, format_trace
 from .distributed import default_workers
 from .engine import Simulation, SimResult
 from .faults import FAULT_PRESETS
-from .policies import Policies, apply, seeded
+from .policies import Policies, apply, grouped, seeded
 from .workloads import WORKLOADS, make_workload
 
 if TYPE_CHECKING:
@@ -145,6 +145,14 @@ def run_epilog() -> str:
     ])
 
 
+def _mutant_ranges() -> list[str]:
+    """``["Z1 to Z21", "P1 to P4"]``: the zoo's rows (BUGZOO.md) and the policies' mutants."""
+    firsts: dict[str, list[str]] = {}
+    for name in MUTANTS:
+        firsts.setdefault(name[0], []).append(name)
+    return [f"{names[0]} to {names[-1]}" for names in firsts.values()]
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
                    help="which models may be evicted, and when (default: %(default)s)")
@@ -185,10 +193,22 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                           help="draw each model's TTL, pin and concurrency, the router's TTL "
                                "and queue limit from the seed (a mixture; the options above "
                                "are then ignored)")
+    section7.add_argument("--groups", type=positive_int, default=0, metavar="N",
+                          help="deal the models round-robin into N groups g0..: a model loads "
+                               "only once the models outside its group have exited")
+    section7.add_argument("--swap-groups", action="store_true",
+                          help="with --groups: at most one member of each group runs at a time")
+    section7.add_argument("--persistent-groups", type=positive_int, default=0, metavar="K",
+                          help="with --groups: groups g0..gK-1 are persistent (never stopped "
+                               "for another group)")
+    section7.add_argument("--group-mix", action="store_true",
+                          help="draw each model's group, and which groups are swap or "
+                               "persistent, from the seed (the group options above are then "
+                               "ignored)")
     p.add_argument("--mutant", action="append", default=[], choices=list(MUTANTS),
-                   metavar="ZN", help="run with a bug-zoo mutant applied (repeatable): Z1 to "
-                   f"Z{len(MUTANTS)}, each described at the end of `python -m simulator run "
-                   "--help`")
+                   metavar="ZN", help="run with a bug-zoo mutant applied (repeatable): "
+                   f"{', '.join(_mutant_ranges())}, each described at the end of `python -m "
+                   "simulator run --help`")
 
 
 @dataclass(frozen=True)
@@ -209,11 +229,20 @@ class RunSpec:
 
     def policies(self, seed: int) -> Policies:
         a = self.args
+        groups = grouped(a.models, getattr(a, "groups", 0),
+                         swap=getattr(a, "swap_groups", False),
+                         persistent=getattr(a, "persistent_groups", 0))
+        if getattr(a, "group_mix", False):
+            groups = seeded(a.models, seed, groups=True)
         if getattr(a, "policy_mix", False):
-            return seeded(a.models, seed)
-        return Policies(ttl=getattr(a, "models_ttl", None) or 0.0, pins=getattr(a, "pin", 0),
-                        concurrency=getattr(a, "concurrency", 0),
-                        queue_max=getattr(a, "queue_max", 0))
+            chosen = seeded(a.models, seed)
+        else:
+            chosen = Policies(ttl=getattr(a, "models_ttl", None) or 0.0,
+                              pins=getattr(a, "pin", 0),
+                              concurrency=getattr(a, "concurrency", 0),
+                              queue_max=getattr(a, "queue_max", 0))
+        return replace(chosen, groups=groups.groups, swap=groups.swap,
+                       persistent=groups.persistent)
 
     def simulation(self, seed: int, *, record: bool) -> Simulation:
         a = self.args
@@ -243,6 +272,13 @@ class RunSpec:
                                 ("--queue-max", getattr(a, "queue_max", 0))):
                 if value:
                     parts += [flag, f"{value:g}s" if flag == "--models-ttl" else str(value)]
+        if getattr(a, "group_mix", False):
+            parts += ["--group-mix"]
+        elif getattr(a, "groups", 0):
+            parts += ["--groups", str(a.groups)] + (
+                ["--swap-groups"] if getattr(a, "swap_groups", False) else []) + (
+                ["--persistent-groups", str(a.persistent_groups)]
+                if getattr(a, "persistent_groups", 0) else [])
         for m in a.mutant:
             parts += ["--mutant", m]
         parts += ["--seed", str(seed)]
@@ -250,9 +286,14 @@ class RunSpec:
 
 
 def _check(result: SimResult, config: RouterConfig) -> list[str]:
-    from properties.policy_invariants import check_policies
     assert result.trace is not None
-    return [str(v) for v in check_policies(result.trace, config)]
+    return [str(v) for v in _checker(config)(result.trace, config)]
+
+
+def _checker(config: RouterConfig) -> Callable[..., list[Violation]]:
+    """Every guarantee, section 7's (the policies' and the groups') too."""
+    from properties.invariants import check_all
+    return check_all
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -283,9 +324,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not check:
         print(f"guarantees      not checked (runs over {CHECK_LIMIT:g} s need --check)")
         return 0
-    from properties.policy_invariants import check_policies  # every guarantee, section 7's too
     assert result.trace is not None
-    violations = check_policies(result.trace, sim.config)
+    violations = _checker(sim.config)(result.trace, sim.config)
     if not violations:
         print("guarantees      all held")
         return 0

@@ -47,7 +47,10 @@ def test_mutant_caught_by_its_scenario(zid: str) -> None:
 
 
 def test_every_core_mutant_has_a_scenario() -> None:
-    assert {m.id for m in MUTANTS.values() if m.layer == "core"} == set(SCENARIOS)
+    # the bug zoo's rows (BUGZOO.md) each have a scenario; the policy mutants (P, G) are killed
+    # by their laws and sweeps (properties/test_policy_laws.py, test_group_laws.py)
+    assert {m.id for m in MUTANTS.values() if m.layer == "core" and m.id.startswith("Z")} \
+        == set(SCENARIOS)
 
 
 def test_every_layer_has_tests_to_kill_its_mutants() -> None:
@@ -62,7 +65,7 @@ def test_the_zoo_has_every_row_of_the_spec() -> None:
     if not spec.exists():
         pytest.skip("shared/spec/BUGZOO.md is not beside this checkout")
     rows = re.findall(r"^\| (Z\d+)\b", spec.read_text(), re.MULTILINE)
-    assert rows and set(rows) == set(MUTANTS)
+    assert rows and set(rows) == {z for z in MUTANTS if z.startswith("Z")}
 
 
 # -- the mutants themselves ------------------------------------------------------------------------

@@ -95,10 +95,10 @@ MUTANTS: dict[str, Mutant] = {m.id: m for m in [
              """        if model.status is Status.LOADING:  # it may read stdin only once loaded (#21814)
             out.append(Kill(inst.id))
         else:
-            out.append(SendExit(inst.id))
+            out.append(SendExit(inst.id, group=group))
             inst.kill_at = now + model.spec.stop_timeout
 """,
-             """        out.append(SendExit(inst.id))  # the bug: a LOADING child is asked to exit too
+             """        out.append(SendExit(inst.id, group=group))  # the bug: a LOADING child too
         inst.kill_at = now + model.spec.stop_timeout
 """),
     )),
@@ -273,3 +273,13 @@ MUTANTS: dict[str, Mutant] = {m.id: m for m in [
 """),
     )),
 ]}
+
+# The mutants of the router's own policies (ROUTER.md section 7, P1-P4) join the bug zoo's rows:
+# ``policies.py`` builds them from the names above, so it is imported last.
+from .policies import POLICY_MUTANTS  # noqa: E402
+
+MUTANTS.update(POLICY_MUTANTS)
+# And the groups' mutant (ROUTER.md section 7, G1), built the same way.
+from .groups import GROUP_MUTANTS  # noqa: E402
+
+MUTANTS.update(GROUP_MUTANTS)

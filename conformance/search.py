@@ -1,8 +1,10 @@
 """``python -m conformance.search``: a live search for races in a router, Jepsen-style.
 
 Hypothesis generates programs of concurrent steps (``conformance/live_program.py``: bursts of
-requests released together, streams, clients that leave, loads, unloads, children paused and
-killed at chosen points of their life, upstream's ``LLAMA_SERVER_DEBUG_FAKE_TIMING`` hook) and
+requests released together, streams, clients that leave, requests held in their child, loads,
+unloads, children paused and killed at chosen points of their life, downloads from a loopback
+hub, reloads, upstream's ``LLAMA_SERVER_DEBUG_FAKE_TIMING`` hook), in a world that may start
+with a model loaded, and
 plays each against a fresh router on 127.0.0.1: the reference router by default (with fake
 children, which can load slowly or speak out of turn by their model's name), or a llama-server
 binary (``--router-bin``). Each run's history is checked by the file's own checks and by the
@@ -32,6 +34,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
+from fixtures.hub import MODEL_XS
 from fixtures.procs import executable
 
 from . import live_program as lp
@@ -47,6 +50,11 @@ PLAIN = ("a", "b", "c")  # the models every program may name
 # fake children: loads for 3 s; says unknown states first; ignores the exit command (a stop
 # takes the whole --stop-timeout, 2 s, and ends in a kill)
 ODD = ("slow-load", "unknown-state", "hang-on-exit")
+# a model of the loopback hub (fixtures/hub.py), which a program downloads before it can use it
+HUB_MODELS = (MODEL_XS,)
+# The hub, one per program that names a hub model; its downloads take about a second (the model
+# is 590 KiB), so that steps can meet a download under way.
+HUB = [sys.executable, "-m", "fixtures.hub", "--throttle", "600000"]
 
 
 @dataclass(frozen=True)
@@ -56,29 +64,45 @@ class Profile:
     shrink: float  # seconds of shrinking at most
     max_steps: int
     pauses: tuple[float, ...]
+    holds: tuple[float, ...]  # how long a held request takes in its child
 
 
+# The reference router's drain timeout (RouterConfig.drain_timeout): a request held longer
+# keeps its model busy past it (Z19's trigger). A long hold costs its program that time only
+# where another model's request waits for the held one (Run.play ends pauses early otherwise).
+PAST_DRAIN = 35.0
 PROFILES = {
-    # quick: CI, a few minutes; long: nightly, where a pause outlasts the drain timeout (Z19)
-    "quick": Profile("quick", 180.0, 120.0, 6, (0.3, 1.0, 3.0)),
-    "long": Profile("long", 1800.0, 600.0, 10, (0.3, 1.0, 3.0, 35.0)),
+    # quick: CI, a few minutes; long: nightly, longer programs and pauses past the drain timeout
+    "quick": Profile("quick", 180.0, 120.0, 6, (0.3, 1.0, 3.0), (1.0, 3.0, PAST_DRAIN)),
+    "long": Profile("long", 1800.0, 600.0, 10, (0.3, 1.0, 3.0, PAST_DRAIN),
+                    (1.0, 3.0, PAST_DRAIN, PAST_DRAIN)),
 }
 
 
 def programs(profile: Profile) -> st.SearchStrategy[lp.Program]:
-    """Each program names two or three models, so that its steps meet on them."""
-    names = st.lists(st.sampled_from(PLAIN) | st.sampled_from(ODD), min_size=2, max_size=3,
-                     unique=True)
+    """Each program names two or three models, so that its steps meet on them; about one in
+    three names the hub's model (and then has download and reload steps)."""
+    plain, odd = st.sampled_from(PLAIN), st.sampled_from(ODD)
+    name = st.one_of(plain, odd, plain, odd, plain, odd, st.sampled_from(HUB_MODELS))
+    names = st.lists(name, min_size=2, max_size=3, unique=True)
     return names.flatmap(lambda models: _programs(profile, tuple(models)))
 
 
 def _programs(profile: Profile, models: tuple[str, ...]) -> st.SearchStrategy[lp.Program]:
     model = st.sampled_from(models)
-    chat = st.builds(lp.Chat, model, stream=st.booleans(), tokens=st.sampled_from([4, 16]),
-                     leave=st.sampled_from([None, None, None, 0.05, 0.5]))
-    step = st.one_of(
+    # A client that leaves, or one that waits for a request held in its child (a generation
+    # that takes that long: what keeps a model busy while other requests come).
+    chat = st.one_of(
+        st.builds(lp.Chat, model, stream=st.booleans(), tokens=st.sampled_from([4, 16]),
+                  leave=st.sampled_from([None, None, None, 0.05, 0.5])),
+        st.builds(lp.Chat, model, stream=st.booleans(), tokens=st.sampled_from([4, 16]),
+                  hold=st.sampled_from(profile.holds)))
+    steps = [
         chat,
-        st.builds(lp.Burst, st.lists(chat, min_size=2, max_size=4).map(tuple)),
+        # released together, or one after the other by 50-100 ms (upstream's triggers: "request
+        # A, then B 100 ms later", #28698)
+        st.builds(lp.Burst, st.lists(chat, min_size=2, max_size=4).map(tuple),
+                  stagger=st.sampled_from([0.0, 0.0, 0.05, 0.1])),
         st.builds(lp.Get, model, path=st.sampled_from(["/props", "/slots"]),
                   query=st.sampled_from(["foo=1", ""])),
         st.builds(lp.Load, model),
@@ -87,11 +111,20 @@ def _programs(profile: Profile, models: tuple[str, ...]) -> st.SearchStrategy[lp
         st.builds(lp.Kill, model,
                   when=st.sampled_from(["now", "loading", "loading", "loaded", "stopping"])),
         st.builds(lp.Wait, st.sampled_from([0.05, 0.3, 1.0])),
-    )
+    ]
+    hub = [m for m in models if lp.is_hub_model(m)]
+    if hub:  # the catalog changes only by downloads here: a reload matters beside them
+        steps += [st.builds(lp.Download, st.sampled_from(hub)), st.just(lp.Reload())]
+    # An idle model is the first condition of most races (a request for another model evicts
+    # it; a request for it comes as it stops): in most worlds one or two are loaded first.
+    local = [m for m in models if not lp.is_hub_model(m)]
+    loaded = st.sampled_from([(), *((m,) for m in local),
+                              *((m, n) for m in local for n in local if m < n)])
     world = st.builds(lp.World, models_max=st.sampled_from([1, 1, 2, 0]),
-                      fake_timing=st.booleans())  # widens the load and routing windows
-    return st.builds(lp.Program, st.lists(step, min_size=1, max_size=profile.max_steps)
-                     .map(tuple), world)
+                      fake_timing=st.booleans(),  # widens the load and routing windows
+                      loaded=loaded)
+    return st.builds(lp.Program, st.lists(st.one_of(steps), min_size=1,
+                                          max_size=profile.max_steps).map(tuple), world)
 
 
 # -- the router under test --------------------------------------------------------------------
@@ -105,6 +138,7 @@ class Setup:
     base: list[str]
     env: dict[str, str]
     models_dir: Path
+    hub: list[str] | None = None  # the hub's command line, for programs that download
 
 
 def models_dir(root: Path) -> Path:
@@ -128,13 +162,13 @@ def setup(router_bin: str | None, mutant: str | None, children: str) -> Setup:
     if router_bin:
         base = [router_bin, "--host", "127.0.0.1", "--port", "{port}", "--models-dir",
                 str(models)]
-        return Setup("llama-server", base, env, models)
+        return Setup("llama-server", base, env, models, HUB)
     base = [sys.executable, "-m", "refimpl", "--host", "127.0.0.1", "--port", "{port}",
             "--models-dir", str(models), "--stop-timeout", "2"]
     if children == "fake":
         base += ["--child-cmd", FAKE]
     name = "refimpl" + ("" if children == "fake" else "-real") + (f"-{mutant}" if mutant else "")
-    return Setup(name, base, env, models)
+    return Setup(name, base, env, models, HUB)
 
 
 # -- the search -------------------------------------------------------------------------------
@@ -183,7 +217,7 @@ def search(s: Setup, profile: Profile, *, budget: float | None = None,
             return  # budget spent: hypothesis's remaining calls pass at once
         n = result.examples + result.shrink_runs + 1
         history, failures, _ = lp.play(program, s.base, s.models_dir,
-                                        logs / f"router-{n % 20}.log", s.env)
+                                        logs / f"router-{n % 20}.log", s.env, s.hub)
         timing = [f for f in failures if f.timing]
         hard = [f for f in failures if not f.timing or timing_fails]
         if result.found:
@@ -195,9 +229,12 @@ def search(s: Setup, profile: Profile, *, budget: float | None = None,
         t = time.monotonic() - start
         phase = "shrink" if result.found else "search"
         verdict = "; ".join(map(str, hard))[:300] if hard else "ok"
+        world = program.world
         say(f"[{t:7.1f}s] {phase} #{n} {len(program.steps)} steps, "
-            f"models_max {program.world.models_max}"
-            f"{', fake timing' if program.world.fake_timing else ''}: {verdict}")
+            f"models_max {world.models_max}"
+            f"{', fake timing' if world.fake_timing else ''}"
+            f"{', loaded ' + ' '.join(world.loaded) if world.loaded else ''}"
+            f"{', hub' if program.needs_hub() else ''}: {verdict}")
         if hard:
             if not result.found:
                 result.found = True
@@ -258,6 +295,7 @@ def _here(value):
 COMMAND = _here({command!r})  # "{{port}}": a free port
 EXTRA_ENV = _here({env!r})
 MODELS_DIR = _here({models!r})
+HUB = _here({hub!r}) or None  # the hub's command line, run in CWD
 CWD = _here({cwd!r})
 PROGRAM = {program!r}
 FOUND = {found!r}
@@ -284,7 +322,7 @@ def main() -> int:
     for i in range(args.repeat):
         with tempfile.TemporaryDirectory() as tmp:
             history, failures, run = play(PROGRAM, COMMAND, Path(MODELS_DIR),
-                                          Path(tmp) / "router.log", env)
+                                          Path(tmp) / "router.log", env, HUB)
             log = run.log_path.read_text(errors="replace")[-3000:]
         failed += bool(failures)
         print(f"run {{i + 1}}: " + ("FAILED" if failures else "passed"))
@@ -338,7 +376,10 @@ def write_repro(result: Result, directory: Path = REPROS) -> Path:
               + "; ".join(str(f) for f in result.failures)[:600].replace("\\", "/")
               + "\n\nRun: python " + path.name + " [--repeat 10] [--no-extra-env] "
               "[--verbose]\nNeeds only httpx and the standard library (inside the harness's "
-              "checkout it also applies properties/observed.py).\n"
+              "checkout it also applies properties/observed.py)"
+              + ("; its program downloads, from the hub that HUB starts (the harness's "
+                 "fixtures/hub.py)" if result.program.needs_hub() else "")
+              + ".\n"
               '"""\n')
     del command, env  # the world's flags are added at play time (command_for)
     binary = result.setup.base[0] if result.setup.name == "llama-server" else None
@@ -346,6 +387,7 @@ def write_repro(result: Result, directory: Path = REPROS) -> Path:
                              env=portable(result.setup.env, binary),
                              models=portable(str(result.setup.models_dir), binary),
                              cwd=portable(str(ROOT), binary),
+                             hub=portable(result.setup.hub or [], binary),
                              program=result.program, found=[str(f) for f in result.failures])
     path.write_text("#!/usr/bin/env python3\n" + header + body + tail)
     return path

@@ -70,10 +70,89 @@ def test_a_short_search_of_the_correct_router_finds_nothing(tmp_path: Path) -> N
 
 def test_a_program_reads_as_python() -> None:
     """The repr of a program is the Python that builds it (a reproduction embeds it)."""
-    program = lp.Program((lp.Burst((lp.Chat("a"), lp.Chat("b", stream=True, leave=0.5))),
-                          lp.Pause("a", 1.0), lp.Kill("b", "loading"), lp.Wait(0.3)),
-                         lp.World(models_max=2, fake_timing=True))
+    program = lp.Program((lp.Burst((lp.Chat("a"), lp.Chat("b", stream=True, leave=0.5)),
+                                   stagger=0.05),
+                          lp.Pause("a", 1.0), lp.Kill("b", "loading"), lp.Wait(0.3),
+                          lp.Chat("a", hold=3.0), lp.Download(search.HUB_MODELS[0]),
+                          lp.Reload()),
+                         lp.World(models_max=2, fake_timing=True, loaded=("a",)))
     assert eval(repr(program), vars(lp)) == program
+    assert program.needs_hub() and program.models() == {"a", "b", search.HUB_MODELS[0]}
+
+
+def test_the_hub_environment_is_the_hubs_own() -> None:
+    """A reproduction imports nothing of the harness, so live_program writes out what points a
+    router at the hub: it must stay what ``fixtures.hub.LocalHub.env()`` says."""
+    from fixtures.hub import LocalHub
+    with LocalHub(default_repos=False) as hub:
+        assert lp.hub_env(hub.url) == hub.env()
+
+
+def test_the_generator_draws_every_kind_of_step_and_world() -> None:
+    """Downloads and reloads come with the hub's model; holds, staggered bursts and worlds
+    that start with a model loaded are drawn too (each is a condition of some zoo race)."""
+    from hypothesis import HealthCheck, given, settings
+    seen: set[str] = set()
+
+    @settings(max_examples=300, database=None, deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(search.programs(search.PROFILES["quick"]))
+    def draw(program: lp.Program) -> None:
+        kinds = {type(s).__name__ for s in program.steps}
+        assert "Download" not in kinds or program.needs_hub(), program
+        assert not set(program.world.loaded) & set(search.HUB_MODELS), program
+        seen.update(kinds)
+        chats = [c for s in program.steps for c in (s.chats if isinstance(s, lp.Burst) else (s,))
+                 if isinstance(c, lp.Chat)]
+        seen.update(f"hold {c.hold:g}" for c in chats if c.hold)
+        seen.update(f"stagger {s.stagger:g}" for s in program.steps
+                    if isinstance(s, lp.Burst) and s.stagger)
+        if program.world.loaded:
+            seen.add("loaded")
+
+    draw()
+    assert seen >= {"Chat", "Burst", "Get", "Load", "Unload", "Pause", "Kill", "Wait",
+                    "Download", "Reload", "loaded", f"hold {search.PAST_DRAIN:g}",
+                    "stagger 0.05"}, seen
+
+
+def history(*entries: tuple[float, str, dict[str, object]]) -> lp.History:
+    h = lp.History()
+    for t, kind, data in entries:
+        h.note(kind, t=t, **data)
+    return h
+
+
+def test_a_request_sent_once_its_models_unload_was_answered_must_not_fail() -> None:
+    """An unload excuses the requests it may have cut (sent before its answer), not those that
+    came after: they wait for the model's next child (ROUTER.md section 6; Z9)."""
+    program = lp.Program((lp.Chat("a"), lp.Unload("a"), lp.Chat("a")), lp.World())
+    failed = [(0.10, "send", {"req": 1, "model": "a"}),
+              (0.20, "unload-answer", {"model": "a", "status": 200, "asked": 0.15,
+                                       "before": "loaded", "answered": "loaded"}),
+              (0.21, "answer", {"req": 1, "model": "a", "status": 502}),
+              (0.21, "error", {"req": 1, "model": "a", "status": 502, "text": "cut"})]
+    assert [f.check for f in lp.check(program, history(*failed))] == []
+    after = [(0.25, "send", {"req": 2, "model": "a"}),
+             (2.30, "answer", {"req": 2, "model": "a", "status": 502}),
+             (2.30, "error", {"req": 2, "model": "a", "status": 502, "text": "child gone"})]
+    assert [f.check for f in lp.check(program, history(*failed, *after))] == ["no_error"]
+
+
+def test_a_hub_model_may_be_unknown_until_its_download_is_accepted() -> None:
+    hub = search.HUB_MODELS[0]
+    program = lp.Program((lp.Chat(hub), lp.Download(hub), lp.Chat(hub), lp.Reload()))
+    entries = [(0.1, "send", {"req": 1, "model": hub}),
+               (0.2, "answer", {"req": 1, "model": hub, "status": 404}),
+               (0.2, "error", {"req": 1, "model": hub, "status": 404, "text": "not found"}),
+               (0.3, "download-answer", {"model": hub, "status": 200, "asked": 0.25,
+                                         "text": ""}),
+               (0.4, "send", {"req": 2, "model": hub}),
+               (0.5, "answer", {"req": 2, "model": hub, "status": 503}),
+               (0.5, "error", {"req": 2, "model": hub, "status": 503, "text": "no"}),
+               (3.0, "reload-answer", {"asked": 2.0, "status": None, "text": "no answer"})]
+    assert [f.check for f in lp.check(program, history(*entries))] == [
+        "no_error", "reload_answered"]
 
 
 @pytest.mark.timeout(600)
@@ -131,3 +210,38 @@ def test_a_model_whose_waiters_all_left_may_be_evicted_before_the_grace_ends() -
     program = lp.Program((lp.Get("c"), lp.Kill("c", "loading"), lp.Chat("a", leave=0.5)),
                          lp.World(models_max=1))
     assert lp.observed_checks(program, h) == []
+
+
+def test_a_download_asked_again_after_a_cancelled_one_is_a_fresh_entry() -> None:
+    """Found by the Z19 measurement (docs/CONFORMANCE.md, S9): a download cancelled by an
+    unload removes its entry (``model_remove``), so the next download of the name starts a
+    fresh one: ``unloaded -> downloading`` across a removal is legal. The history kept status
+    events only, and the observer called it an illegal transition."""
+    hub = search.HUB_MODELS[0]
+    h = history((0.1, "sse", {"model": hub, "data": {"status": "downloading"}}),
+                (0.3, "unload", {"model": hub}),
+                (0.4, "sse", {"model": hub, "data": {"status": "unloaded"}}),
+                (0.4, "remove", {"model": hub}),
+                (0.6, "sse", {"model": hub, "data": {"status": "downloading"}}),
+                (1.6, "sse", {"model": hub, "data": {"status": "downloaded"}}),
+                (1.7, "sse", {"model": hub, "data": {"status": "unloaded"}}))
+    program = lp.Program((lp.Download(hub), lp.Unload(hub), lp.Download(hub)))
+    assert lp.observed_checks(program, h) == []
+    without = lp.History()
+    without.entries = [e for e in h.entries if e[2] != "remove"]
+    assert [f.check for f in lp.observed_checks(program, without)] == [
+        "observed.legal_transitions"]
+
+
+def test_a_child_is_known_for_a_download_child_only_once_it_has_its_own_command_line() -> None:
+    """Found by the 15-minute search (docs/CONFORMANCE.md, S10): a download child read while
+    forked (the router's command line) or in the middle of its exec (an empty one) was taken
+    for a model child for good, and counted against --models-max 1 beside the model's child."""
+    router = ["python", "-m", "refimpl", "--port", "1"]
+    download = {"LLAMA_SERVER_CHILD_MODE": "download", "LLAMA_ARG_HF_REPO": "u/r:F16"}
+    assert lp.takes_no_slot(router, {"PATH": "/bin"}, router) is None
+    assert lp.takes_no_slot([""], {}, router) is None
+    assert lp.takes_no_slot(["python", "-m", "refimpl.child"], {}, router) is None
+    assert lp.takes_no_slot(["python", "-m", "refimpl.child"], download, router) is True
+    assert lp.takes_no_slot(["python", "-m", "fixtures.fake_child"], {"PATH": "/bin"},
+                            router) is False

@@ -153,8 +153,9 @@ def children(pid: int) -> list[int]:
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             st = _stat(int(entry))
-            if st is not None and st[1] == pid and st[0] not in "ZX":
-                out.append(int(entry))
+            if st is not None and st[1] == pid and st[0] not in "ZX" and not any(
+                    "refimpl.child.zygote" in arg for arg in cmdline(int(entry))):
+                out.append(int(entry))  # a router's helper holding no model is no child here
     return out
 
 

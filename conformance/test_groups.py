@@ -5,7 +5,7 @@ that changes a model's group is published on ``/models/sse``. llama-server has n
 ``--router-bin`` target each test is reported n/a (skipped), as in ``test_policies.py``.
 
 Each test ends by checking the router's own trace (``--trace``, written when it stops) against
-every guarantee, the groups' included (``properties.group_invariants.check_groups``)."""
+every guarantee, the groups' included (``properties.invariants.check_all``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import pytest
 
-from properties.group_invariants import check_groups
+from properties.invariants import check_all
 from refimpl.core.commands import Listed
 from refimpl.core.config import Group, ModelSpec, RouterConfig
 from refimpl.core.events import CatalogChanged
@@ -53,7 +53,7 @@ def trace_holds(router: Router, trace: Path, groups: dict[str, Group], **config:
             for spec in at.what.specs}
     specs = tuple(replace(read[n], group=groups.get(n)) if n in read
                   else ModelSpec(n, group=groups.get(n)) for n in sorted(names))
-    violations = check_groups(entries, RouterConfig(models=specs, **config))
+    violations = check_all(entries, RouterConfig(models=specs, **config))
     assert not violations, "\n".join(map(str, violations))
 
 

@@ -1294,6 +1294,10 @@ CHECKS: dict[str, Check] = {
     "events_well_formed": events_well_formed,
     "listing_true": listing_true,
 }
+# ROUTER.md section 7's groups: judged with every other one (before the policies', which stay
+# last in CHECKS as properties/test_policy_laws.py expects).
+GROUP_CHECKS: dict[str, Check] = {"groups_held": groups_held}
+CHECKS.update(GROUP_CHECKS)
 # The guarantees of the router's own policies (ROUTER.md section 7): judged with every other one.
 POLICY_CHECKS: dict[str, Check] = {
     "pinned_never_evicted": pinned_never_evicted,
@@ -1302,9 +1306,6 @@ POLICY_CHECKS: dict[str, Check] = {
     "queue_limit_held": queue_limit_held,
 }
 CHECKS.update(POLICY_CHECKS)
-# ROUTER.md section 7's groups: judged with every other one too.
-GROUP_CHECKS: dict[str, Check] = {"groups_held": groups_held}
-CHECKS.update(GROUP_CHECKS)
 LIVENESS = ("every_request_answered", "api_calls_take_effect")  # need a trace that ran its course
 
 

@@ -26,9 +26,8 @@ from simulator.engine import Simulation
 from simulator.faults import Faults
 from simulator.policies import CONCURRENCY, GROUPS, QUEUE_MAX, TTLS, Policies, apply
 
+from .invariants import Checking
 from .machine import DOWNLOADS, MACHINE_FAULTS, router_machine
-from .group_invariants import GroupChecking
-from .policy_invariants import PolicyChecking
 
 
 def policies(models: int, groups: bool = False) -> st.SearchStrategy[Policies]:
@@ -62,7 +61,7 @@ def policy_machine(base: RouterConfig, faults: Faults = MACHINE_FAULTS, focus: s
                     chosen=policies(len(base.models), groups))
         def start(self, seed: int, opening: list[str], chosen: Policies) -> None:
             config = apply(base, chosen)
-            self.checking = GroupChecking(config) if groups else PolicyChecking(config)
+            self.checking = Checking(config)  # every guarantee, the policies' and groups' too
             self.sim = Simulation(config, None, faults, random.Random(seed), duration=0.0,
                                   drain=1e9)
             self.sim.start()

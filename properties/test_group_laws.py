@@ -1,6 +1,6 @@
 """Laws of ROUTER.md section 7's groups, each on a scripted scenario against the real core with
 simulated children; the sweep and the state machines that hold every guarantee
-(``invariants.CHECKS``, ``policy_invariants.POLICY_CHECKS``, ``group_invariants.GROUP_CHECKS``)
+(``invariants.CHECKS``, which holds section 7's ``POLICY_CHECKS`` and ``GROUP_CHECKS`` too)
 on random group memberships mixed with the other policies. Each law names, in its docstring,
 the code change that breaks it; the zoo mutant G1 (``properties/mutants/groups.py``) is killed
 by the sweep alone and by the state machine alone.
@@ -29,10 +29,9 @@ from simulator.policies import apply, seeded
 from simulator.scenario import Action, Load, Request, play
 from simulator.workloads import WORKLOADS, make_workload
 
-from .group_invariants import GROUP_CHECKS, check_groups
-from .invariants import CHECKS, Violation
+from .invariants import CHECKS, GROUP_CHECKS, POLICY_CHECKS, Violation, check_all
 from .mutants.groups import GROUP_MUTANTS, group_mutated
-from .policy_invariants import POLICY_CHECKS
+from .mutants.registry import MUTANTS
 from .policy_machine import policy_machine
 
 GiB = 1024**3
@@ -56,7 +55,7 @@ def stops(trace: list[At]) -> list[tuple[float, str, str | None]]:
 
 
 def held(trace: list[At], config: RouterConfig) -> list[Violation]:
-    violations = check_groups(trace, config)
+    violations = check_all(trace, config)
     assert not violations, "\n".join(map(str, violations))
     return violations
 
@@ -190,7 +189,7 @@ def seeded_groups(seed: int) -> list[str]:
                      duration=90.0, chunk_rng=random.Random(0))
     result = sim.run()
     assert result.trace is not None
-    return [str(v) for v in check_groups(result.trace, config)]
+    return [str(v) for v in check_all(result.trace, config)]
 
 
 @settings(max_examples=20, suppress_health_check=BIG)
@@ -233,7 +232,12 @@ def test_the_state_machine_kills_the_group_mutant() -> None:
         run_state_machine_as_test(machine, settings=chosen)  # type: ignore[no-untyped-call]
 
 
-def test_the_group_guarantee_is_a_new_name() -> None:
-    """For registering it in invariants.CHECKS: no name is taken."""
-    assert not set(GROUP_CHECKS) & (set(CHECKS) | set(POLICY_CHECKS))
+def test_the_group_guarantee_and_mutant_are_registered() -> None:
+    """groups_held is judged with every guarantee (just before the policies'), under a name of
+    its own; G1 is in the zoo."""
+    assert not set(GROUP_CHECKS) & set(POLICY_CHECKS)
+    assert all(CHECKS[name] is check for name, check in GROUP_CHECKS.items())
+    order = list(CHECKS)
+    assert order[-len(POLICY_CHECKS) - len(GROUP_CHECKS):-len(POLICY_CHECKS)] == list(GROUP_CHECKS)
     assert set(GROUP_MUTANTS) == {"G1"}
+    assert all(MUTANTS[name] is mutant for name, mutant in GROUP_MUTANTS.items())

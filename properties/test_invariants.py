@@ -5,6 +5,7 @@ suites alone: every check can fail, and fails for the reason it names."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Any, Callable
 
 import pytest
@@ -360,9 +361,13 @@ CHAT, X, KEPT = Group("chat"), Group("x"), Group("kept", persistent=True)
 
 def _serve(model: str, t: float, req: int, inst: int, *, end: bool = True) -> list[At]:
     """A request for ``model`` loads it and is served (its response ends unless not ``end``)."""
-    return [At(t, RequestArrived(req, model)), At(t, Spawn(inst, model)),
+    return [At(t, RequestArrived(req, model)), At(t, loading(model)), At(t, Spawn(inst, model)),
             At(t + 1, loaded(model)), At(t + 1, Forward(req, model, inst)),
             *([At(t + 2, ResponseEnded(req))] if end else [])]
+
+
+def loading(model: str) -> Publish:
+    return Publish(model, "status_change", {"status": "loading"})
 
 
 def _groups(*specs: ModelSpec, models_max: int = 0) -> RouterConfig:
@@ -385,8 +390,8 @@ def test_a_group_stop_is_no_eviction_but_still_judged() -> None:
              ModelSpec("C", group=KEPT, stop_timeout=5.0))
     config = _groups(*specs)
     before = [*_serve("C", 0, 1, 1), *_serve("A", 3, 2, 2), At(6, RequestArrived(3, "B"))]
-    after = [At(6.1, Spawn(3, "B")), At(7, loaded("B")), At(7, Forward(3, "B", 3)),
-             At(8, ResponseEnded(3))]
+    after = [At(6.1, loading("B")), At(6.1, Spawn(3, "B")), At(7, loaded("B")),
+             At(7, Forward(3, "B", 3)), At(8, ResponseEnded(3))]
     grouped = [*before, *_make_way("A", 2, 6, group="B"), *after]
     assert _verdicts(grouped, config) == set()
     unmarked = [*before, *_make_way("A", 2, 6, group=None), *after]
@@ -426,7 +431,8 @@ def test_a_load_a_pinned_model_in_the_way_crowds_out_is_not_owed() -> None:
     specs = (ModelSpec("P", pin=True, group=X, stop_timeout=5.0),
              ModelSpec("B", stop_timeout=5.0), ModelSpec("C", group=X, stop_timeout=5.0))
     trace = [At(0, LoadAsked(1, "P")), At(0, Reply(1, 200, errors.OK)),
-             At(0, LoadAsked(2, "B")), At(0, Reply(2, 200, errors.OK)), At(0, Spawn(1, "P")),
+             At(0, LoadAsked(2, "B")), At(0, Reply(2, 200, errors.OK)), At(0, loading("P")),
+             At(0, Spawn(1, "P")),
              At(1, loaded("P")), *_serve("C", 2, 3, 2)]
     found = {v.guarantee for v in check_all(trace, _groups(*specs))}
     assert found == set()

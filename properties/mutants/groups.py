@@ -2,9 +2,8 @@
 loaded while a member of another group still runs) as exact text edits of the production
 source, kept here and never in ``refimpl/``, in the shape of ``registry.py``'s rows.
 
-``GROUP_MUTANTS`` is not yet in ``registry.MUTANTS`` (so not in the ``--mutant`` choices, nor
-in ``python -m properties.zoo``); ``with group_mutated("G1"):`` applies one in this process.
-To register it: ``MUTANTS.update(GROUP_MUTANTS)`` at the end of ``registry.py``.
+``GROUP_MUTANTS`` is in ``registry.MUTANTS`` (``MUTANTS.update`` at its end): ``--mutant G1``,
+``python -m properties.zoo G1``; ``with group_mutated("G1"):`` applies one in this process.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 policy as exact text edits of the production source, kept here and never in ``refimpl/``, in
 the shape of ``registry.py``'s rows.
 
-``POLICY_MUTANTS`` is not yet in ``registry.MUTANTS`` (so not in the ``--mutant`` choices, nor
-in ``python -m properties.zoo``); ``with policy_mutated("P1"):`` applies one in this process.
-To register them: ``MUTANTS.update(POLICY_MUTANTS)`` at the end of ``registry.py``.
+``registry.py`` registers them (``MUTANTS.update(POLICY_MUTANTS)`` at its end), so they are
+in the ``--mutant`` choices and in ``python -m properties.zoo``; ``with policy_mutated("P1"):``
+applies one in this process.
 """
 
 from __future__ import annotations

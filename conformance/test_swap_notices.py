@@ -17,7 +17,15 @@ import pytest
 from fixtures.procs import popen, wait_healthy
 from refimpl.router.processes import free_port
 
+from .routers import Target
+
 pytestmark = pytest.mark.live
+
+
+@pytest.fixture(autouse=True)
+def reference_only(target: Target) -> None:
+    if target.binary:
+        pytest.skip("ROUTER.md 7's policies are the reference router's (llama-server has none)")
 
 
 @pytest.fixture

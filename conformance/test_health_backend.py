@@ -16,9 +16,17 @@ import pytest
 
 from fixtures.procs import children_of, popen, wait_gone, wait_healthy
 from refimpl.router.processes import free_port
+
+from .routers import Target
 from refimpl.router.sources import SourceError, load_sources
 
 pytestmark = pytest.mark.live
+
+
+@pytest.fixture(autouse=True)
+def reference_only(target: Target) -> None:
+    if target.binary:
+        pytest.skip("ROUTER.md 7's policies are the reference router's (llama-server has none)")
 FOREIGN = "{python} -m fixtures.health_child"
 
 

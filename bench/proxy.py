@@ -145,12 +145,12 @@ def main() -> int:
     if "llama-server" in runs:
         ratio = runs["refimpl"]["overhead_p50"] / max(runs["llama-server"]["overhead_p50"], 1e-9)
         table += f"\n\nOverhead ratio refimpl / llama-server (p50): {ratio:.2f}"
-    if RETRIED["count"]:
-        table += (f"\n\nRequests sent again once, a kept-alive connection closed under them: "
-                  f"{RETRIED['count']} (their pair's time includes the failed try)")
     else:
         table += ("\n\nNo llama-server binary was given, so there is no ratio in this run; the "
                   "C++ router's overhead measured earlier on these machines is about 0.9 ms (p50).")
+    if RETRIED["count"]:
+        table += (f"\n\nRequests sent again once, a kept-alive connection closed under them: "
+                  f"{RETRIED['count']} (their pair's time includes the failed try)")
     print(table)
     if a.write:
         cmd = "python bench/proxy.py --write" + (" --router-bin PATH" if a.router_bin else "")

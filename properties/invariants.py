@@ -292,8 +292,24 @@ def _wait_bounds(config: RouterConfig, replay: Replay
     # when the child stops or dies), so one that joins an entry or a load, and takes its
     # place, still waits behind every request of its model that came before it.
     limited = {s.name for s in config.models if s.concurrency}
+    lined_on: dict[int, int] = {}  # a request in line: the child it waits in line on
     while (at := (yield ())) is not None:
-        if isinstance(at.what, CatalogChanged):
+        if isinstance(at.what, (SendExit, Kill, ChildExited)) and at.what.instance in \
+                lined_on.values():
+            # The child stops or died: its line goes back to the queue, into its model's entry
+            # (made by the oldest of them if none is queued), like requests that find their
+            # model queued: each takes the entry's place, its oldest request's.
+            line = [r for r, i in lined_on.items() if i == at.what.instance]
+            for r in line:
+                del lined_on[r]
+            line = [r for r in line if not replay.requests[r].answered]
+            if line:
+                model = replay.requests[line[0]].model
+                queued = [o.req for o in replay.open_for(model)
+                          if o.req not in line and not replay.doomed(o)]
+                for r in line:
+                    waiting[r].extend([*queued, *(o for o in line if o != r)])
+        elif isinstance(at.what, CatalogChanged):
             stop = max([stop, *(s.stop_timeout for s in at.what.specs)])
             limited.update(s.name for s in at.what.specs if s.concurrency)
         elif isinstance(at.what, DownloadAsked):  # a download's entry has the default spec
@@ -320,6 +336,9 @@ def _wait_bounds(config: RouterConfig, replay: Replay
                 and usable.ready
             waiting[at.what.req] = [] if in_line else [
                 r.req for r in replay.open_for(model) if not replay.doomed(r)]
+            if in_line:
+                assert usable is not None
+                lined_on[at.what.req] = usable.instance
     h = replay.history()
     loads = sorted((c.spawned, (c.ready_at if c.ready_at is not None else
                                 c.exited_at if c.exited_at is not None else h.end) - c.spawned)

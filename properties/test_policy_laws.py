@@ -258,3 +258,19 @@ def test_the_policy_guarantees_and_mutants_are_registered() -> None:
     assert list(CHECKS)[-len(POLICY_CHECKS):] == list(POLICY_CHECKS)
     assert set(POLICY_MUTANTS) == {"P1", "P2", "P3", "P4"}
     assert all(MUTANTS[name] is mutant for name, mutant in POLICY_MUTANTS.items())
+
+
+def test_a_line_sent_back_to_the_queue_shares_its_oldest_request_place() -> None:
+    """A child with a concurrency limit stops with two requests in line, one older and one
+    newer than a request for another model: the line goes back to the queue as its model's
+    entry, at its oldest request's place, and is served with it; the newer one is work ahead of
+    the other model's request, not a starvation of it (``bounded_wait``, seed 64 of the
+    policy-mix sweep on streams)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "simulator", "run", "--workload", "streams", "--models", "4",
+         "--models-max", "1", "--faults", "light", "--policy-mix", "--seed", "64"],
+        capture_output=True, text=True, timeout=120)
+    assert "guarantees      all held" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]

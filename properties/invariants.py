@@ -299,16 +299,16 @@ def _wait_bounds(config: RouterConfig, replay: Replay
             # The child stops or died: its line goes back to the queue, into its model's entry
             # (made by the oldest of them if none is queued), like requests that find their
             # model queued: each takes the entry's place, its oldest request's.
-            line = [r for r, i in lined_on.items() if i == at.what.instance]
-            for r in line:
-                del lined_on[r]
-            line = [r for r in line if not replay.requests[r].answered]
+            line = [req for req, i in lined_on.items() if i == at.what.instance]
+            for req in line:
+                del lined_on[req]
+            line = [req for req in line if not replay.requests[req].answered]
             if line:
                 model = replay.requests[line[0]].model
                 queued = [o.req for o in replay.open_for(model)
                           if o.req not in line and not replay.doomed(o)]
-                for r in line:
-                    waiting[r].extend([*queued, *(o for o in line if o != r)])
+                for req in line:
+                    waiting[req].extend([*queued, *(o for o in line if o != req)])
         elif isinstance(at.what, CatalogChanged):
             stop = max([stop, *(s.stop_timeout for s in at.what.specs)])
             limited.update(s.name for s in at.what.specs if s.concurrency)

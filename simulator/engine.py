@@ -49,8 +49,11 @@ class _Open:
 class Simulation:
     """One run: ``config`` for the core, arrivals from ``workload``, misbehaviour from ``faults``.
 
-    Arrivals stop at ``duration``; the run then goes on for at most ``drain`` more virtual seconds
-    so that every request can finish (faults never start after ``faults.until``).
+    Arrivals stop at ``duration``; the run then goes on for at most ``drain`` more virtual seconds,
+    plus the service time of every request that arrived (the work one child would take to serve
+    them one by one: a workload can offer more than the children can serve while it runs, as
+    long streams to models with a concurrency limit do), so that every request can finish
+    (faults never start after ``faults.until``).
     """
 
     def __init__(self, config: RouterConfig, workload: Workload | None, faults: Faults,
@@ -189,6 +192,7 @@ class Simulation:
             self.at(arrival.t, self._arrive, arrival)
 
     def _arrive(self, arrival: Arrival) -> None:
+        self.deadline += arrival.service
         self._next_arrival()
         self.request(arrival.model, arrival.service, arrival.patience)
 

@@ -183,3 +183,20 @@ def test_parsers() -> None:
     assert parse_device("gpu0=2GiB") == ("gpu0", 2 * 1024**3)
     assert parse_window("0-90s") == (0, 90) and parse_window("2m-3m") == (120, 180)
     assert parse_window("all") == "all" and parse_window("auto") == "auto"
+
+
+def test_a_run_goes_on_until_work_offered_beyond_the_drain_is_served() -> None:
+    """Long streams to models with a concurrency limit of 1 (policy-mix seed 164): 300 s of
+    arrivals offer hours of work one child must serve one by one, more than the 600 s drain. A
+    run ends when everything was answered or the drain plus the service times of every arrival
+    have passed, so that a correct router is not reported as starving (every request answered);
+    with a fixed 600 s drain 107 requests were still waiting at the end."""
+    spec = RunSpec(build_parser().parse_args(
+        ["run", "--workload", "streams", "--models", "4", "--models-max", "1", "--faults",
+         "light", "--policy-mix", "--seed", "164", "--duration", "300s"]))
+    sim = spec.simulation(164, record=True)
+    result = sim.run()
+    assert result.trace is not None
+    assert result.summary.lost == 0 and result.summary.ok == result.summary.requests
+    assert result.end > 900.0 and result.pending == []  # it needed more than the fixed drain
+    assert check_all(result.trace, spec.config(164)) == []

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,9 +67,12 @@ class Profile:
     holds: tuple[float, ...]  # how long a held request takes in its child
 
 
-# The reference router's drain timeout (RouterConfig.drain_timeout): a request held longer
-# keeps its model busy past it (Z19's trigger). A long hold costs its program that time only
-# where another model's request waits for the held one (Run.play ends pauses early otherwise).
+# Past the longest a router might wait for a busy model before giving up on it (a drain timeout:
+# llama-server has none; the reference router's is 30 s, used by its drain-timeout policy only):
+# a request held longer keeps its model busy past it (Z19's trigger). A long hold costs its
+# program that time only where another model's request waits for the held one (Run.play ends
+# pauses early otherwise). A Setup says what "past" is for its router: the reference router is
+# started with ``--drain-timeout 3`` and its holds past the drain take 5 s.
 PAST_DRAIN = 35.0
 PROFILES = {
     # quick: CI, a few minutes; long: nightly, longer programs and pauses past the drain timeout
@@ -79,13 +82,21 @@ PROFILES = {
 }
 
 
-def programs(profile: Profile) -> st.SearchStrategy[lp.Program]:
+def programs(profile: Profile, past_drain: float = PAST_DRAIN
+             ) -> st.SearchStrategy[lp.Program]:
     """Each program names two or three models, so that its steps meet on them; about one in
-    three names the hub's model (and then has download and reload steps)."""
+    three names the hub's model (and then has download and reload steps). ``past_drain``: what
+    the profile's holds and pauses past the drain timeout take for the router under test."""
+    profile = replace(profile, holds=_past(profile.holds, past_drain),
+                      pauses=_past(profile.pauses, past_drain))
     plain, odd = st.sampled_from(PLAIN), st.sampled_from(ODD)
     name = st.one_of(plain, odd, plain, odd, plain, odd, st.sampled_from(HUB_MODELS))
     names = st.lists(name, min_size=2, max_size=3, unique=True)
     return names.flatmap(lambda models: _programs(profile, tuple(models)))
+
+
+def _past(seconds: tuple[float, ...], past_drain: float) -> tuple[float, ...]:
+    return tuple(past_drain if s == PAST_DRAIN else s for s in seconds)
 
 
 def _programs(profile: Profile, models: tuple[str, ...]) -> st.SearchStrategy[lp.Program]:
@@ -139,6 +150,7 @@ class Setup:
     env: dict[str, str]
     models_dir: Path
     hub: list[str] | None = None  # the hub's command line, for programs that download
+    past_drain: float = PAST_DRAIN  # a hold longer than the router's drain timeout
 
 
 def models_dir(root: Path) -> Path:
@@ -163,12 +175,13 @@ def setup(router_bin: str | None, mutant: str | None, children: str) -> Setup:
         base = [router_bin, "--host", "127.0.0.1", "--port", "{port}", "--models-dir",
                 str(models)]
         return Setup("llama-server", base, env, models, HUB)
+    # (--drain-timeout: see PAST_DRAIN; the policy is fifo, which never uses it)
     base = [sys.executable, "-m", "refimpl", "--host", "127.0.0.1", "--port", "{port}",
-            "--models-dir", str(models), "--stop-timeout", "2"]
+            "--models-dir", str(models), "--stop-timeout", "2", "--drain-timeout", "3"]
     if children == "fake":
         base += ["--child-cmd", FAKE]
     name = "refimpl" + ("" if children == "fake" else "-real") + (f"-{mutant}" if mutant else "")
-    return Setup(name, base, env, models, HUB)
+    return Setup(name, base, env, models, HUB, past_drain=5.0)
 
 
 # -- the search -------------------------------------------------------------------------------
@@ -254,7 +267,7 @@ def search(s: Setup, profile: Profile, *, budget: float | None = None,
             phases.insert(0, Phase.reuse)
         run = settings(max_examples=chunk, deadline=None, database=database, phases=phases,
                        suppress_health_check=list(HealthCheck), print_blob=False,
-                       derandomize=False)(given(programs(profile))(probe))
+                       derandomize=False)(given(programs(profile, s.past_drain))(probe))
         first_chunk = False
         try:
             run()

@@ -84,7 +84,8 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
     specs = tuple(spec_for(e) for e in entries.values())
     core = RouterCore(RouterConfig(models=specs, models_max=opts.models_max, devices=devices,
                                    autoload=opts.models_autoload, policy=opts.policy,
-                                   ttl=opts.models_ttl, queue_max=opts.queue_max))
+                                   drain_timeout=opts.drain_timeout, ttl=opts.models_ttl,
+                                   queue_max=opts.queue_max))
     spawner: Spawner = make_spawner(opts.child_cmd, opts.port, log)
     download_spawner: Spawner = make_download_spawner(opts.download_cmd, opts.port, log,
                                                       opts.hf_token)

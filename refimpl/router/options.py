@@ -153,6 +153,7 @@ class RouterOptions:
     sleep_idle_seconds: float | None = None
     offline: bool = False
     policy: str = DEFAULT_POLICY
+    drain_timeout: float = 30.0
     models_ttl: float = 0.0  # seconds idle before a model is unloaded, 0 = never (ROUTER.md 7)
     queue_max: int = 0  # requests that may wait at once, 0 = unlimited (ROUTER.md 7)
     child_cmd: str = DEFAULT_CHILD
@@ -214,6 +215,10 @@ def build_parser(prog: str = "refimpl-router") -> argparse.ArgumentParser:
                         "refimpl.core.trace.At) for the invariants of properties/invariants.py")
     p.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
                    help="scheduling policy (%(default)s)")
+    p.add_argument("--drain-timeout", type=parse_seconds, default=30.0, metavar="SECONDS",
+                   help="policy drain-timeout only: seconds the queue may wait for busy models "
+                        "to drain before the least recently used one is evicted busy "
+                        "(%(default)s)")
     p.add_argument("--models-ttl", type=parse_seconds, default=0.0, metavar="SECONDS",
                    help="unload a model that has had no request in flight or waiting for this "
                         "long, 0 = never (%(default)s); preset key ttl sets it per model, and "
@@ -332,7 +337,8 @@ def parse(argv: list[str], env: Mapping[str, str] | None = None,
         device_memory=dict(known.device_memory), models_autoload=known.models_autoload,
         api_key=known.api_key, api_keys=tuple(dict.fromkeys(keys)), hf_token=token,
         sleep_idle_seconds=known.sleep_idle_seconds,
-        offline=known.offline, policy=known.policy, models_ttl=known.models_ttl,
+        offline=known.offline, policy=known.policy, drain_timeout=known.drain_timeout,
+        models_ttl=known.models_ttl,
         queue_max=known.queue_max, child_cmd=known.child_cmd,
         download_cmd=known.download_cmd,
         stop_timeout=known.stop_timeout, child_args=child_args,

@@ -14,8 +14,10 @@ from hypothesis import HealthCheck, Phase, settings
 from properties import mutants
 from properties.example_database import ENV as EXAMPLE_DB, example_database
 
-# The tiny GGUF models fixture (``tiny_models``), for every test folder; the end-of-run leak check.
-pytest_plugins = ["fixtures.pytest_fixtures", "fixtures.leakcheck"]
+# The tiny GGUF models fixture (``tiny_models``), for every test folder; the end-of-run leak check;
+# the conformance suite's options and fixtures (also the pytest11 entry point of that name, so an
+# editable install registers it once, by the same name).
+pytest_plugins = ["fixtures.pytest_fixtures", "fixtures.leakcheck", "conformance.plugin"]
 
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow],
                print_blob=False)

@@ -27,7 +27,10 @@ import httpx
 from fixtures.procs import alive, children_of, popen, wait_gone, wait_healthy
 from properties.observed import Observed
 
+# The checkout's root (where ``python -m refimpl`` runs), or, installed from the wheel, the
+# package folder that holds this one (which has no pyproject.toml).
 ROOT = Path(__file__).resolve().parent.parent
+CHECKOUT = (ROOT / "pyproject.toml").is_file()
 WATCH_EVERY = 0.05  # seconds between two looks at the router's children
 
 
@@ -67,7 +70,8 @@ class RouterProcess:
         self._log = log_path.open("wb")
         self.proc: subprocess.Popen[bytes] = popen(
             command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=ROOT, start_new_session=True, env=dict(os.environ) if env is None else env)
+            cwd=ROOT if CHECKOUT else None, start_new_session=True,
+            env=dict(os.environ) if env is None else env)
         self.seen_children: set[int] = set()
         self.peak_children = 0  # the most child processes alive at one look
         self.child_samples = 0

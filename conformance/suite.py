@@ -1,10 +1,12 @@
-"""Black-box conformance: start a router from a command, talk to it over loopback HTTP.
+"""Black-box conformance, the suite's fixtures and report (registered by ``conformance.plugin``
+when a run checks the suite): start a router from a command, talk to it over loopback HTTP.
 
 Default target: the reference router (``python -m refimpl``) with its llama-cpp-python children.
 ``--router-bin PATH`` (or ``LLAMA_SERVER_BIN_PATH``) targets a llama-server binary in router mode;
 ``--child-cmd TEMPLATE`` runs the reference router with other children (interop: llama-server's).
 Every router and child process a test starts is stopped, and checked gone, by pid.
-Each run writes its per-clause report to reports/conformance-<target>.{md,xml};
+Each run writes its per-clause report to reports/conformance-<target>.{md,xml} (in a checkout,
+its reports/ folder; installed, the current folder's, or ``--conformance-reports DIR``);
 ``python -m conformance.report`` merges them into docs/CONFORMANCE.md.
 """
 
@@ -18,18 +20,11 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from .deviations import DEVIATIONS
+from .process import CHECKOUT
 from .routers import ROOT, Router, Target
 
-__all__ = ["Router", "Target"]
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("conformance")
-    group.addoption("--router-bin", default=os.environ.get("LLAMA_SERVER_BIN_PATH"),
-                    help="a llama-server binary to check instead of the reference router")
-    group.addoption("--child-cmd", default=None,
-                    help="reference router only: the child command template it should use "
-                         "(interop: 'llama-server -m $model --port $port --host $host')")
+# The tiny GGUF models fixture (``tiny_models``); the end-of-run leak check.
+pytest_plugins = ["fixtures.pytest_fixtures", "fixtures.leakcheck"]
 
 
 def _target(config: pytest.Config) -> Target:
@@ -40,12 +35,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "deviation(id): replays an upstream deviation "
                             "(conformance/deviations.py); xfail(strict=True) on the targets "
                             "it names")
+    for line in MARKERS:  # the checkout's pyproject.toml declares them too
+        config.addinivalue_line("markers", line)
+
+
+MARKERS = ("live: needs real child processes and loopback HTTP",
+           "slow: takes more than a few seconds",
+           "thrash: thrash and starvation scenarios (select with -k thrash)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     name = _target(config).name
     for item in items:
-        if "conformance/" in item.nodeid.replace("\\", "/"):
+        if _in_suite(item.nodeid):
             # the report's clause travels with each test's report (under pytest-xdist, the
             # controller that writes the report has no items of its own)
             item.user_properties.append(("clause", _clause(getattr(item, "obj", None))))
@@ -85,11 +87,17 @@ def start_router(target: Target, tiny_models: Any, tmp_path: Path
 # -- the per-clause report: a markdown table and junit XML under reports/ -------------------------
 
 _RESULTS: dict[str, dict[str, Any]] = {}
+
+
+def _in_suite(nodeid: str) -> bool:
+    """A test of this suite: under conformance/ (a checkout, or a run from the installed
+    package's folder)."""
+    return "conformance/" in nodeid.replace("\\", "/")
 OUTCOMES = ("passed", "failed", "xfailed", "skipped")  # xfailed: a known upstream deviation
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if "conformance/" not in report.nodeid.replace("\\", "/"):
+    if not _in_suite(report.nodeid):
         return
     entry = _RESULTS.setdefault(report.nodeid, {"outcome": "passed", "seconds": 0.0,
                                                 "detail": ""})
@@ -137,8 +145,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
     target = _target(session.config).name
     docs = {nodeid: r["clause"] for nodeid, r in _RESULTS.items()}
-    out = ROOT / "reports"
-    out.mkdir(exist_ok=True)
+    chosen = session.config.getoption("--conformance-reports")
+    out = Path(chosen) if chosen else (ROOT / "reports" if CHECKOUT else Path.cwd() / "reports")
+    out.mkdir(parents=True, exist_ok=True)
     counts = {k: sum(1 for r in _RESULTS.values() if r["outcome"] == k) for k in OUTCOMES}
     lines = [f"# Conformance report: {target}", "",
              f"{counts['passed']} passed, {counts['failed']} failed, {counts['xfailed']} "

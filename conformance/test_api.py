@@ -12,7 +12,7 @@ import httpx
 import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs without types-psutil
 import pytest
 
-from .conftest import Router
+from .routers import Router
 from .deviations import deviation
 
 pytestmark = pytest.mark.live

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import pytest
 
-from .conftest import Router
+from .routers import Router
 
 pytestmark = pytest.mark.live
 

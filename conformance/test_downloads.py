@@ -16,7 +16,7 @@ import pytest
 
 from fixtures.hub import MODEL_S, MODEL_VISION, MODEL_XS, REPO_S, REPO_XS, LocalHub
 
-from .conftest import Router
+from .routers import Router
 from .deviations import deviation
 
 SLOW = 192 * 1024  # bytes/s: tiny-xs (590 KiB) takes about 3 s, enough to watch and to cancel

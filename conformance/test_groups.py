@@ -22,7 +22,7 @@ from refimpl.core.commands import Listed
 from refimpl.core.config import Group, ModelSpec, RouterConfig
 from refimpl.core.events import CatalogChanged
 
-from .conftest import Router, Target
+from .routers import Router, Target
 
 pytestmark = pytest.mark.live
 A1, A2, B = "tiny-xs", "tiny-m", "tiny-s"  # models-dir models; the preset gives them groups

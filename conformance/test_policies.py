@@ -18,7 +18,7 @@ from properties.invariants import check_all
 from refimpl.core.commands import Listed
 from refimpl.core.config import ModelSpec, RouterConfig
 
-from .conftest import Router, Target
+from .routers import Router, Target
 
 pytestmark = pytest.mark.live
 M, N = "tiny-xs", "tiny-m"  # the two smallest models

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import httpx
 import pytest
 
-from .conftest import Router
+from .routers import Router
 from .deviations import deviation
 
 pytestmark = [pytest.mark.live]

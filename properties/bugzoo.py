@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Iterable
 
-import refimpl
+from refimpl import __file__ as refimpl_init
 from refimpl.core.config import ModelSpec, RouterConfig
 from refimpl.core.protocol import STATE_PREFIX
 from simulator.scenario import Action, Crash, Download, Hang, Request, Unload, Write, play
@@ -21,7 +21,7 @@ from simulator.scenario import Action, Crash, Download, Hang, Request, Unload, W
 from .invariants import CHECKS, Violation, check_all
 from .mutants import mutated
 
-REFIMPL = str(Path(refimpl.__file__).resolve().parent)
+REFIMPL = str(Path(refimpl_init).resolve().parent)
 
 
 def router_crashed(exc: BaseException) -> bool:

@@ -173,9 +173,7 @@ def preload() -> None:
     """Everything a child imports before it serves (``__main__``, then ``runtime``, ``server``)."""
     import llama_cpp
 
-    import refimpl.child.__main__  # noqa: F401
-    import refimpl.child.runtime  # noqa: F401
-    import refimpl.child.server  # noqa: F401
+    from refimpl.child import __main__, runtime, server  # noqa: F401
 
     # ggml's one-time set-up (its tables, the backends' registry): 36 ms of each child's load
     # otherwise. It starts no thread.

@@ -1,0 +1,56 @@
+"""The conformance suite as a pytest plugin (the ``pytest11`` entry point ``llama-router``).
+
+It adds the suite's options to every pytest run in an environment where the harness is installed,
+and registers the suite itself (``conformance.suite``: the router fixtures, the upstream
+deviations as strict xfails, the end-of-run leak check, the per-clause report) only in a run that
+checks the suite: in the harness's checkout, or when the run names the suite's package
+(``pytest --pyargs llama_router_harness.conformance``, which ``llama-router-conformance`` runs).
+Another project's tests in the same environment get the options and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .process import CHECKOUT
+
+SUITE = "conformance.suite"  # the module with the suite's fixtures and hooks
+PACKAGE = SUITE.rpartition(".")[0]  # this package's import name
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("conformance", "llama-server router conformance")
+    group.addoption("--router-bin", default=os.environ.get("LLAMA_SERVER_BIN_PATH"),
+                    help="a llama-server binary to check instead of the reference router "
+                         "(default: $LLAMA_SERVER_BIN_PATH if set)")
+    group.addoption("--child-cmd", default=None,
+                    help="reference router only: the child command template it should use "
+                         "(interop: 'llama-server -m $model --port $port --host $host')")
+    group.addoption("--conformance-reports", default=None, metavar="DIR",
+                    help="where the per-clause report goes (conformance-<target>.md and .xml; "
+                         "default: the checkout's reports/, else ./reports)")
+
+
+def wanted(config: pytest.Config) -> bool:
+    """Whether this run checks the suite: a checkout runs it with the rest of its tests;
+    elsewhere, a run that names the suite's package or a path inside it."""
+    if CHECKOUT:
+        return True
+    here = Path(__file__).resolve().parent
+    for arg in config.args:
+        name = arg.split("::")[0]
+        if name == PACKAGE or name.startswith(PACKAGE + "."):
+            return True
+        path = Path(name)
+        if path.exists() and (path.resolve() == here or here in path.resolve().parents):
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if wanted(config):
+        config.pluginmanager.import_plugin(SUITE)

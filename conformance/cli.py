@@ -47,13 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.router_bin and not (os.path.isfile(a.router_bin) and os.access(a.router_bin, os.X_OK)):
         p.error(f"--router-bin {a.router_bin}: no executable file there")
     rest = a.pytest_args[1:] if a.pytest_args[:1] == ["--"] else a.pytest_args
-    args = ["--pyargs", PACKAGE, "-p", "no:cacheprovider", *rest]
+    # (the root: test ids read conformance/test_api.py::..., installed or not)
+    args = ["--pyargs", PACKAGE, "-p", "no:cacheprovider", f"--rootdir={ROOT}", *rest]
     if a.router_bin:
-        args += ["--router-bin", a.router_bin]
+        args.append(f"--router-bin={os.path.abspath(a.router_bin)}")
     if a.child_cmd:
-        args += ["--child-cmd", a.child_cmd]
-    reports = a.reports or (ROOT / "reports" if CHECKOUT else Path.cwd() / "reports")
-    args += ["--conformance-reports", str(reports)]
+        args.append(f"--child-cmd={a.child_cmd}")
+    reports = (a.reports or (ROOT / "reports" if CHECKOUT else Path.cwd() / "reports")).resolve()
+    args.append(f"--conformance-reports={reports}")
     # pytest in a process of its own: here the plugin's modules are imported already, and
     # pytest could not rewrite their asserts
     code = subprocess.run([sys.executable, "-m", "pytest", *args]).returncode

@@ -117,14 +117,26 @@ def test_the_suite_runs_from_the_staged_package_alone(tmp_path: Path) -> None:
     (site / "sitecustomize.py").write_text(BLOCKER.format(parts=backend.PARTS))
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{tree}"}
     reports = tmp_path / "reports"
+    # (the console script's module; the plugin by hand: here the installed entry point is the
+    # checkout's, whose names are refused)
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:conformance.plugin", "-p",
-         "llama_router_harness.conformance.plugin", "-p", "no:cacheprovider", "--pyargs",
-         "llama_router_harness.conformance.test_sources", "-q",
-         "--conformance-reports", str(reports)],
+        [sys.executable, "-m", "llama_router_harness.conformance.cli", "--reports",
+         str(reports), "--", "-p", "no:conformance.plugin", "-p",
+         "llama_router_harness.conformance.plugin", "-q", "-k", "test_sources"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "error" not in run.stdout.lower()
     report = (reports / "conformance-refimpl.md").read_text()
-    assert "| failed |" not in report and "test_sources" in (reports /
-                                                             "conformance-refimpl.xml").read_text()
+    assert "| failed |" not in report and "| passed |" in report
+    assert 'classname="conformance/test_sources.py"' in \
+        (reports / "conformance-refimpl.xml").read_text()
+
+
+def test_the_console_script_refuses_a_router_binary_that_is_not_there(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from conformance.cli import main
+    with pytest.raises(SystemExit) as stop:
+        main(["--router-bin", "/nonexistent/llama-server"])
+    assert stop.value.code == 2
+    assert "--router-bin /nonexistent/llama-server: no executable file there" in \
+        capsys.readouterr().err

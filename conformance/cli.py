@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -55,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         args.append(f"--child-cmd={a.child_cmd}")
     reports = (a.reports or (ROOT / "reports" if CHECKOUT else Path.cwd() / "reports")).resolve()
     args.append(f"--conformance-reports={reports}")
-    # pytest in a process of its own: here the plugin's modules are imported already, and
-    # pytest could not rewrite their asserts
-    code = subprocess.run([sys.executable, "-m", "pytest", *args]).returncode
     target = "llama-server" if a.router_bin else ("interop" if a.child_cmd else "refimpl")
-    print(f"report: {reports / f'conformance-{target}.md'} and .xml", file=sys.stderr)
-    return code
+    print(f"llama-router-conformance: the report goes to "
+          f"{reports / f'conformance-{target}.md'} and .xml", file=sys.stderr, flush=True)
+    # pytest in this process's place (nothing is left to outlive it): a fresh interpreter, as
+    # here the plugin's modules are imported already and pytest could not rewrite their asserts
+    os.execv(sys.executable, [sys.executable, "-m", "pytest", *args])
 
 
 if __name__ == "__main__":

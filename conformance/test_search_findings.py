@@ -44,13 +44,18 @@ class Finding:
     check: str  # the check that failed
     summary: str  # its classification
     router_bug: bool  # True: a strict xfail there; False: the checker's bug, fixed: it passes
-    runs: int = 3  # a router bug: tries until it fails; a checker bug: runs that must all pass
+    # a checker bug: runs that must all pass; a router bug (a race, most of them) is tried until
+    # it fails, at least RACE_TRIES times (S1 fails 9 runs of 10: three tries missed it once, on a
+    # busy machine)
+    runs: int = 3
     repro: str = ""  # conformance/repros/<file>
 
     @property
     def reason(self) -> str:
         return f"live search finding {self.id} (docs/CONFORMANCE.md): {self.summary}"
 
+
+RACE_TRIES = 8
 
 FINDINGS = [
     Finding(
@@ -156,7 +161,7 @@ def test_a_live_search_finding_replays_as_classified(finding: Finding, target: T
     if finding.router_bug:
         request.applymarker(pytest.mark.xfail(strict=True, reason=finding.reason))
     s = search.setup(target.binary, None, "fake")
-    for i in range(finding.runs):
+    for i in range(max(finding.runs, RACE_TRIES) if finding.router_bug else finding.runs):
         _, failures, _ = lp.play(finding.program, s.base, s.models_dir,
                                  tmp_path / f"router-{i}.log", s.env)
         if failures and finding.router_bug:

@@ -288,27 +288,26 @@ def _wait_bounds(config: RouterConfig, replay: Replay
     candidates: dict[int, list[tuple[tuple[float, float], int | None]]] = {}
     waiting: dict[int, list[int]] = {}
     # Models with a concurrency limit (ROUTER.md 7) at some point: their requests go to the
-    # child N at a time, in arrival order (in line, or back to the queue at their own places
-    # when the child stops or dies), so one that joins an entry or a load, and takes its
-    # place, still waits behind every request of its model that came before it.
+    # child N at a time, in arrival order (in line), so one that joins an entry or a load, and
+    # takes its place, still waits behind every request of its model that came before it
+    # (``before`` below). When a ready child of such a model stops or dies, its line goes back
+    # to the queue, into its model's entry with the requests queued for it: one entry, whose
+    # place is its oldest request's own (the places they had when they came were those of the
+    # entries the child's load consumed); and it may have to wait for every request in flight
+    # then, though some came after it (a model in its group's way, busy since before the child
+    # died, drains first).
     limited = {s.name for s in config.models if s.concurrency}
-    lined_on: dict[int, int] = {}  # a request in line: the child it waits in line on
+    requeued: dict[int, float] = {}  # request -> when its line last went back to the queue
     while (at := (yield ())) is not None:
-        if isinstance(at.what, (SendExit, Kill, ChildExited)) and at.what.instance in \
-                lined_on.values():
-            # The child stops or died: its line goes back to the queue, into its model's entry
-            # (made by the oldest of them if none is queued), like requests that find their
-            # model queued: each takes the entry's place, its oldest request's.
-            line = [req for req, i in lined_on.items() if i == at.what.instance]
-            for req in line:
-                del lined_on[req]
-            line = [req for req in line if not replay.requests[req].answered]
-            if line:
-                model = replay.requests[line[0]].model
-                queued = [o.req for o in replay.open_for(model)
-                          if o.req not in line and not replay.doomed(o)]
-                for req in line:
-                    waiting[req].extend([*queued, *(o for o in line if o != req)])
+        if isinstance(at.what, (SendExit, Kill, ChildExited)):
+            child = replay.every_child.get(at.what.instance)
+            if child is not None and not child.download and child.model in limited \
+                    and child.ready_at is not None:
+                members = [o.req for o in replay.open_for(child.model) if not replay.doomed(o)]
+                for req in members:
+                    del candidates[req][1:]  # its own arrival only
+                    waiting[req] = [o for o in members if o != req]
+                    requeued[req] = at.t
         elif isinstance(at.what, CatalogChanged):
             stop = max([stop, *(s.stop_timeout for s in at.what.specs)])
             limited.update(s.name for s in at.what.specs if s.concurrency)
@@ -336,9 +335,6 @@ def _wait_bounds(config: RouterConfig, replay: Replay
                 and usable.ready
             waiting[at.what.req] = [] if in_line else [
                 r.req for r in replay.open_for(model) if not replay.doomed(r)]
-            if in_line:
-                assert usable is not None
-                lined_on[at.what.req] = usable.instance
     h = replay.history()
     loads = sorted((c.spawned, (c.ready_at if c.ready_at is not None else
                                 c.exited_at if c.exited_at is not None else h.end) - c.spawned)
@@ -392,6 +388,14 @@ def _wait_bounds(config: RouterConfig, replay: Replay
             before[r.req] = line_end.get(r.model, 0.0)
             end = r.ended_at if r.ended_at is not None else float("inf")
             line_end[r.model] = max(line_end.get(r.model, 0.0), end)
+    # A request whose line went back to the queue at t also waits for the requests in flight
+    # at t to end (the latest end among them).
+    drained = {req: max((o.ended_at if o.ended_at is not None else float("inf")
+                         for o in h.requests.values()
+                         if o.instance is not None and o.decided_at is not None
+                         and o.decided_at <= t and (o.ended_at is None or o.ended_at > t)),
+                        default=0.0)
+               for req, t in requeued.items()}
     reqs = sorted(h.requests.values(), key=lambda r: keys[r.req])
     out: list[tuple[Req, float]] = []
     ahead = 0.0  # the latest end among the requests whose place in the queue is ahead
@@ -402,7 +406,8 @@ def _wait_bounds(config: RouterConfig, replay: Replay
             first = bisect.bisect_left(spawns, start - longest)
             last = bisect.bisect_right(spawns, decided)
             load = sum(d for t, d in loads[first:last] if t + d >= start)
-            out.append((r, max(start, ahead, before.get(r.req, 0.0)) + stop + load + SLACK))
+            work = max(start, ahead, before.get(r.req, 0.0), drained.get(r.req, 0.0))
+            out.append((r, work + stop + load + SLACK))
         elif r.kind in ("unload", "remove"):
             out.append((r, r.arrived + stop + SLACK))
         else:

@@ -62,6 +62,22 @@ def held(trace: list[At], config: RouterConfig) -> list[Violation]:
 
 # -- laws --------------------------------------------------------------------------------------
 
+def test_a_model_in_the_way_of_a_queued_model_takes_no_later_request_before_it() -> None:
+    """w and y (group chat) stream in both slots; h (chat too) is requested and waits for a
+    slot (w drains); then e (its own group: w, y and h are in its way), then y again. y must
+    not take that request ahead of e, though e is not the head of the queue yet: it queues
+    behind e, as behind a model the queue drains for count or memory. Broke (policy-mix and
+    group-mix streams sweeps, seed 2) when only the head's way drained: y took requests that
+    came after e's and e waited for them (``bounded_wait``)."""
+    config = RouterConfig((spec("w", CHAT), spec("y", CHAT), spec("h", CHAT), spec("e")),
+                          models_max=2)
+    trace = play(config, [(0.0, Request("w", 20.0)), (0.1, Request("y", 20.0)),
+                          (2.0, Request("h")), (3.0, Request("e")), (4.0, Request("y"))])
+    order = [at.what.req for at in trace if isinstance(at.what, Forward)]
+    assert order == [1, 2, 3, 4, 5], order
+    held(trace, config)
+
+
 def test_members_of_one_group_run_together_and_an_outsider_waits_for_them_to_exit() -> None:
     """a1 and a2 (group chat) run together; b (its own group) is requested while a1 streams:
     idle a2 is asked to exit at once, a1 drains (never evicted busy), and b starts only once

@@ -24,7 +24,7 @@ from refimpl.core.trace import At
 from simulator.engine import Simulation
 from simulator.faults import FAULT_PRESETS
 from simulator.policies import Policies, apply, seeded
-from simulator.scenario import Action, Load, Request, Unload, play
+from simulator.scenario import Action, Crash, Hang, Load, Request, Unload, play
 from simulator.workloads import WORKLOADS, make_workload
 
 from .invariants import CHECKS, POLICY_CHECKS, Violation, check_all
@@ -170,6 +170,37 @@ def test_requests_in_line_keep_their_model_from_eviction() -> None:
                           (2.0, Request("B"))])
     order = [at.what.req for at in trace if isinstance(at.what, Forward)]
     assert order == [1, 2, 3], order
+    held(trace, config)
+
+
+def test_a_line_sent_back_to_the_queue_keeps_arrival_order_in_its_entry() -> None:
+    """A (concurrency 1) has requests 2 and 3 in line when B is requested (A drains: request 5
+    for A queues behind B), then A's child dies (request 2 went to it as 1 broke off): its line
+    goes back to the queue into A's entry, which now starts at request 3's place, ahead of B; A
+    loads again and serves 3 before 5. Broke (policy-mix streams sweeps, heavy faults, seed 37)
+    when the entry's requests joined the new child in the order they joined the entry: 5, then
+    3 (``bounded_wait``)."""
+    config = RouterConfig(specs("A", concurrency=1) + specs("B"), models_max=1)
+    trace = play(config, [(0.0, Request("A", 10.0)), (1.5, Request("A", 5.0)),
+                          (1.6, Request("A", 5.0)), (1.7, Request("B")), (1.8, Request("A")),
+                          (2.0, Crash("A"))])
+    order = [at.what.req for at in trace if isinstance(at.what, Forward)]
+    assert order == [1, 2, 3, 5, 4], order
+    held(trace, config)
+
+
+def test_a_request_for_a_running_model_joins_the_requests_queued_for_it() -> None:
+    """A (concurrency 1) streams; C is requested and A drains for it, so request 4 for A
+    queues behind C; then B goes idle and C takes its slot instead (B ignores its exit, C
+    waits for its kill): A no longer drains, but 4 still waits in the queue. Request 5 for A,
+    which comes then, joins 4 there and goes after it. Broke (group-mix and policy-mix streams
+    sweeps, seed 189) when 5 went in line on A at once, ahead of 4 (``bounded_wait``)."""
+    config = RouterConfig(specs("A", concurrency=1) + specs("B") + specs("C"), models_max=2)
+    trace = play(config, [(0.0, Request("A", 20.0)), (0.1, Request("B", 5.0)),
+                          (2.0, Request("C")), (3.0, Request("A")), (4.0, Hang("B")),
+                          (7.0, Request("A"))])
+    order = [at.what.req for at in trace if isinstance(at.what, Forward)]
+    assert order == [1, 2, 3, 4, 5], order
     held(trace, config)
 
 

@@ -275,7 +275,10 @@ class RouterCore:
             self.requests[req] = Request(name, Phase.DOWNLOAD)
             model.after_download.append(req)
             return
-        if inst is not None and not inst.stopping and name not in self.scheduler.draining:
+        # (a model with requests queued for it, from while it drained, keeps the new ones
+        # behind them: they join that entry)
+        if inst is not None and not inst.stopping and name not in self.scheduler.draining \
+                and name not in self.scheduler.queue:
             if model.status is Status.LOADING:
                 if not self._room(req, out):
                     return
@@ -394,8 +397,10 @@ class RouterCore:
         self.scheduler.run(now, out)
 
     def join(self, model: Model, reqs: list[int], now: float, out: list[Command]) -> None:
-        """Queued requests join the model's child: wait for its load, or go to it now."""
-        for req in reqs:
+        """Queued requests join the model's child: wait for its load, or go to it now, in
+        arrival order (an entry's requests are not: a line sent back to the queue joins the
+        entry after the requests queued there since)."""
+        for req in sorted(reqs, key=lambda r: self.requests[r].seq):
             if model.status is Status.LOADING:
                 self.requests[req].phase = Phase.WAITING
                 model.waiters.append(req)

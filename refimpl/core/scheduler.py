@@ -334,8 +334,14 @@ class Scheduler:
             if model.usable and model in running:
                 continue  # a draining model: its child takes these requests when they come up
             if groups:  # what is in its group's way will have gone when it loads
-                running = [m for m in running if not self.in_the_way(model, m)]
+                way = [m for m in running if self.in_the_way(model, m)]
+                running = [m for m in running if m not in way]
                 victims = [m for m in victims if m in running]
+                if self.block_draining:
+                    # ... and takes no request that came after this one's meanwhile (as a model
+                    # the queue drains for its count or memory), even before it is the head's
+                    self.draining.update(m.spec.name for m in way
+                                         if m.status is not Status.LOADING)
             taken: list[Model] = []
             while not self._fits(model, running) and victims:
                 victim = victims.pop(0)

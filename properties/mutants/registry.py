@@ -140,9 +140,9 @@ MUTANTS: dict[str, Mutant] = {m.id: m for m in [
     Mutant("Z9", "requests are forwarded to a child that is stopping", "core", (
         Edit(ROUTER,
              "        if inst is not None and not inst.stopping and name not in self.scheduler"
-             ".draining:",
-             "        if inst is not None and name not in self.scheduler.draining:"
-             "  # the bug: a stopping child still takes requests"),
+             ".draining \\\n",
+             "        # the bug: a stopping child still takes requests\n"
+             "        if inst is not None and name not in self.scheduler.draining \\\n"),
     )),
     Mutant("Z10", "running out of capacity answers 500 'model limit reached' instead of "
                   "queueing", "core", (

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from .process import CHECKOUT
+# Nothing here imports the harness's other modules: an entry-point plugin is loaded before any
+# conftest.py, and the checkout's applies a bug-zoo mutant ($ROUTER_MUTANT) to the core's modules
+# as it is imported; a core module imported before that would keep its correct code.
+HERE = Path(__file__).resolve().parent
+CHECKOUT = (HERE.parent / "pyproject.toml").is_file()  # as conformance.process says it
 
 SUITE = "conformance.suite"  # the module with the suite's fixtures and hooks
 PACKAGE = SUITE.rpartition(".")[0]  # this package's import name
@@ -39,13 +43,12 @@ def wanted(config: pytest.Config) -> bool:
     elsewhere, a run that names the suite's package or a path inside it."""
     if CHECKOUT:
         return True
-    here = Path(__file__).resolve().parent
     for arg in config.args:
         name = arg.split("::")[0]
         if name == PACKAGE or name.startswith(PACKAGE + "."):
             return True
         path = Path(name)
-        if path.exists() and (path.resolve() == here or here in path.resolve().parents):
+        if path.exists() and (path.resolve() == HERE or HERE in path.resolve().parents):
             return True
     return False
 

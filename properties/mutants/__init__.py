@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping
 
-from .patch import Edit, StaleMutant, patch, patch_on_import
+from .patch import Edit, StaleMutant, keep_first, patch, patch_on_import
 from .registry import LAYERS, MUTANTS, Mutant
 
 ENV = "ROUTER_MUTANT"  # comma-separated mutant ids, applied by site/sitecustomize.py
@@ -119,6 +119,8 @@ def apply_from_environment() -> tuple[str, ...]:
     if missing:
         patch_on_import("+".join(m.id for m in missing), [e for m in missing for e in m.edits])
         _active.extend(m.id for m in missing)
+    else:  # applied at interpreter start (sitecustomize): still ahead of finders added since
+        keep_first()
     if names:
         os.environ.update(environment(names))
     return active()

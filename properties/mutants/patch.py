@@ -77,7 +77,16 @@ def patch_on_import(label: str, edits: list[Edit]) -> None:
             _patch_module(label, module, module_edits)
         else:
             _ON_IMPORT.pending[name] = (label, module_edits)
-    if _ON_IMPORT.pending and _ON_IMPORT not in sys.meta_path:
+    keep_first()
+
+
+def keep_first() -> None:
+    """Put the on-import patcher first among the finders again, while modules wait for their
+    edits: a finder inserted before it since (pytest's assertion rewriter, which the checkout's
+    pytest11 plugin has rewrite the harness's own modules) would load them unedited."""
+    if _ON_IMPORT in sys.meta_path:
+        sys.meta_path.remove(_ON_IMPORT)
+    if _ON_IMPORT.pending:
         sys.meta_path.insert(0, _ON_IMPORT)
 
 
@@ -102,14 +111,27 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         loader = spec.loader
         assert loader is not None and hasattr(loader, "exec_module")
         label, edits = self.pending.pop(fullname)
-        execute = loader.exec_module
-
-        def exec_module(module: ModuleType) -> None:
-            execute(module)
-            _patch_module(label, module, edits)
-
-        loader.exec_module = exec_module  # type: ignore[method-assign]
+        # A loader of this module alone: the one found may load others too (pytest's assertion
+        # rewriter loads every module it rewrites), and they must not get this module's edits.
+        spec.loader = _PatchingLoader(loader, label, edits)
         return spec
+
+
+class _PatchingLoader(importlib.abc.Loader):
+    """``loader``, then the mutant's edits applied to the module it executed."""
+
+    def __init__(self, loader: importlib.abc.Loader, label: str, edits: list[Edit]) -> None:
+        self.loader, self.label, self.edits = loader, label, edits
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        self.loader.exec_module(module)
+        _patch_module(self.label, module, self.edits)
+
+    def __getattr__(self, name: str) -> object:  # get_source, get_filename, ...
+        return getattr(self.loader, name)
 
 
 _ON_IMPORT = _PatchOnImport()

@@ -108,9 +108,9 @@ def test_the_wheel_has_one_top_level_package_and_its_entry_points(tmp_path: Path
 @pytest.mark.live
 @pytest.mark.slow
 def test_the_suite_runs_from_the_staged_package_alone(tmp_path: Path) -> None:
-    """Conformance tests (one test module, the reference router with its real children) from
-    the wheel's tree, every process refusing the checkout's names; the report lands in the
-    folder given."""
+    """A conformance test (the reference router, a request routed by its body's model to a real
+    child the router starts or forks) from the wheel's tree, every process refusing the
+    checkout's names; the report lands in the folder given."""
     tree = backend.stage(tmp_path / "stage")
     site = tmp_path / "site"
     site.mkdir()
@@ -122,13 +122,13 @@ def test_the_suite_runs_from_the_staged_package_alone(tmp_path: Path) -> None:
     run = subprocess.run(
         [sys.executable, "-m", "llama_router_harness.conformance.cli", "--reports",
          str(reports), "--", "-p", "no:conformance.plugin", "-p",
-         "llama_router_harness.conformance.plugin", "-q", "-k", "test_sources"],
+         "llama_router_harness.conformance.plugin", "-q", "-k", "test_post_routes_by_body_model"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "error" not in run.stdout.lower()
     report = (reports / "conformance-refimpl.md").read_text()
     assert "| failed |" not in report and "| passed |" in report
-    assert 'classname="conformance/test_sources.py"' in \
+    assert 'classname="conformance/test_api.py" name="test_post_routes_by_body_model"' in \
         (reports / "conformance-refimpl.xml").read_text()
 
 

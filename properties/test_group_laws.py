@@ -215,7 +215,7 @@ def test_every_guarantee_holds_with_groups_on(seed: int) -> None:
     assert not violations, f"seed {seed}:\n" + "\n".join(violations[:10])
 
 
-def test_the_sweep_kills_the_group_mutant() -> None:
+def test_the_group_mutant_in_a_sweep_is_caught() -> None:
     """G1 breaks groups_held within the sweep's first seeds (the same seeds hold every
     guarantee unmutated)."""
     with group_mutated("G1"):
@@ -239,7 +239,7 @@ TestGroupsUnlimited = policy_machine(three_models(0), groups=True).TestCase
 TestGroupsUnlimited.settings = STEPS
 
 
-def test_the_state_machine_kills_the_group_mutant() -> None:
+def test_the_group_mutant_in_the_state_machine_is_caught() -> None:
     """G1 is found by the group machine alone (every guarantee checked as the program runs)."""
     machine = policy_machine(three_models(0), groups=True)
     chosen = settings(max_examples=300, stateful_step_count=15, derandomize=True, database=None,

@@ -271,7 +271,7 @@ def test_every_guarantee_holds_with_the_policies_on(seed: int) -> None:
                                                ("P2", "pinned_never_evicted"),
                                                ("P3", "concurrency_held"),
                                                ("P4", "queue_limit_held")])
-def test_the_sweep_kills_each_policy_mutant(mutant: str, guarantee: str) -> None:
+def test_each_policy_mutant_in_a_sweep_is_caught(mutant: str, guarantee: str) -> None:
     """Each mutant of properties/mutants/policies.py breaks its policy's guarantee within the
     sweep's first seeds (the same seeds hold every guarantee unmutated)."""
     with mutated(mutant):

@@ -204,6 +204,47 @@ def test_a_request_for_a_running_model_joins_the_requests_queued_for_it() -> Non
     held(trace, config)
 
 
+def test_a_request_in_line_keeps_its_autoload_when_its_child_dies() -> None:
+    """A (concurrency 1) streams request 1; 2, 3 (autoload off) and 4 wait in line; A's child
+    dies (2 went to it as 1 broke off): 3 gets what a request with autoload off gets for a model
+    not running (400), 4 goes back to the queue and a new child serves it. Breaks when the
+    request that goes in line is recorded without its autoload or its place (mutmut:
+    ``_on_request``'s ``Request(...)``)."""
+    config = RouterConfig(specs("A", concurrency=1))
+    trace = play(config, [(0.0, Request("A", 10.0)), (1.5, Request("A")),
+                          (1.55, Request("A", autoload=False)), (1.6, Request("A")),
+                          (2.0, Crash("A"))])
+    assert [(r.req, r.status, r.kind) for r in replies(trace)] == [
+        (3, 400, errors.MODEL_NOT_LOADED)]
+    forwarded = [(at.what.req, at.what.instance) for at in trace if isinstance(at.what, Forward)]
+    assert forwarded[-1] == (4, 2), forwarded
+    held(trace, config)
+
+
+def test_requests_that_shared_a_load_keep_their_places_when_their_line_goes_back() -> None:
+    """Requests 2 and 3 come while A (concurrency 1) loads for 1, and wait in line once it is
+    ready; B is requested (A drains); A's child dies (2 went to it as 1 broke off): 3 goes back
+    to the queue at its own place, ahead of B, and A's next child serves it first. Breaks when
+    a request that joins a load is recorded without its place (mutmut: ``_on_request``'s
+    ``Request(name, Phase.WAITING, ...)``)."""
+    config = RouterConfig(specs("A", concurrency=1) + specs("B"), models_max=1)
+    trace = play(config, [(0.0, Request("A", 10.0)), (0.1, Request("A")), (0.2, Request("A")),
+                          (1.5, Request("B")), (2.0, Crash("A"))])
+    assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1, 2, 3, 4]
+    held(trace, config)
+
+
+def test_a_client_that_leaves_its_place_in_line_leaves_nothing_behind() -> None:
+    """A (concurrency 1) streams request 1; 2 waits in line and its client leaves: 2 is
+    never forwarded, and 3, which came after it, is next. Breaks when the request in line is
+    recorded under another model's name (mutmut: ``_on_request``'s ``Request(...)``)."""
+    config = RouterConfig(specs("A", concurrency=1))
+    trace = play(config, [(0.0, Request("A", 3.0)), (1.5, Request("A", patience=0.5)),
+                          (1.6, Request("A"))])
+    assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1, 3]
+    held(trace, config)
+
+
 # -- what the router shows ---------------------------------------------------------------------
 
 def test_the_listing_shows_each_policy_and_a_reload_publishes_its_change() -> None:

@@ -1,4 +1,4 @@
-"""The conformance suite as a pytest plugin (the ``pytest11`` entry point ``llama-router``).
+"""The conformance suite as a pytest plugin (the ``pytest11`` entry point of this module's name).
 
 It adds the suite's options to every pytest run in an environment where the harness is installed,
 and registers the suite itself (``conformance.suite``: the router fixtures, the upstream
@@ -19,7 +19,10 @@ import pytest
 # conftest.py, and the checkout's applies a bug-zoo mutant ($ROUTER_MUTANT) to the core's modules
 # as it is imported; a core module imported before that would keep its correct code.
 HERE = Path(__file__).resolve().parent
-CHECKOUT = (HERE.parent / "pyproject.toml").is_file()  # as conformance.process says it
+# The checkout's root (where ``python -m refimpl`` runs), or, installed from the wheel, the
+# package folder that holds this one (which has no pyproject.toml).
+ROOT = HERE.parent
+CHECKOUT = (ROOT / "pyproject.toml").is_file()
 
 SUITE = "conformance.suite"  # the module with the suite's fixtures and hooks
 PACKAGE = SUITE.rpartition(".")[0]  # this package's import name

@@ -32,17 +32,17 @@ def _target(config: pytest.Config) -> Target:
     return Target(config.getoption("--router-bin"), config.getoption("--child-cmd"))
 
 
+MARKERS = ("live: needs real child processes and loopback HTTP",
+           "slow: takes more than a few seconds",
+           "thrash: thrash and starvation scenarios (select with -k thrash)")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "deviation(id): replays an upstream deviation "
                             "(conformance/deviations.py); xfail(strict=True) on the targets "
                             "it names")
     for line in MARKERS:  # the checkout's pyproject.toml declares them too
         config.addinivalue_line("markers", line)
-
-
-MARKERS = ("live: needs real child processes and loopback HTTP",
-           "slow: takes more than a few seconds",
-           "thrash: thrash and starvation scenarios (select with -k thrash)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -93,12 +93,13 @@ OUTCOMES = ("passed", "failed", "xfailed", "skipped")  # xfailed: a known upstre
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if "clause" not in dict(report.user_properties):  # not a test of this suite
+    properties = dict(report.user_properties)
+    if "clause" not in properties:  # not a test of this suite
         return
     entry = _RESULTS.setdefault(report.nodeid, {"outcome": "passed", "seconds": 0.0,
                                                 "detail": ""})
     entry["seconds"] += report.duration
-    entry.setdefault("clause", dict(report.user_properties).get("clause", ""))
+    entry.setdefault("clause", properties["clause"])
     if report.failed:
         entry["outcome"] = "failed"
         crash = getattr(report.longrepr, "reprcrash", None)

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from contextlib import contextmanager
+from contextlib import chdir, contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -112,14 +112,9 @@ def stage(into: Path) -> Path:
 
 @contextmanager
 def _staged() -> Iterator[None]:
-    with tempfile.TemporaryDirectory(prefix="llama-router-wheel-") as tmp:
-        tree = stage(Path(tmp) / "src")
-        here = os.getcwd()
-        os.chdir(tree)
-        try:
-            yield
-        finally:
-            os.chdir(here)
+    with tempfile.TemporaryDirectory(prefix="llama-router-wheel-") as tmp, \
+            chdir(stage(Path(tmp) / "src")):
+        yield
 
 
 def build_wheel(wheel_directory: str, config_settings: dict[str, Any] | None = None,

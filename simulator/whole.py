@@ -5,8 +5,9 @@ As FoundationDB does, the router's own code runs as it runs in production, here 
 
 - child processes (``SimProcess``, the driver's ``Child`` protocol): they speak the real line
   protocol in random chunks, and start late, load slowly, crash, hang on exit or ignore stdin;
-- the children's HTTP (``ChildNetwork``, the httpx transport the app's proxy is given): latency,
-  refused connections, answers broken off when the child dies;
+- the children's HTTP (``ChildNetwork``, in-memory connections for the proxy's own HTTP/1.1
+  client, which runs as in production): latency, refused connections, requests failed with no
+  answer, answers broken off when the child dies or stopped when the router closes the connection;
 - the clients (``call``): a streaming ASGI caller, as uvicorn calls the app, that can disconnect
   at any point.
 
@@ -32,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Union
 
+import anyio
+import anyio.abc
 import httpx
 import trio
 import trio.testing
@@ -475,25 +478,145 @@ class _CacheFolder:
         (snapshot / f"x-{tag}.gguf").write_bytes(b"GGUF")
 
 
-class ChildNetwork(httpx.AsyncBaseTransport):
-    """The children's HTTP, in memory: a request to ``127.0.0.1:PORT`` reaches the live child on
-    that port after some latency, or is refused."""
+class _Pipe(anyio.abc.ByteStream):
+    """One end of an in-memory connection: bytes sent arrive at the other end in the same
+    pieces; closing one end is end of stream for the other."""
+
+    def __init__(self, out: Any, into: Any) -> None:
+        self._out = out
+        self._into = into
+        self._left = b""
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        if not self._left:
+            try:
+                self._left = await self._into.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                raise anyio.EndOfStream from None
+        data, self._left = self._left[:max_bytes], self._left[max_bytes:]
+        return data
+
+    async def send(self, item: bytes) -> None:
+        try:
+            await self._out.send(bytes(item))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            raise anyio.BrokenResourceError from None
+
+    async def send_eof(self) -> None:
+        await self._out.aclose()
+
+    async def aclose(self) -> None:
+        await self._out.aclose()
+        await self._into.aclose()
+
+
+def _pipe() -> tuple[_Pipe, _Pipe]:
+    a_out, b_in = anyio.create_memory_object_stream[bytes](math.inf)
+    b_out, a_in = anyio.create_memory_object_stream[bytes](math.inf)
+    return _Pipe(a_out, a_in), _Pipe(b_out, b_in)
+
+
+class ChildNetwork:
+    """The children's HTTP, in memory: the proxy's connections (its ``connect``) to
+    ``127.0.0.1:PORT`` reach the live child on that port, or are refused. Each request on a
+    connection takes some latency, and may fail (the connection closes with no answer); a
+    connection the router closes stops the answer the child was giving on it."""
 
     def __init__(self, world: WholeWorld) -> None:
         self.world = world
+        self.nursery: trio.Nursery | None = None
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+    async def connect(self, host: str, port: int) -> anyio.abc.ByteStream:
         world = self.world
-        await trio.sleep(world.rng.uniform(0.0, world.config.latency))
-        child = world.by_port.get(request.url.port or 0)
-        if child is None or not child.alive or world.chance(world.config.http_fail):
-            raise httpx.ConnectError("connection refused", request=request)
-        call = int(request.headers.get(CALL_HEADER, "0"))
-        if call:
-            path, _, query = request.url.raw_path.partition(b"?")
-            world.seen[call] = Seen(call, request.method, urllib.parse.unquote_to_bytes(path),
-                                    urllib.parse.unquote_to_bytes(query))
-        return await child.serve(request, call)
+        child = world.by_port.get(port)
+        if child is None or not child.alive:
+            raise ConnectionRefusedError(f"connection to {host}:{port} refused")
+        near, far = _pipe()
+        assert self.nursery is not None, "the world runs"
+        self.nursery.start_soon(self._serve, port, far)
+        return near
+
+    async def _serve(self, port: int, conn: _Pipe) -> None:
+        """One connection, HTTP/1.1, as long as the router keeps it."""
+        world = self.world
+        buffer = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    buffer += await conn.receive()
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                line, *fields = head.split(b"\r\n")
+                method, target, _ = line.split(b" ", 2)
+                headers: list[tuple[bytes, bytes]] = []
+                for field_ in fields:
+                    name, _, value = field_.partition(b": ")
+                    headers.append((name, value))
+                length = int(dict(headers).get(b"content-length", b"0"))
+                while len(buffer) < length:
+                    buffer += await conn.receive()
+                body, buffer = buffer[:length], buffer[length:]
+                await trio.sleep(world.rng.uniform(0.0, world.config.latency))
+                child = world.by_port.get(port)
+                if child is None or not child.alive or world.chance(world.config.http_fail):
+                    return  # closed with no answer
+                request = httpx.Request(method.decode(), f"http://127.0.0.1:{port}"
+                                        f"{target.decode('latin-1')}", headers=headers,
+                                        content=body)
+                call = int(request.headers.get(CALL_HEADER, "0"))
+                if call:
+                    path, _, query = request.url.raw_path.partition(b"?")
+                    world.seen[call] = Seen(call, request.method,
+                                            urllib.parse.unquote_to_bytes(path),
+                                            urllib.parse.unquote_to_bytes(query))
+                complete = False  # unless the answer is written whole
+                with trio.CancelScope() as answering:
+                    async def closed() -> None:  # the router left: the answer stops
+                        nonlocal buffer
+                        try:
+                            while True:
+                                buffer += await conn.receive()
+                        except anyio.EndOfStream:
+                            answering.cancel()
+
+                    async with trio.open_nursery() as watch:
+                        watch.start_soon(closed)
+                        complete = await self._answer(child, request, call, conn)
+                        watch.cancel_scope.cancel()
+                if not complete:
+                    return
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return
+        finally:
+            with trio.CancelScope(shield=True):
+                await conn.aclose()
+
+    async def _answer(self, child: SimProcess, request: httpx.Request, call: int,
+                      conn: _Pipe) -> bool:
+        """The child's answer written to ``conn``; False when it broke off (or the router left)
+        and the connection is to be closed."""
+        response = await child.serve(request, call)
+        try:
+            head = [b"HTTP/1.1 %d %s\r\n" % (response.status_code,
+                                              response.reason_phrase.encode())]
+            sized = "content-length" in response.headers
+            for name, value in response.headers.raw:
+                head.append(name + b": " + value + b"\r\n")
+            head.append(b"\r\n")
+            await conn.send(b"".join(head))
+            try:
+                async for chunk in response.stream:  # type: ignore[union-attr]
+                    if chunk:
+                        await conn.send(chunk if sized else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except httpx.ReadError:
+                return False
+            if not sized:
+                await conn.send(b"0\r\n\r\n")
+            return True
+        except anyio.BrokenResourceError:  # the router closed the connection
+            return False
+        finally:
+            with trio.CancelScope(shield=True):
+                await response.aclose()
 
 
 # -- the world: clients --------------------------------------------------------------------------
@@ -592,9 +715,10 @@ class WholeWorld:
         self.driver = Driver(self.core, self.spawn, record=True, log=self.log.append,
                              download_spawner=self.spawn)
         self.driver.trace = _Bounded(self.config.max_trace)
+        self.network = ChildNetwork(self)
         self.app = RouterApp(self.driver, RouterOptions(models_max=self.config.models_max),
                              load_entries=self.load_entries, spec_for=self.spec_for,
-                             cache=self.cache.path, transport=ChildNetwork(self),
+                             cache=self.cache.path, connect=self.network.connect,
                              blocking=_inline, hub_files=_hub_files)
 
     def load_entries(self) -> list[ModelEntry]:
@@ -738,6 +862,7 @@ class WholeWorld:
 
     async def main(self) -> float:
         async with trio.open_nursery() as world:
+            self.network.nursery = world
             world.start_soon(self._keep_time)
             await world.start(self.driver.run)
             with trio.move_on_after(self.end_of_steps() + self.config.settle) as calls:

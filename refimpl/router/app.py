@@ -15,7 +15,6 @@ from typing import Any, AsyncGenerator, AsyncIterator, Awaitable, Callable
 from urllib.parse import quote
 
 import anyio
-import httpx
 import msgspec
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -35,12 +34,13 @@ from .debug import FAKE_DELAY
 from .driver import Driver, Outcome
 from .options import RouterOptions
 from .sources import ModelEntry, SourceError, card_of, launch_of
+from .upstream import Answer, Connect, Upstream, UpstreamError, tcp
 
 # Hop-by-hop and per-connection headers the proxy must not copy (upstream #17698): the server in
 # front writes its own, and a copy would duplicate them.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailer", "transfer-encoding", "upgrade", "content-length", "server", "date",
-              "host", "authorization"}
+              "host", "authorization", "expect"}
 SMALL_BODY = 1024 * 1024  # sized answers up to this are relayed in one piece
 # A request body larger than this is refused with 413: llama-server's limit (cpp-httplib's
 # payload maximum), so what one router takes the other takes too (images travel in bodies).
@@ -52,7 +52,6 @@ BODY_IDLE_TIMEOUT = 60.0
 # at the limit and some more. With each body held once (found "model" without building the
 # document, sent on in slices), the router's memory for bodies stays within about this.
 BODY_BUDGET = 256 * 1024 * 1024
-UPLOAD_SLICE = 1024 * 1024  # a body is sent on to its child in slices of this
 
 
 # The last event of a /models/sse stream whose reader fell too far behind (driver.SSE_BUFFER
@@ -91,7 +90,7 @@ class RouterApp:
                  load_entries: Callable[[], list[ModelEntry]] | None = None,
                  spec_for: Callable[[ModelEntry], ModelSpec] | None = None,
                  cache: Path | None = None,
-                 transport: httpx.AsyncBaseTransport | None = None,
+                 connect: Connect | None = None,
                  blocking: Callable[..., Awaitable[Any]] | None = None,
                  hub_files: Callable[[str], list[str]] | None = None) -> None:
         self.driver = driver
@@ -110,11 +109,9 @@ class RouterApp:
             pin=e.pin, concurrency=e.concurrency, group=e.group))
         self.options = options
         self.created = int(time.time())
-        # ``transport``: how the proxy reaches the children (default: TCP on 127.0.0.1); the
-        # whole-router simulation gives an in-memory network (simulator/whole.py).
-        self.client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
-                                        limits=httpx.Limits(max_connections=1000),
-                                        transport=transport)
+        # ``connect``: how the proxy's connections reach the children (default: TCP on
+        # 127.0.0.1); the whole-router simulation gives an in-memory network (simulator/whole.py).
+        self.upstream = Upstream(connect or tcp)
         routes = [
             Route("/health", self.health, methods=["GET"]),
             Route("/models", self.list_models, methods=["GET"]),
@@ -320,13 +317,9 @@ class RouterApp:
         # on the way, URLs lose tabs and newlines, and a %00 could not be sent at all); a byte
         # outside printable ASCII is escaped as itself.
         raw_path = request.scope.get("raw_path")
-        query = request.url.query
+        query = request.scope.get("query_string", b"")
         target = (quote(raw_path, safe=_PRINTABLE) if raw_path else quote(request.url.path)) \
-            + (f"?{query}" if query else "")
-        try:  # before routing: a path no child can be sent must not hold a model
-            httpx.URL(f"http://127.0.0.1{target}")
-        except httpx.InvalidURL as exc:
-            return error(400, f"the path cannot be forwarded: {exc}")
+            + (f"?{quote(query, safe=_PRINTABLE)}" if query else "")
         autoload = _autoload(request.query_params.get("autoload"))
         if self.options.swap_notices and request.method == "POST" and \
                 request.url.path.rstrip("/").endswith("chat/completions") and streamed:
@@ -391,7 +384,7 @@ class RouterApp:
                               "reasoning_content": text + "\n"}}]}).encode() + b"\n\n"
 
         async def stream() -> AsyncIterator[bytes]:
-            upstream: httpx.Response | None = None
+            upstream: Answer | None = None
             req: int | None = None
             ok = False
             try:
@@ -426,9 +419,9 @@ class RouterApp:
                     yield b"data: " + bytes(sent.body) + b"\n\n"
                     return
                 upstream = sent
-                async for piece in upstream.aiter_raw():
+                async for piece in upstream:
                     yield piece
-                ok = upstream.status_code < 500
+                ok = upstream.status < 500
             finally:
                 gone.set()
                 self.driver.unsubscribe(send)
@@ -450,7 +443,7 @@ class RouterApp:
         return await self._relay(upstream, req)
 
     async def _send(self, request: Request, body: bytearray, req: int, forward: Forward,
-                    target: str) -> httpx.Response | Response:
+                    target: str) -> Answer | Response:
         """Open the routed request to its child: its answer, headers read and body streamed;
         or the error answer if the child cannot be reached (the driver is told it ended)."""
         if self.options.debug_fake_timing:  # routed: its model counts as busy meanwhile
@@ -459,7 +452,8 @@ class RouterApp:
         if child is None:
             self.driver.ended(req, ok=False)
             return error(502, "the model's child process is gone", "server_error")
-        url = httpx.URL(f"http://{forward.address}{target}")
+        assert forward.address is not None, "a routed request names its child's address"
+        host, _, port = forward.address.rpartition(":")
         # As bytes: a header value may hold any byte but CR, LF and NUL (found by
         # tests/test_fuzz_http.py: a latin-1 value as str could not be sent on, a 500)
         headers = [(k, v) for k, v in request.headers.raw
@@ -467,51 +461,47 @@ class RouterApp:
         key = getattr(child, "api_key", None)  # a real child's own key (processes.py)
         if key:
             headers.append((b"authorization", f"Bearer {key}".encode()))
-        if body:  # sized, sent in slices: no second copy of a large body
-            headers.append((b"content-length", str(len(body)).encode()))
         try:
-            upstream = await self.client.send(
-                self.client.build_request(request.method, url, headers=headers,
-                                          content=_slices(body) if body else b""),
-                stream=True)
-        except httpx.HTTPError as exc:
+            upstream = await self.upstream.send(request.method, host, int(port), target, headers,
+                                                body)
+        except UpstreamError as exc:
             self.driver.ended(req, ok=False)
             return error(502, f"could not reach the model's child: {exc}", "server_error")
         return upstream
 
-    async def _relay(self, upstream: httpx.Response, req: int) -> Response:
+    async def _relay(self, upstream: Answer, req: int) -> Response:
         """The child's answer as this router's; the driver hears when it has ended."""
         # A header the server in front would refuse to write (a control character, a name that
         # is not a token) is dropped: sent on, it failed the answer after it was routed.
-        out_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in upstream.headers.raw
+        out_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in upstream.headers
                        if k.decode("latin-1").lower() not in HOP_BY_HOP
                        and not k.lower().startswith(b"access-control-")
                        and _TOKEN.fullmatch(k) and not _CONTROL.search(v)}
-        length = upstream.headers.get("content-length", "")
+        length = (upstream.header(b"content-length") or b"").decode("latin-1")
         if length.isdigit() and int(length) <= SMALL_BODY:
             # A small, sized answer (not a stream): one read, one plain response, less machinery.
             ok = False
             try:
-                content = await upstream.aread()
-                ok = upstream.status_code < 500
-            except httpx.HTTPError:
+                content = await upstream.read()
+                ok = upstream.status < 500
+            except UpstreamError:
                 return error(502, "the model's child broke off its answer", "server_error")
             finally:
                 await upstream.aclose()
                 self.driver.ended(req, ok)
-            return Response(content, status_code=upstream.status_code, headers=out_headers)
+            return Response(content, status_code=upstream.status, headers=out_headers)
 
-        events = upstream.headers.get("content-type", "").startswith("text/event-stream")
+        events = (upstream.header(b"content-type") or b"").startswith(b"text/event-stream")
 
         async def relay() -> AsyncGenerator[bytes, None]:
             ok = False
             tail = b"\n\n"
             try:
-                async for chunk in upstream.aiter_raw():
+                async for chunk in upstream:
                     yield chunk
                     tail = (tail + chunk)[-2:]
-                ok = upstream.status_code < 500
-            except httpx.HTTPError:
+                ok = upstream.status < 500
+            except UpstreamError:
                 if events:  # the status is sent: say in the stream why it ends here
                     yield (b"" if tail == b"\n\n" else b"\n\n") + b"data: " + json.dumps(
                         {"error": {"code": 502, "message": "the model's child broke off its "
@@ -529,7 +519,7 @@ class RouterApp:
             await upstream.aclose()
             self.driver.ended(req, ok=False)  # said already if the stream ran
 
-        return _Relayed(stream, finish, status_code=upstream.status_code, headers=out_headers)
+        return _Relayed(stream, finish, status_code=upstream.status, headers=out_headers)
 
 
 def _wait_notice(message: dict[str, Any]) -> str | None:
@@ -708,12 +698,6 @@ async def read_body(request: Request, limit: int | None = None,
     finally:
         if budget is not None:  # all of it unless a body is returned
             budget.give(taken - len(body) if done else taken)
-
-
-async def _slices(body: bytearray) -> AsyncIterator[bytes]:
-    view = memoryview(body)
-    for start in range(0, len(body), UPLOAD_SLICE):
-        yield bytes(view[start:start + UPLOAD_SLICE])
 
 
 def _autoload(value: str | None) -> bool | None:

@@ -594,7 +594,10 @@ class ChildNetwork:
                       conn: _Pipe) -> bool:
         """The child's answer written to ``conn``; False when it broke off (or the router left)
         and the connection is to be closed."""
-        response = await child.serve(request, call)
+        try:
+            response = await child.serve(request, call)
+        except httpx.ReadError:  # broken off before its head
+            return False
         try:
             head = [b"HTTP/1.1 %d %s\r\n" % (response.status_code,
                                               response.reason_phrase.encode())]

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import pickle
 import platform
 import random
 import shlex
@@ -55,6 +54,7 @@ from properties.observed import OBSERVABLE, check_observed  # noqa: E402
 from properties.replay import history  # noqa: E402
 from refimpl.core.config import ModelSpec, RouterConfig  # noqa: E402
 from refimpl.router.processes import free_port  # noqa: E402
+from refimpl.router.tracefile import read_trace  # noqa: E402
 
 MARK = "<!-- load -->"
 # From a client's seat the moment a request reached the router, or its last byte left it, is
@@ -333,7 +333,7 @@ class Run:
         r.violations = [str(v) for v in seen if v.guarantee in GATED]
         r.flagged = [str(v) for v in seen if v.guarantee in TIMING_SENSITIVE]
         if self.router_trace is not None:
-            trace = pickle.loads(self.router_trace.read_bytes())
+            trace = read_trace(self.router_trace)
             r.router_trace_items = len(trace)
             r.router_violations = [str(v) for v in check_all(trace, config)]
         if self.s.trace_dir is not None:

@@ -9,7 +9,6 @@ every guarantee, the groups' included (``properties.invariants.check_all``)."""
 
 from __future__ import annotations
 
-import pickle
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +20,7 @@ from properties.invariants import check_all
 from refimpl.core.commands import Listed
 from refimpl.core.config import Group, ModelSpec, RouterConfig
 from refimpl.core.events import CatalogChanged
+from refimpl.router.tracefile import read_trace
 
 from .routers import Router, Target
 
@@ -43,7 +43,7 @@ def preset(tmp_path: Path, text: str) -> str:
 def trace_holds(router: Router, trace: Path, groups: dict[str, Group], **config: Any) -> None:
     """Stop the router and check what its core did against every guarantee."""
     router.stop()
-    entries = pickle.loads(trace.read_bytes())
+    entries = read_trace(trace)
     names = {at.what.model for at in entries if hasattr(at.what, "model")} - {None, "*"}
     names |= {view.name for at in entries if isinstance(at.what, Listed)
               for view in at.what.models}

@@ -8,7 +8,6 @@ every guarantee, section 7's included (``properties.invariants.check_all``)."""
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ import pytest
 from properties.invariants import check_all
 from refimpl.core.commands import Listed
 from refimpl.core.config import ModelSpec, RouterConfig
+from refimpl.router.tracefile import read_trace
 
 from .routers import Router, Target
 
@@ -44,7 +44,7 @@ def preset(tmp_path: Path, tiny_models: Any, **sections: dict[str, str]) -> str:
 def trace_holds(router: Router, trace: Path, **config: Any) -> None:
     """Stop the router and check what its core did against every guarantee."""
     router.stop()
-    entries = pickle.loads(trace.read_bytes())
+    entries = read_trace(trace)
     names = {at.what.model for at in entries if hasattr(at.what, "model")} - {None, "*"}
     names |= {view.name for at in entries if isinstance(at.what, Listed)
               for view in at.what.models}

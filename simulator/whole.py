@@ -966,6 +966,6 @@ def run_program(program: Program) -> Run:
     finally:
         trio_run._ALLOW_DETERMINISTIC_SCHEDULING = deterministic  # type: ignore[misc]
         shutil.rmtree(world.cache.path, ignore_errors=True)
-    assert world.driver.trace is not None
+    assert isinstance(world.driver.trace, list)
     return Run(program, world.driver.trace, world.core.config, world.exchanges, world.seen,
                world.log, end, world.misuse, runaway)

@@ -31,6 +31,7 @@ from refimpl.core.router import RouterCore
 from refimpl.core.trace import At
 
 from .loglimit import LogLimit, cut
+from .tracefile import TraceWriter
 
 # What a log line may not carry as it is: C0 and C1 controls but the tab (a newline would forge a
 # line, an escape sequence would drive the reader's terminal) and the Unicode line separators.
@@ -106,7 +107,8 @@ class Driver:
         self._starting: dict[int, list[SendExit | Kill]] = {}
         self._forwarded: set[int] = set()  # requests forwarded whose response has not ended
         self.ids = itertools.count(1)
-        self.trace: list[At] | None = [] if record else None
+        # a list, or where ``--trace`` writes it (tracefile.TraceWriter)
+        self.trace: list[At] | TraceWriter | None = [] if record else None
         self._pending: dict[int, _Pending] = {}
         self._subscribers: set[MemoryObjectSendStream[dict[str, Any]]] = set()
         # subscribers dropped for falling SSE_BUFFER events behind, until they unsubscribe

@@ -22,8 +22,6 @@ import asyncio
 import json
 from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
-
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools
@@ -61,15 +59,6 @@ async def _busy(scope: Any, receive: Any, send: Any) -> None:
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
         (b"retry-after", b"1"), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
-
-
-class JsonErrorsH11(H11Protocol):
-    """The fallback without httptools: uvicorn's own limits (h11 answers an over-long head with
-    400, uvicorn's 503 is plain text, no head timeout)."""
-
-    def send_400_response(self, msg: str) -> None:
-        self.transport.write(_answer(msg))
-        self.transport.close()
 
 
 if HttpToolsProtocol is not None:
@@ -152,12 +141,22 @@ if HttpToolsProtocol is not None:
                                          f"within {self.head_timeout:g} seconds"))
 
     PROTOCOL: type = JsonErrorsHttpTools
-else:  # pragma: no cover
+else:  # pragma: no cover - only then is h11 imported (1 MiB of the router's memory)
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JsonErrorsH11(H11Protocol):
+        """The fallback without httptools: uvicorn's own limits (h11 answers an over-long head with
+        400, uvicorn's 503 is plain text, no head timeout)."""
+
+        def send_400_response(self, msg: str) -> None:
+            self.transport.write(_answer(msg))
+            self.transport.close()
+
     PROTOCOL = JsonErrorsH11
 
 
 def protocol(head_timeout: float = HEAD_TIMEOUT) -> type:
     """The protocol class for uvicorn's ``http=``, with its head timeout."""
-    if PROTOCOL is JsonErrorsH11:  # pragma: no cover
+    if HttpToolsProtocol is None:  # pragma: no cover
         return PROTOCOL
     return type("RouterHttp", (PROTOCOL,), {"head_timeout": head_timeout})

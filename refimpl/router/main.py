@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import pickle
 import re
 import resource
 import sys
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 import anyio
@@ -25,6 +23,7 @@ from .driver import Driver, Spawner, printable
 from .memory import device_budget, estimate_need, gguf_complete
 from .processes import make_download_spawner, make_spawner
 from .sources import ModelEntry, SourceError, card_of, launch_of, load_sources
+from .tracefile import TraceWriter
 
 
 def log(line: str) -> None:
@@ -93,6 +92,8 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
         spawner, download_spawner = delayed(spawner), delayed(download_spawner)
     driver = Driver(core, spawner, log=log, download_spawner=download_spawner,
                     record=opts.trace is not None)
+    if opts.trace is not None:
+        driver.trace = TraceWriter(opts.trace)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
@@ -110,8 +111,8 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
                     try:
                         await driver.shutdown(grace=opts.stop_timeout)
                     finally:
-                        if opts.trace is not None and driver.trace is not None:
-                            Path(opts.trace).write_bytes(pickle.dumps(driver.trace))
+                        if isinstance(driver.trace, TraceWriter):
+                            driver.trace.close()
                             log(f"trace of {len(driver.trace)} entries written to {opts.trace}")
                 tg.cancel_scope.cancel()
 

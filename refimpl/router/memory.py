@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs without types-psutil
-
 from .sources import SHARD, ModelEntry
 
 HOST = "host"
@@ -26,10 +24,19 @@ F16 = 2
 
 
 def host_available() -> int | None:
-    """Bytes of memory available now (MemAvailable on Linux); None where it cannot be read."""
+    """Bytes of memory available now (MemAvailable on Linux, read from /proc/meminfo; psutil
+    elsewhere, imported only then: 1 MiB of the router's memory); None where it cannot be read."""
     try:
+        with open("/proc/meminfo", "rb") as meminfo:
+            for line in meminfo:
+                if line.startswith(b"MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # type: ignore[import-untyped, unused-ignore]  # no stubs without types
         available: int = psutil.virtual_memory().available
-    except (OSError, RuntimeError):
+    except (ImportError, OSError, RuntimeError):
         return None
     return available
 

@@ -210,9 +210,10 @@ def build_parser(prog: str = "refimpl-router") -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true",
                    help="never download: POST /models is refused (cached models still load)")
     p.add_argument("--trace", metavar="FILE",
-                   help="record every event the core is given and every command it returns; "
-                        "when the router stops, write them to FILE (a pickled list of "
-                        "refimpl.core.trace.At) for the invariants of properties/invariants.py")
+                   help="record every event the core is given and every command it returns "
+                        "in FILE, as they happen (pickled batches of refimpl.core.trace.At: "
+                        "read with refimpl.router.tracefile.read_trace) for the invariants of "
+                        "properties/invariants.py")
     p.add_argument("--policy", choices=POLICIES, default=DEFAULT_POLICY,
                    help="scheduling policy (%(default)s)")
     p.add_argument("--drain-timeout", type=parse_seconds, default=30.0, metavar="SECONDS",

@@ -30,6 +30,7 @@ import httptools
 
 Connect = Callable[[str, int], Awaitable[anyio.abc.ByteStream]]
 READ = 65536
+IDLE_PER_CHILD = 16  # kept-alive connections kept per child; more are closed as they come back
 ONE_WRITE = 64 * 1024  # a body up to this is sent with the head in one write
 
 
@@ -74,8 +75,10 @@ class _Parsed:
 
     def on_message_complete(self) -> None:
         self.done = True
-        # asked now: once the message is over the parser is ready for the next and says False
+        # asked now: once the message is over the parser is ready for the next and says False;
+        # then the parser is let go (it holds this object: a cycle only the collector ends)
         self.keep_alive = self.parser.should_keep_alive()
+        self.parser = None
 
 
 class _Connection:
@@ -158,6 +161,7 @@ class Answer:
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
+        self._parsed.parser = None
         if conn is None:
             return
         if self._over and self._keep and self._parsed.keep_alive:
@@ -176,7 +180,7 @@ class Upstream:
         self.idle_limit = idle_limit
         self._idle: dict[tuple[str, int], list[_Connection]] = {}
         self._stale: list[_Connection] = []  # to close (idle too long), at the next send
-        self._given_back = 0
+        self._swept = 0.0
 
     async def send(self, method: str, host: str, port: int, target: str,
                    headers: list[tuple[bytes, bytes]], body: bytes | bytearray) -> Answer:
@@ -267,14 +271,19 @@ class Upstream:
         return None
 
     def _give_back(self, conn: _Connection) -> None:
-        conn.idle_since = anyio.current_time()
-        self._idle.setdefault(conn.key, []).append(conn)
-        self._given_back += 1
-        if self._given_back % 256 == 0:
+        now = conn.idle_since = anyio.current_time()
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) < IDLE_PER_CHILD:
+            idle.append(conn)
+        else:
+            self._stale.append(conn)
+        if now - self._swept > self.idle_limit:
+            self._swept = now
             self._sweep()
 
     def _sweep(self) -> None:
-        """Close the connections idle for too long (to children that are gone, mostly)."""
+        """Let go of the connections idle for too long (to children that are gone, mostly):
+        closed at the next send."""
         now = anyio.current_time()
         for key in list(self._idle):
             kept = []

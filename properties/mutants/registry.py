@@ -258,18 +258,19 @@ MUTANTS: dict[str, Mutant] = {m.id: m for m in [
     Mutant("Z20", "the proxy copies the child's hop-by-hop headers next to the router's own: "
                   "duplicated headers", "proxy", (
         Edit(APP,
-             "            return Response(content, status_code=upstream.status_code, "
+             "            return Response(content, status_code=upstream.status, "
              "headers=out_headers)\n",
-             "            response = Response(content, status_code=upstream.status_code, "
+             "            response = Response(content, status_code=upstream.status, "
              "headers=out_headers)\n"
-             "            response.raw_headers += upstream.headers.raw  # the bug: all of them\n"
+             "            response.raw_headers += upstream.headers  # the bug: all of them\n"
              "            return response\n"),
     )),
     Mutant("Z21", "the proxy drops the query string", "proxy", (
         Edit(APP,
-             """        url = httpx.URL(f"http://{forward.address}{target}")
+             """            upstream = await self.upstream.send(request.method, host, int(port), target, headers,
 """,
-             """        url = httpx.URL(f"http://{forward.address}{target.partition('?')[0]}")  # the bug
+             """            upstream = await self.upstream.send(request.method, host, int(port),
+                                                target.partition("?")[0], headers,  # the bug
 """),
     )),
 ]}

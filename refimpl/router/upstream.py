@@ -78,11 +78,13 @@ async def tcp(host: str, port: int) -> anyio.abc.ByteStream:
 class _Parsed:
     """httptools' callbacks for one answer."""
 
-    __slots__ = ("status", "headers", "chunks", "head_done", "done", "keep_alive", "parser")
+    __slots__ = ("status", "headers", "chunks", "head_done", "done", "keep_alive", "parser",
+                 "interim")
 
     def __init__(self) -> None:
         self.parser: Any = None
         self.keep_alive = False
+        self.interim = False  # in an interim answer (100 Continue): the real one follows
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
@@ -93,12 +95,20 @@ class _Parsed:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.head_done = True
+        self.status = self.parser.get_status_code()
+        if 100 <= self.status < 200:
+            self.interim = True
+            self.headers = []
+        else:
+            self.head_done = True
 
     def on_body(self, body: bytes) -> None:
         self.chunks.append(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.done = True
         # asked now: once the message is over the parser is ready for the next and says False;
         # then the parser is let go (it holds this object: a cycle only the collector ends)
@@ -262,10 +272,6 @@ class Upstream:
                     data = await conn.stream.receive(READ)
                     got = True
                     parser.feed_data(data)
-                    if parsed.head_done and 100 <= parser.get_status_code() < 200:
-                        # an interim answer (100 Continue): the real one follows
-                        parsed.__init__()
-                        parsed.parser = parser
             except anyio.EndOfStream:
                 if reused and not got:
                     await conn.close()
@@ -282,7 +288,6 @@ class Upstream:
         except BaseException:
             await conn.close()
             raise
-        parsed.status = parser.get_status_code()
         return Answer(self, conn, parser, parsed, head_only=method == "HEAD")
 
     def _take(self, key: tuple[str, int]) -> _Connection | None:

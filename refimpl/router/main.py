@@ -86,7 +86,8 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
                                    autoload=opts.models_autoload, policy=opts.policy,
                                    drain_timeout=opts.drain_timeout, ttl=opts.models_ttl,
                                    queue_max=opts.queue_max))
-    spawner: Spawner = make_spawner(opts.child_cmd, opts.port, log)
+    spawner: Spawner
+    spawner, prepare_spawner = make_spawner(opts.child_cmd, opts.port, log)
     download_spawner: Spawner = make_download_spawner(opts.download_cmd, opts.port, log,
                                                       opts.hf_token)
     if opts.debug_fake_timing:  # upstream's test hook: every start (load, download) 2 s late
@@ -99,6 +100,7 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         async with anyio.create_task_group() as tg:
+            prepare_spawner()  # the zygote, started from the thread the router runs on
             await tg.start(driver.run)
             log(f"router listening on http://{opts.host}:{opts.port} with {len(entries)} "
                 f"model(s): {', '.join(entries) or 'none'}")

@@ -459,11 +459,13 @@ def _relay_stderr(pipe: IO[bytes], prefix: str, log: Callable[[str], None],
 
 
 def make_spawner(template: str, router_port: int, log: Callable[[str], None]
-                 ) -> Callable[[Spawn], Awaitable[ChildProcess]]:
-    """A spawner for the driver: starts the child for a model on a free port.
+                 ) -> tuple[Callable[[Spawn], Awaitable[ChildProcess]], Callable[[], None]]:
+    """A spawner for the driver, which starts the child for a model on a free port, and what
+    prepares it, to be called as the router starts serving (on the thread that lives as long as
+    the router; the first spawn does it otherwise): building a router starts no process.
 
     With the reference child's own template (``{python} -m refimpl.child``, any flags after it),
-    a ``Zygote`` is started at once, and each child is forked from it once it is ready (a cold
+    preparing starts a ``Zygote``, and each child is forked from it once it is ready (a cold
     load without the child's 0.3 s of imports); before that, or if it fails, with ``Popen``.
 
     The core's reader sees the child's stdout: protocol lines become messages, the rest is logged
@@ -481,6 +483,7 @@ def make_spawner(template: str, router_port: int, log: Callable[[str], None]
         # In the environment, which only this user can read, not in the command line.
         key = secrets.token_urlsafe(32)
         env = dict(os.environ, LLAMA_SERVER_ROUTER_PORT=str(router_port), LLAMA_API_KEY=key)
+        prepare()
         child = None if zygote is None else await zygote.fork(cmd, env, port, log)
         how = "forked" if child is not None else "started"
         if child is None:
@@ -494,8 +497,17 @@ def make_spawner(template: str, router_port: int, log: Callable[[str], None]
         return child
 
     # The reference child, started as is, is forked from a zygote that has its imports done.
-    zygote = Zygote.start(log) if shlex.split(template)[:3] == ZYGOTE_TEMPLATE else None
-    return spawn
+    zygote: Zygote | None = None
+    prepared = False
+
+    def prepare() -> None:
+        nonlocal zygote, prepared
+        if not prepared:
+            prepared = True
+            if shlex.split(template)[:3] == ZYGOTE_TEMPLATE:
+                zygote = Zygote.start(log)
+
+    return spawn, prepare
 
 
 DOWNLOAD_MODE = "download"

@@ -216,7 +216,8 @@ def search(s: Setup, profile: Profile, *, budget: float | None = None,
            shrink_budget: float | None = None, timing_fails: bool = False,
            db: Path | None = None, say: Callable[[str], None] = print,
            chunk: int = 10) -> Result:
-    """Search for ``budget`` seconds (then shrink for ``shrink_budget`` at most)."""
+    """Search for ``budget`` seconds (then shrink for ``shrink_budget`` at most, or until a
+    program of one step fails)."""
     budget = profile.budget if budget is None else budget
     shrink_budget = profile.shrink if shrink_budget is None else shrink_budget
     result = Result(s)
@@ -257,6 +258,8 @@ def search(s: Setup, profile: Profile, *, budget: float | None = None,
             say(f"  {program}")
             if result.program is None or size(program) < size(result.program):
                 result.program, result.failures = program, hard
+            if size(program)[0] <= 1:  # one request: no fewer steps to shrink to
+                deadline[0] = time.monotonic()
             raise Found("; ".join(map(str, hard)))
 
     database = DirectoryBasedExampleDatabase(str(db or DB / s.name))

@@ -1,6 +1,6 @@
-"""The end-of-run leak check (fixtures/leakcheck.py) under the README's ``pytest -n auto``: a
-process a test leaves behind in a pytest-xdist worker fails the whole run, reported by the
-controller; a run that leaves nothing passes."""
+"""The end-of-run leak check (fixtures/leakcheck.py) under the README's ``pytest -n auto
+--dist loadgroup``: a process a test leaves behind in a pytest-xdist worker fails the whole
+run, reported by the controller; a run that leaves nothing passes."""
 
 from __future__ import annotations
 

@@ -21,16 +21,24 @@ from conformance import search
 
 pytestmark = [pytest.mark.live, pytest.mark.slow]
 EASY = "Z20"  # duplicated headers: any proxied answer shows it
+# The quick profile's generator with shorter programs, pauses and holds: the search and its
+# shrinking as they are, at a cost a suite can pay (the quick profile's programs take seconds).
+SMALL = search.Profile("small", 120.0, 20.0, 3, (0.3,), (1.0,))
 
 
 @pytest.fixture(scope="module")
 def found(tmp_path_factory: pytest.TempPathFactory) -> search.Result:
     db = tmp_path_factory.mktemp("search-db")
-    result = search.search(search.setup(None, EASY, "fake"), search.PROFILES["quick"],
-                           budget=120, shrink_budget=20, db=db, say=lambda line: None)
+    result = search.search(search.setup(None, EASY, "fake"), SMALL, db=db,
+                           say=lambda line: None)
     return result
 
 
+# The tests that read ``found`` run on one worker (the README's --dist loadgroup): one search.
+ONE_SEARCH = pytest.mark.xdist_group("search-found")
+
+
+@ONE_SEARCH
 def test_the_search_finds_a_zoo_mutant_and_shrinks_it(found: search.Result) -> None:
     assert found.found, f"{EASY} not found in {found.examples} programs"
     assert found.program is not None
@@ -38,6 +46,7 @@ def test_the_search_finds_a_zoo_mutant_and_shrinks_it(found: search.Result) -> N
     assert len(found.program.steps) <= len(found.first.steps)  # type: ignore[union-attr]
 
 
+@ONE_SEARCH
 def test_the_reproduction_fails_on_the_mutant_and_passes_without_it(
         found: search.Result, tmp_path: Path) -> None:
     path = search.write_repro(found, tmp_path)
@@ -48,6 +57,7 @@ def test_the_reproduction_fails_on_the_mutant_and_passes_without_it(
     assert (failed, runs) == (0, 1), out
 
 
+@ONE_SEARCH
 def test_a_reproduction_needs_only_httpx_and_the_standard_library(
         found: search.Result, tmp_path: Path) -> None:
     """Its top-level imports; the harness's invariants are imported only where it runs inside
@@ -61,9 +71,8 @@ def test_a_reproduction_needs_only_httpx_and_the_standard_library(
 
 
 def test_a_short_search_of_the_correct_router_finds_nothing(tmp_path: Path) -> None:
-    result = search.search(search.setup(None, None, "fake"), search.PROFILES["quick"],
-                           budget=15, shrink_budget=0, db=tmp_path / "db",
-                           say=lambda line: None)
+    result = search.search(search.setup(None, None, "fake"), SMALL, budget=5,
+                           shrink_budget=0, db=tmp_path / "db", say=lambda line: None)
     assert result.examples >= 1
     assert not result.found, f"{result.program}\n" + "\n".join(map(str, result.failures))
 

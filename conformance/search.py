@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
 
@@ -215,9 +216,10 @@ class Result:
 def search(s: Setup, profile: Profile, *, budget: float | None = None,
            shrink_budget: float | None = None, timing_fails: bool = False,
            db: Path | None = None, say: Callable[[str], None] = print,
-           chunk: int = 10) -> Result:
+           chunk: int = 10, seed: int | None = None) -> Result:
     """Search for ``budget`` seconds (then shrink for ``shrink_budget`` at most, or until a
-    program of one step fails)."""
+    program of one step fails). ``seed``: draw the same programs as another search with it
+    (None: fresh ones each time)."""
     budget = profile.budget if budget is None else budget
     shrink_budget = profile.shrink if shrink_budget is None else shrink_budget
     result = Result(s)
@@ -264,6 +266,7 @@ def search(s: Setup, profile: Profile, *, budget: float | None = None,
 
     database = DirectoryBasedExampleDatabase(str(db or DB / s.name))
     first_chunk = True
+    chunks = 0
     while time.monotonic() < deadline[0] and not result.found:
         phases = [Phase.generate, Phase.shrink]
         if first_chunk:  # what earlier runs found comes first
@@ -271,6 +274,9 @@ def search(s: Setup, profile: Profile, *, budget: float | None = None,
         run = settings(max_examples=chunk, deadline=None, database=database, phases=phases,
                        suppress_health_check=list(HealthCheck), print_blob=False,
                        derandomize=False)(given(programs(profile, s.past_drain))(probe))
+        if seed is not None:  # each chunk its own programs, the same in every search
+            run = hypothesis_seed(seed * 1_000_003 + chunks)(run)
+        chunks += 1
         first_chunk = False
         try:
             run()
@@ -471,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--db", type=Path, help=f"hypothesis example database (default: "
                                            f"{DB.relative_to(ROOT)}/<router>)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--seed", type=int, help="draw the same programs as another search with "
+                                            "this seed (default: fresh ones each run)")
     p.add_argument("--keep-going", action="store_true",
                    help="after a find (shrunk, written, re-run), search again until the budget "
                         "is spent: every failure of a long run, not only the first")
@@ -516,7 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{(args.db or DB / s.name).name}-round{len(results) + 1}")
         result = search(s, profile, budget=left, shrink_budget=args.shrink_budget,
                         timing_fails=args.timing_checks == "fail", db=db,
-                        say=lambda line: print(line, flush=True))
+                        say=lambda line: print(line, flush=True),
+                        seed=None if args.seed is None else args.seed + len(results))
         results.append(result)
         _report(result, args.repeat)
         if not result.found:

@@ -24,7 +24,7 @@ from refimpl.core.trace import At
 from simulator.engine import Simulation
 from simulator.faults import FAULT_PRESETS
 from simulator.policies import Policies, apply, seeded
-from simulator.scenario import Action, Crash, Hang, Load, Request, Unload, play
+from simulator.scenario import Action, Crash, Hang, Load, Remove, Request, Unload, play
 from simulator.workloads import WORKLOADS, make_workload
 
 from .invariants import CHECKS, POLICY_CHECKS, Violation, check_all
@@ -346,3 +346,50 @@ def test_a_line_sent_back_to_the_queue_shares_its_oldest_request_place() -> None
          "--models-max", "1", "--faults", "light", "--policy-mix", "--seed", "64"],
         capture_output=True, text=True, timeout=120)
     assert "guarantees      all held" in out.stdout, out.stdout[-2000:] + out.stderr[-2000:]
+
+
+def test_a_request_in_line_when_its_model_is_removed_gets_404_removed() -> None:
+    """A (concurrency 1) serves request 1 with 2 in line when A is removed (``DELETE
+    /models``): its child is stopped, and 2 gets what any request for A gets now, 404 "model
+    'A' was removed", never a load of a model that is gone. Breaks when ``_out_of_line`` tells a
+    removed model's line anything else (mutmut: its ``fail_waiters(...)`` arguments, ``or`` made
+    ``and``)."""
+    config = RouterConfig(specs("A", concurrency=1))
+    trace = play(config, [(0.0, Request("A", 10.0)), (1.5, Request("A")), (2.0, Remove("A"))])
+    assert [(r.req, r.status, r.kind, r.message) for r in replies(trace) if r.req == 2] == [
+        (2, 404, errors.REMOVED, "model 'A' was removed")]
+    assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1]
+    assert sum(isinstance(at.what, Spawn) for at in trace) == 1
+    held(trace, config)
+
+
+def test_the_pin_refusal_says_which_limit_the_pinned_models_hold() -> None:
+    """The 503 for a model that pinned models crowd out names them and the limit they fill:
+    the count (``--models-max 1``), or memory when the count has room. Breaks when
+    ``Scheduler.pinned_message`` names the wrong limit (mutmut: its ``limit`` line)."""
+    by_count = RouterConfig(specs("P", pin=True) + specs("B"), models_max=1)
+    refused = replies(play(by_count, [(0.0, Request("P")), (3.0, Request("B"))]), 503)
+    assert [r.message for r in refused] == [
+        "model 'B' cannot be loaded: the pinned models ['P'] hold all the room it needs "
+        "(--models-max 1); unload one of them or unpin it"]
+    by_memory = RouterConfig(specs("P", pin=True, memory={"host": 6 * GiB})
+                             + specs("B", memory={"host": 6 * GiB}), models_max=0,
+                             devices={"host": 8 * GiB})
+    refused = replies(play(by_memory, [(0.0, Request("P")), (3.0, Request("B"))]), 503)
+    assert [r.message for r in refused] == [
+        "model 'B' cannot be loaded: the pinned models ['P'] hold all the room it needs "
+        "(memory); unload one of them or unpin it"]
+
+
+def test_a_request_whose_line_went_back_to_the_queue_may_leave_from_there() -> None:
+    """A (concurrency 1) streams request 1 with 2 and 3 in line; A's child dies (2 went to it
+    as 1 broke off), 3 goes back to the queue and A loads again; 3's client leaves before that
+    load is done: 3 is never sent, and 4, which came after it, is. Breaks when the request sent
+    back is recorded without its model or phase (mutmut: ``_out_of_line``'s ``Request(...)``):
+    its leaving is not seen."""
+    config = RouterConfig(specs("A", concurrency=1))
+    trace = play(config, [(0.0, Request("A", 10.0)), (1.5, Request("A")),
+                          (1.55, Request("A", patience=1.0)), (2.0, Crash("A")),
+                          (2.1, Request("A"))])
+    assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1, 2, 4]
+    held(trace, config)

@@ -1,6 +1,8 @@
 """The router process carries no library it never runs (issue: router peak memory): numpy (the
-``gguf`` package imports it; the router reads gguf's type table alone), rich and click (httpx's
-command-line client; uvicorn needs click), trio (httpcore's locks for it), watchfiles, websockets."""
+``gguf`` package imports it; the router reads gguf's type table alone), rich and pygments,
+trio, watchfiles (uvicorn's reload), websockets; httpx, httpcore and h11 (the proxy has its own
+client on httptools: refimpl/router/upstream.py; h11 is uvicorn's fallback without httptools)
+and psutil (free memory is read from /proc/meminfo on Linux)."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import pytest
 from refimpl.router.processes import free_port
 
 pytestmark = pytest.mark.live
-NEVER = ("numpy", "gguf", "rich", "pygments", "trio", "watchfiles", "websockets")
+NEVER = ("numpy", "gguf", "rich", "pygments", "trio", "watchfiles", "websockets", "httpx",
+         "httpcore", "h11", "psutil")
 
 
 def test_gguf_completeness_is_read_without_numpy(tiny_models: Any) -> None:
@@ -62,3 +65,13 @@ def test_the_router_process_loads_none_of_them(tiny_models: Any) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120)
     assert out.stdout.strip() == "200 []", out.stdout + out.stderr[-3000:]
+
+
+def test_free_memory_without_psutil_is_psutils_figure() -> None:
+    """``host_available`` reads MemAvailable itself: the figure psutil gives on Linux, to within
+    what the machine's use changes between the two reads."""
+    psutil = pytest.importorskip("psutil")
+    from refimpl.router.memory import host_available
+
+    ours, theirs = host_available(), psutil.virtual_memory().available
+    assert ours is not None and abs(ours - theirs) < 64 * 1024**2, (ours, theirs)

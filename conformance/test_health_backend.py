@@ -5,20 +5,16 @@ is still an exit. The backend here is fixtures/health_child.py (503 while it loa
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
-import httpx
 import pytest
 
-from fixtures.procs import children_of, popen, wait_gone, wait_healthy
-from refimpl.router.processes import free_port
-
-from .routers import Target
+from fixtures.procs import children_of
 from refimpl.router.sources import SourceError, load_sources
+
+from .routers import Router, Target
 
 pytestmark = pytest.mark.live
 
@@ -30,50 +26,18 @@ def reference_only(target: Target) -> None:
 FOREIGN = "{python} -m fixtures.health_child"
 
 
-class Router:
-    def __init__(self, tmp_path: Path, preset: str) -> None:
-        (tmp_path / "models.ini").write_text(preset)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / "router.log"
-        with self.log_path.open("wb") as out:
-            self.proc = popen([sys.executable, "-m", "refimpl", "--port", str(self.port),
-                               "--models-preset", str(tmp_path / "models.ini"),
-                               "--stop-timeout", "1"],
-                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        why = wait_healthy(self.url, self.proc)
-        assert why is None, f"{why}\n{self.log()}"
-        self.client = httpx.Client(base_url=self.url, timeout=60)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def status(self, model: str) -> dict[str, Any]:
-        data = self.client.get("/models").json()["data"]
-        return dict(next(m for m in data if m["id"] == model)["status"])
-
-    def chat(self, model: str) -> httpx.Response:
-        return self.client.post("/v1/chat/completions", json={
-            "model": model, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
-
-    def stop(self) -> list[int]:
-        kids = children_of(self.proc.pid)
-        self.client.close()
-        self.proc.terminate()
-        self.proc.wait(30)
-        return wait_gone(kids, timeout=10)
-
-
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Any]:
-    routers: list[Router] = []
-
+def start(start_router: Callable[..., Router], tmp_path: Path) -> Callable[[str], Router]:
+    """A reference router on ``preset`` alone (an empty models folder beside it)."""
     def run(preset: str) -> Router:
-        routers.append(Router(tmp_path, preset))
-        return routers[-1]
+        path = tmp_path / "models.ini"
+        path.write_text(preset)
+        empty = tmp_path / "no-models"
+        empty.mkdir(exist_ok=True)
+        return start_router("--models-preset", str(path), "--stop-timeout", "1",
+                            models_dir=empty)
 
-    yield run
-    assert not [pid for r in routers for pid in r.stop()], "a child outlived its router"
+    return run
 
 
 def section(name: str, model: Path, load_seconds: float, extra: str = "") -> str:
@@ -81,33 +45,35 @@ def section(name: str, model: Path, load_seconds: float, extra: str = "") -> str
             f"health = /health\n{extra}")
 
 
-def test_a_backend_is_ready_when_its_health_answers_200(start: Any, tiny_models: Any) -> None:
+def test_a_backend_is_ready_when_its_health_answers_200(start: Callable[[str], Router],
+                                                        tiny_models: Any) -> None:
     router = start(section("foreign", tiny_models["tiny-xs"].path, 1.5))
     assert router.client.post("/models/load", json={"model": "foreign"}).status_code == 200
     # Its /health says 503 for 1.5 s after it starts: it cannot be ready yet, whatever the
     # machine's speed (a slower start only makes it later).
-    assert router.status("foreign")["value"] == "loading", router.log()
+    assert router.status("foreign") == "loading", router.log()
     r = router.chat("foreign")  # waits for the load
     assert r.status_code == 200, r.text + router.log()
     assert r.json()["choices"][0]["message"]["content"] == "hello from foreign"
-    assert router.status("foreign")["value"] == "loaded"
+    assert router.status("foreign") == "loaded"
     assert "ready when /health answers 200" in router.log()
 
 
-def test_a_backend_never_healthy_fails_its_load_at_the_timeout(start: Any,
+def test_a_backend_never_healthy_fails_its_load_at_the_timeout(start: Callable[[str], Router],
                                                                 tiny_models: Any) -> None:
     router = start(section("stuck", tiny_models["tiny-xs"].path, -1, "load-timeout = 1\n"))
     r = router.chat("stuck")
     assert r.status_code == 503, r.text
     assert "not healthy at /health within 1 s: killed" in router.log()
-    assert router.status("stuck")["value"] in ("unloaded", "failed"), router.status("stuck")
+    assert router.status("stuck") in ("unloaded", "failed"), router.status("stuck")
     deadline = time.monotonic() + 30
     while children_of(router.proc.pid):
         assert time.monotonic() < deadline, "the killed backend is still there"
         time.sleep(0.05)
 
 
-def test_a_backend_and_a_protocol_child_side_by_side(start: Any, tiny_models: Any) -> None:
+def test_a_backend_and_a_protocol_child_side_by_side(start: Callable[[str], Router],
+                                                     tiny_models: Any) -> None:
     preset = section("foreign", tiny_models["tiny-xs"].path, 0.2) + \
         f"\n[tiny-xs]\nmodel = {tiny_models['tiny-xs'].path}\n"
     router = start(preset)

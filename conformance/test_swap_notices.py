@@ -6,18 +6,12 @@ answer the core gives at once (an unknown model) keeps its status."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import httpx
 import pytest
 
-from fixtures.procs import popen, wait_healthy
-from refimpl.router.processes import free_port
-
-from .routers import Target
+from .routers import Router, Target
 
 pytestmark = pytest.mark.live
 
@@ -29,21 +23,10 @@ def reference_only(target: Target) -> None:
 
 
 @pytest.fixture
-def router(tmp_path: Path, tiny_models: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+def router(start_router: Callable[..., Router], request: pytest.FixtureRequest) -> str:
     pytest.importorskip("llama_cpp")
-    port = free_port()
     flags = getattr(request, "param", ["--swap-notices"])
-    with (tmp_path / "router.log").open("wb") as log:
-        proc = popen([sys.executable, "-m", "refimpl", "--port", str(port), "--models-dir",
-                      str(tiny_models.root), "--models-max", "1", *flags],
-                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_healthy(url, proc) is None, (tmp_path / "router.log").read_text()
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    return start_router("--models-max", "1", *flags).url
 
 
 def streamed(url: str, model: str) -> tuple[int, list[dict[str, Any]], bool]:
@@ -98,31 +81,19 @@ def test_an_answer_at_once_keeps_its_status(router: str) -> None:
     assert status == plain.status_code != 200 and chunks == [plain.json()], chunks
 
 
-def test_a_client_that_leaves_during_the_wait_holds_nothing(tmp_path: Path,
-                                                             tiny_models: Any) -> None:
+def test_a_client_that_leaves_during_the_wait_holds_nothing(
+        start_router: Callable[..., Router], monkeypatch: pytest.MonkeyPatch) -> None:
     """Under LLAMA_SERVER_DEBUG_FAKE_TIMING a start takes 2 s more: the client reads the first
     notice and leaves; the model it waited for must not stay busy (with one slot, the next
     model could then never load)."""
     pytest.importorskip("llama_cpp")
-    import os
-
-    port = free_port()
-    with (tmp_path / "router.log").open("wb") as log:
-        proc = popen([sys.executable, "-m", "refimpl", "--port", str(port), "--models-dir",
-                      str(tiny_models.root), "--models-max", "1", "--swap-notices"],
-                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                     env={**os.environ, "LLAMA_SERVER_DEBUG_FAKE_TIMING": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        assert wait_healthy(url, proc) is None, (tmp_path / "router.log").read_text()
-        body = {"model": "tiny-xs", "stream": True, "max_tokens": 4,
-                "messages": [{"role": "user", "content": "hi"}]}
-        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
-            first = next(line for line in r.iter_lines() if line.startswith("data: "))
-            assert "waiting for tiny-xs to load" in first, first
-        r2 = httpx.post(url + "/v1/chat/completions", timeout=120, json={
-            "model": "tiny-s", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
-        assert r2.status_code == 200, r2.text
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    monkeypatch.setenv("LLAMA_SERVER_DEBUG_FAKE_TIMING", "1")  # the router's environment
+    url = start_router("--models-max", "1", "--swap-notices").url
+    body = {"model": "tiny-xs", "stream": True, "max_tokens": 4,
+            "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+        first = next(line for line in r.iter_lines() if line.startswith("data: "))
+        assert "waiting for tiny-xs to load" in first, first
+    r2 = httpx.post(url + "/v1/chat/completions", timeout=120, json={
+        "model": "tiny-s", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]})
+    assert r2.status_code == 200, r2.text

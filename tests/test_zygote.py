@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -19,48 +17,32 @@ import httpx
 import psutil  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from fixtures.procs import children_of, cmdline, is_helper, popen, wait_gone, wait_healthy
-from refimpl.router.processes import free_port
+import conformance.routers
+from conformance.routers import Target
+from fixtures.procs import children_of, cmdline, is_helper, wait_gone
 
 pytestmark = pytest.mark.live
 READY = r"^\[zygote\] ready: children are forked from pid (\d+)$"
 SPAWNED = r"^\[router\] (forked|started) {model} \(pid (\d+)\) on port (\d+): (.*)$"
 
 
-class Router:
-    def __init__(self, tmp_path: Path, models: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp_path / "router.log"
-        with self.log_path.open("wb") as out:
-            self.proc = popen([sys.executable, "-m", "refimpl", "--port", str(self.port),
-                               "--models-dir", str(models), "--models-max", "2"],
-                              stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        why = wait_healthy(self.url, self.proc)
-        assert why is None, f"{why}\n{self.log()}"
-        self.client = httpx.Client(base_url=self.url, timeout=60)
+class Router(conformance.routers.Router):
+    """The reference router (``--models-max 2``), with what these tests read in its log."""
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def __init__(self, tmp_path: Path, models: Path) -> None:
+        super().__init__(Target(None), ["--models-dir", str(models), "--models-max", "2"],
+                         tmp_path / "router.log")
 
     def wait_log(self, pattern: str, after: int = 0,
                  timeout: float = 60) -> re.Match[str]:
         deadline = time.monotonic() + timeout
         while True:
-            found = list(re.finditer(pattern, self.log(), re.M))[after:]
+            self.log()  # flushed
+            found = list(re.finditer(pattern, self.log_path.read_text(errors="replace"),
+                                     re.M))[after:]
             if found:
                 return found[0]
             assert time.monotonic() < deadline, f"no {pattern!r} in the log:\n{self.log()}"
-            time.sleep(0.02)
-
-    def status(self, model: str) -> str:
-        data = self.client.get("/models").json()["data"]
-        return str(next(m for m in data if m["id"] == model)["status"]["value"])
-
-    def wait_status(self, model: str, value: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while self.status(model) != value:
-            assert time.monotonic() < deadline, f"{model} never {value}:\n{self.log()}"
             time.sleep(0.02)
 
     def load(self, model: str, after: int = 0) -> tuple[str, int, int, str]:
@@ -71,15 +53,6 @@ class Router:
         m = self.wait_log(SPAWNED.format(model=re.escape(model)), after)
         return m[1], int(m[2]), int(m[3]), m[4]
 
-    def stop(self) -> None:
-        self.client.close()
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
 
 @pytest.fixture
 def router(tmp_path: Path, tiny_models: Any) -> Iterator[Router]:
@@ -88,7 +61,7 @@ def router(tmp_path: Path, tiny_models: Any) -> Iterator[Router]:
     try:
         yield r
     finally:
-        r.stop()
+        assert not r.stop(), "a child outlived its router"
 
 
 def zygote_of(router: Router) -> int:

@@ -58,7 +58,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_keeps_its_waiters() -> No
     config = RouterConfig(specs("A", "B"), models_max=1, queue_max=1)
     trace = play(config, [(0.0, Request("A")), (0.1, Request("B")), (0.2, Request("A"))])
     refused = replies(trace, 429)
-    assert [r.req for r in refused] == [2, 3] and all(r.retry_after for r in refused)
+    assert [r.req for r in refused] == [2, 3] and all(r.retry_after == 1 for r in refused)
     assert all(r.kind == errors.QUEUE_FULL for r in refused)
     assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1]
     held(trace, config)
@@ -392,4 +392,18 @@ def test_a_request_whose_line_went_back_to_the_queue_may_leave_from_there() -> N
                           (1.55, Request("A", patience=1.0)), (2.0, Crash("A")),
                           (2.1, Request("A"))])
     assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1, 2, 4]
+    held(trace, config)
+
+
+def test_a_model_idle_after_its_line_is_served_expires_at_its_ttl() -> None:
+    """A (concurrency 1, ttl 5 s): request 2 waits in line and goes to the child when 1 ends;
+    A then idles and is unloaded 5 s after 2 ended, as expired. Breaks when a request sent
+    from the line is recorded without the time it was sent (mutmut: ``_next_in_line`` and
+    ``_release`` passing no ``now``): the model's idle time cannot be counted."""
+    config = RouterConfig(specs("A", concurrency=1, ttl=5.0))
+    trace = play(config, [(0.0, Request("A", 2.0)), (0.1, Request("A", 1.0))], until=30.0)
+    sent = {at.what.req: at.t for at in trace if isinstance(at.what, Forward)}
+    assert sent == {1: 1.0, 2: 3.0}, sent
+    expired = [at.t for at in trace if isinstance(at.what, SendExit) and at.what.expired]
+    assert expired == [9.0], expired
     held(trace, config)

@@ -95,15 +95,27 @@ def _fresh_stdio() -> None:
         setattr(sys, f"__{name}__", new)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _become_child(request: dict[str, Any], fds: list[int], control: socket.socket) -> NoReturn:
     """In the grandchild: wait to be the router's, then turn into ``python -m refimpl.child``."""
     code = 70
     try:
         os.setsid()
         router = int(request["router"])
+        middle = os.getppid()
         deadline = time.monotonic() + REPARENT_SECONDS
-        while os.getppid() != router:  # the middle process is exiting; its child comes to us
-            if time.monotonic() > deadline:
+        while (parent := os.getppid()) != router:  # the middle process exits; we go to the router
+            # re-parented to another (init): the router, the subreaper, died meanwhile
+            if parent != middle or time.monotonic() > deadline or not _alive(router):
                 os._exit(code)
             time.sleep(0.0002)
         libc = ctypes.CDLL(None, use_errno=True)

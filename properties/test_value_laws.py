@@ -10,6 +10,7 @@ checks at 0 were not checked by any law.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -45,17 +46,16 @@ specs = st.builds(
 
 @st.composite
 def configs(draw: st.DrawFn) -> RouterConfig:
-    models, names = [], set()
+    models: list[ModelSpec] = []
+    names: set[str] = set()
     for spec in draw(st.lists(specs, max_size=3)):
         own = {spec.name, *spec.aliases}
         if len(own) == 1 + len(spec.aliases) and not own & names:
             models.append(spec)
             names |= own
     by_group = {spec.group.name: spec.group for spec in models if spec.group is not None}
-    models = [spec if spec.group is None else ModelSpec(
-        spec.name, spec.aliases, spec.memory, spec.stop_timeout, spec.load_on_startup,
-        spec.launch, spec.card, spec.ttl, spec.pin, spec.concurrency, by_group[spec.group.name])
-        for spec in models]  # one setting per group name
+    models = [spec if spec.group is None else replace(spec, group=by_group[spec.group.name])
+              for spec in models]  # one setting per group name
     return RouterConfig(tuple(models), models_max=draw(st.integers(0, 4)),
                         devices=draw(st.dictionaries(st.sampled_from(["host", "gpu0"]),
                                                      st.integers(0, 2**40))),
@@ -110,8 +110,11 @@ def test_a_model_spec_refuses_exactly_what_is_out_of_range(stop_timeout: float,
         (ttl is not None and ttl < 0, "ttl must be >= 0 (0 means never)"),
         (concurrency < 0, "concurrency must be >= 0 (0: no limit)"),
         (need < 0, "memory needs must be >= 0")) if bad]
-    make = lambda: ModelSpec("m", memory={"host": need}, stop_timeout=stop_timeout,  # noqa: E731
-                             ttl=ttl, concurrency=concurrency)
+
+    def make() -> ModelSpec:
+        return ModelSpec("m", memory={"host": need}, stop_timeout=stop_timeout, ttl=ttl,
+                         concurrency=concurrency)
+
     if not problems:
         assert make().memory == {"host": need}
         return
@@ -128,8 +131,10 @@ def test_a_router_config_refuses_exactly_the_limits_out_of_range(models_max: int
         (models_max < 0, "models_max must be >= 0 (0 means unlimited)"),
         (ttl < 0, "ttl must be >= 0 (0 means never)"),
         (queue_max < 0, "queue_max must be >= 0 (0 means unlimited)")) if bad]
-    make = lambda: RouterConfig((), models_max=models_max, ttl=ttl,  # noqa: E731
-                                queue_max=queue_max)
+
+    def make() -> RouterConfig:
+        return RouterConfig((), models_max=models_max, ttl=ttl, queue_max=queue_max)
+
     if not problems:
         made = make()
         assert (made.models_max, made.ttl, made.queue_max) == (models_max, ttl, queue_max)

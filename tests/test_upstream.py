@@ -3,7 +3,8 @@ server on loopback that answers as each test scripts it, on asyncio and on trio.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,20 +78,26 @@ async def ok(n: int, stream: anyio.abc.SocketStream) -> bool:
     return True
 
 
+@contextlib.asynccontextmanager
+async def served(answer: Answer) -> AsyncIterator[tuple[int, Seen]]:
+    """The server answering with ``answer`` while the block runs: its port and what it saw."""
+    seen = Seen()
+    async with anyio.create_task_group() as tg:
+        yield await tg.start(serve, answer, seen), seen
+        tg.cancel_scope.cancel()
+
+
 async def exchange(answer: Answer, *bodies: bytes, upstream: Upstream | None = None
                    ) -> tuple[Seen, list[bytes]]:
     """Send a POST per body with one client; the answers read whole."""
-    seen = Seen()
     client = upstream or Upstream()
     got = []
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(serve, answer, seen)
+    async with served(answer) as (port, seen):
         for body in bodies:
             a = await client.send("POST", "127.0.0.1", port, "/x", [], body)
             got.append(await a.read())
             await a.aclose()
         await client.aclose()
-        tg.cancel_scope.cancel()
     return seen, got
 
 
@@ -142,17 +149,14 @@ async def test_an_answer_broken_off_is_an_error_and_its_connection_is_not_kept()
         await stream.send(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nten bytes.")
         return False
 
-    seen = Seen()
     client = Upstream()
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(serve, broken, seen)
+    async with served(broken) as (port, _):
         a = await client.send("GET", "127.0.0.1", port, "/", [], b"")
         assert a.status == 200
         with pytest.raises(BrokenAnswer, match="middle of its answer"):
             await a.read()
         await a.aclose()
         assert client._idle == {}
-        tg.cancel_scope.cancel()
 
 
 async def test_an_answer_left_unread_closes_its_connection() -> None:
@@ -162,10 +166,8 @@ async def test_an_answer_left_unread_closes_its_connection() -> None:
         await stream.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\n")
         return True  # and no more: the client leaves
 
-    seen = Seen()
     client = Upstream()
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(serve, endless, seen)
+    async with served(endless) as (port, seen):
         a = await client.send("GET", "127.0.0.1", port, "/", [], b"")
         async for piece in a:
             assert piece == b"first"
@@ -175,7 +177,6 @@ async def test_an_answer_left_unread_closes_its_connection() -> None:
         assert await b.read() == b"answer 2"
         await b.aclose()
         assert seen.connections == 2
-        tg.cancel_scope.cancel()
 
 
 async def test_bytes_that_are_not_http_are_an_error() -> None:
@@ -183,12 +184,9 @@ async def test_bytes_that_are_not_http_are_an_error() -> None:
         await stream.send(b"\x00\x01 not an answer\r\n\r\n")
         return True
 
-    seen = Seen()
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(serve, garbage, seen)
+    async with served(garbage) as (port, _):
         with pytest.raises(BrokenAnswer, match="not HTTP"):
             await Upstream().send("GET", "127.0.0.1", port, "/", [], b"")
-        tg.cancel_scope.cancel()
 
 
 async def test_an_interim_answer_is_skipped() -> None:
@@ -220,11 +218,8 @@ async def test_a_refused_connection_is_connect_failed() -> None:
 
 
 async def test_a_name_is_looked_up() -> None:
-    seen = Seen()
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(serve, ok, seen)
+    async with served(ok) as (port, _):
         a = await Upstream().send("GET", "localhost", port, "/", [], b"")
         assert await a.read() == b"answer 1"
         await a.aclose()
-        tg.cancel_scope.cancel()
 

@@ -92,9 +92,8 @@ def build(opts: router_options.RouterOptions) -> tuple[RouterApp, Driver]:
                                                       opts.hf_token)
     if opts.debug_fake_timing:  # upstream's test hook: every start (load, download) 2 s late
         spawner, download_spawner = delayed(spawner), delayed(download_spawner)
-    driver = Driver(core, spawner, log=log, download_spawner=download_spawner,
-                    record=opts.trace is not None)
-    if opts.trace is not None:
+    driver = Driver(core, spawner, log=log, download_spawner=download_spawner)
+    if opts.trace is not None:  # recorded straight into the file, not into a list
         driver.trace = TraceWriter(opts.trace)
 
     @contextlib.asynccontextmanager

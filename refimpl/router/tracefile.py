@@ -59,9 +59,7 @@ def read_trace(path: str | Path) -> list[At]:
         while True:
             try:
                 batch = pickle.load(file)
-            except EOFError:
-                break
-            except pickle.UnpicklingError:  # cut short by a kill
+            except (EOFError, pickle.UnpicklingError):  # the end, or a batch cut short by a kill
                 break
             entries.extend(batch)
     return entries

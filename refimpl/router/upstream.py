@@ -36,6 +36,7 @@ Connect = Callable[[str, int], Awaitable[anyio.abc.ByteStream]]
 READ = 65536
 IDLE_PER_CHILD = 16  # kept-alive connections kept per child; more are closed as they come back
 ONE_WRITE = 64 * 1024  # a body up to this is sent with the head in one write
+BROKEN = (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError)  # a connection's end
 
 
 class UpstreamError(Exception):
@@ -180,7 +181,7 @@ class Answer:
                 return
             raise BrokenAnswer("the child closed the connection in the middle of its answer") \
                 from None
-        except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+        except BROKEN as exc:
             raise BrokenAnswer(f"the connection to the child broke: {exc!r}") from None
         try:
             self._parser.feed_data(data)
@@ -278,7 +279,7 @@ class Upstream:
                     return None
                 raise BrokenAnswer("the child closed the connection before its answer") \
                     from None
-            except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
+            except BROKEN as exc:
                 if reused and not got:
                     await conn.close()
                     return None

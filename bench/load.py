@@ -402,7 +402,7 @@ def table(results: list[Result], s: Settings) -> str:
                  f"{pct(r.latencies, 0.99) * 1e3:.0f} ms"),
              row("throughput", lambda r: f"{r.ok / max(r.wall, 1e-9):.1f} served/s over "
                  f"{r.wall:.0f} s"),
-             row("router peak memory (VmHWM)", lambda r: f"{r.peak_memory_kib / 1024:.0f} MiB"),
+             row("router peak memory (VmHWM)", lambda r: f"{r.peak_memory_kib / 1024:.1f} MiB"),
              row(f"invariants on the router's own trace (all {len(CHECKS)})",
                  lambda r: "not recorded" if r.router_violations is None else
                  f"**{len(r.router_violations)}** violations in {r.router_trace_items} events "

@@ -202,6 +202,11 @@ def serve(argv: list[str], prog: str = "refimpl-router") -> int:
                             timeout_keep_alive=opts.timeout_keep_alive,  # type: ignore[arg-type]
                             h11_max_incomplete_event_size=opts.max_header_size,
                             server_header=False, date_header=False, lifespan="on", ws="none",
+                            # asyncio's own loop, not uvloop (uvicorn's "auto" when installed):
+                            # 1.3 MiB less at the peak of bench/load.py (uvloop's library and its
+                            # four resolver threads), the proxy still below llama-server's
+                            # overhead (docs/BENCHMARKS.md)
+                            loop="asyncio",
                             timeout_graceful_shutdown=5)
     server = Server(config)
     try:

@@ -145,7 +145,8 @@ FINDINGS = [
         "observed.no_thrash",
         "the checker's: the router saw a client leave within the 1 s grace the observer gave "
         "it and evicted the model loaded for it; no_thrash now counts a departure from the "
-        "moment the client left (the other checks, from the end of the grace)",
+        "moment the client left, and so does busy_never_evicted (the other checks, from the end "
+        "of the grace)",
         router_bug=False, runs=1, repro="refimpl-no_thrash-20261201-193955.py"),
 ]
 

@@ -247,6 +247,37 @@ def test_a_model_whose_waiters_all_left_may_be_evicted_before_the_grace_ends() -
     assert lp.observed_checks(program, h) == []
 
 
+def test_a_model_whose_client_left_may_be_evicted_while_it_is_busy_to_the_observer() -> None:
+    """Finding S8 again, seen in the suite on a busy machine: ``a`` was answering when its client
+    left, and the router, having seen the client go, evicted it 0.5 s later for ``c``'s waiting
+    request, within the observer's grace. An eviction after the client left is not of a busy
+    model: busy_never_evicted, like no_thrash, reads the departure at once; an eviction before it
+    is still one."""
+    def played(evicted: float) -> lp.History:
+        h = lp.History()
+        for t, kind, data in [
+                (0.0, "send", {"req": 1, "model": "c"}),
+                (0.01, "send", {"req": 3, "model": "a"}),
+                (0.02, "sse", {"model": "a", "data": {"status": "loading"}}),
+                (0.35, "sse", {"model": "a", "data": {"status": "loaded"}}),
+                (0.4, "answer", {"req": 3, "model": "a", "status": 200}),  # its head, no end
+                (0.6, "left", {"req": 3, "model": "a", "answered": True}),
+                (1.6, "gone", {"req": 3}),
+                (evicted, "sse", {"model": "a", "data": {"status": "unloaded", "exit_code": 0,
+                                                         "failed": False}}),
+                (evicted + 0.02, "sse", {"model": "c", "data": {"status": "loading"}}),
+                (evicted + 0.3, "sse", {"model": "c", "data": {"status": "loaded"}}),
+                (evicted + 0.31, "answer", {"req": 1, "model": "c", "status": 200}),
+                (evicted + 0.31, "end", {"req": 1, "ok": True})]:
+            h.note(kind, t=t, **data)
+        return h
+
+    program = lp.Program((lp.Get("c"), lp.Chat("a", leave=0.5)), lp.World(models_max=1))
+    assert lp.observed_checks(program, played(1.1)) == []
+    assert "observed.busy_never_evicted" in [f.check for f in lp.observed_checks(program,
+                                                                            played(0.5))]
+
+
 def test_a_download_asked_again_after_a_cancelled_one_is_a_fresh_entry() -> None:
     """Found by the Z19 measurement (docs/CONFORMANCE.md, S9): a download cancelled by an
     unload removes its entry (``model_remove``), so the next download of the name starts a

@@ -435,7 +435,8 @@ def _relay_stderr(pipe: IO[bytes], prefix: str, log: Callable[[str], None],
             log(prefix + cut(line.rstrip(b"\r").decode("utf-8", errors="replace")) + suffix)
 
     try:
-        while chunk := os.read(fd, 65536):
+        # Small reads: each relay thread holds its read's buffer while it waits for the child
+        while chunk := os.read(fd, 4096):
             if skipping:
                 newline = chunk.find(b"\n")
                 if newline < 0:

@@ -226,6 +226,10 @@ def run_again(suite: Suite, key: str, max_children: int) -> Run:
     print(f"{suite.title}: running again the {len(names)} mutants the saved run did not kill",
           flush=True)
     now = versions()
+    # No stale test selection to refresh: run_mutmut starts from an empty mutants/ folder, so
+    # mutmut collects its stats (which tests reach which function) afresh over today's tests,
+    # and a law added since the saved run is run against every survivor whose function it
+    # reaches.
     seconds = run_mutmut(suite.selection, max_children, names) if names else 0.0
     again = collect() if names else {}
     for name in names:

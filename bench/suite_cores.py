@@ -19,6 +19,9 @@ other and a lower bound where one test's parts would have run in parallel anyway
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import random
 import statistics
 import subprocess
@@ -66,8 +69,9 @@ class _Groups:
 
 def groups() -> dict[str, str | None]:
     plugin = _Groups()
-    code = pytest.main(["--collect-only", "-q", "-p", "no:randomly", str(ROOT)],
-                       plugins=[plugin])
+    os.chdir(ROOT)  # the suite the README's command runs: pyproject.toml's testpaths
+    with contextlib.redirect_stdout(io.StringIO()):
+        code = pytest.main(["--collect-only", "-q", "-p", "no:randomly"], plugins=[plugin])
     if code not in (0, 5):
         sys.exit(f"suite_cores: collecting the suite failed (pytest exit {code})")
     return plugin.group

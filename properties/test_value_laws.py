@@ -64,23 +64,32 @@ def configs(draw: st.DrawFn) -> RouterConfig:
                         queue_max=draw(st.integers(0, 3)))
 
 
-values = st.one_of(
-    cards, groups, specs, configs(),
-    st.builds(Spawn, st.integers(0, 9), NAME, download=st.booleans(),
-              card=st.just(Card()) | cards),
-    st.builds(SendExit, st.integers(0, 9), expired=st.booleans(), group=st.none() | NAME),
-    st.builds(Reply, st.integers(0, 9), st.sampled_from([200, 400, 429, 503]), TEXT,
-              message=TEXT, retry_after=st.none() | st.integers(0, 5)),
-    st.builds(Publish, NAME, TEXT, data=st.dictionaries(TEXT, st.integers(), max_size=2)),
-    st.builds(ModelView, NAME, st.lists(NAME, max_size=2).map(tuple),
-              st.sampled_from(["unloaded", "loading", "loaded"]), card=cards,
-              failed=st.booleans(), exit_code=st.none() | st.integers(-9, 9),
-              info=st.dictionaries(TEXT, st.integers(), max_size=2), ttl=SECONDS,
-              pinned=st.booleans(), concurrency=st.integers(0, 3), group=st.none() | NAME))
+# Each kind of value drawn on its own: under the mutation run's 20 examples a draw from all of
+# them at once met some kinds once or twice (mutmut: SendExit's and ModelView's repr mutants
+# lived in one run and died in another).
+KINDS: dict[str, st.SearchStrategy[Any]] = {
+    "Card": cards, "Group": groups, "ModelSpec": specs, "RouterConfig": configs(),
+    "Spawn": st.builds(Spawn, st.integers(0, 9), NAME, download=st.booleans(),
+                       card=st.just(Card()) | cards),
+    "SendExit": st.builds(SendExit, st.integers(0, 9), expired=st.booleans(),
+                          group=st.none() | NAME),
+    "Reply": st.builds(Reply, st.integers(0, 9), st.sampled_from([200, 400, 429, 503]), TEXT,
+                       message=TEXT, retry_after=st.none() | st.integers(0, 5)),
+    "Publish": st.builds(Publish, NAME, TEXT,
+                         data=st.dictionaries(TEXT, st.integers(), max_size=2)),
+    "ModelView": st.builds(ModelView, NAME, st.lists(NAME, max_size=2).map(tuple),
+                           st.sampled_from(["unloaded", "loading", "loaded"]), card=cards,
+                           failed=st.booleans(), exit_code=st.none() | st.integers(-9, 9),
+                           info=st.dictionaries(TEXT, st.integers(), max_size=2), ttl=SECONDS,
+                           pinned=st.booleans(), concurrency=st.integers(0, 3),
+                           group=st.none() | NAME),
+}
 
 
-@given(value=values)
-def test_every_repr_builds_an_equal_value(value: Any) -> None:
+@pytest.mark.parametrize("kind", sorted(KINDS))
+@given(data=st.data())
+def test_every_repr_builds_an_equal_value(kind: str, data: st.DataObject) -> None:
+    value = data.draw(KINDS[kind])
     again = eval(repr(value), dict(NAMESPACE))
     assert again == value, repr(value)
     assert repr(again) == repr(value)

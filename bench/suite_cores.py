@@ -7,21 +7,22 @@
 Only a machine with that many cores measures it; this one has 2. The estimate replays the run's
 tests (their time in the junit report: setup, call and teardown) as pytest-xdist hands them out:
 each worker takes the next test as it finishes one, in a shuffled order (pytest-randomly shuffles
-the suite), and an ``xdist_group``'s tests (``--dist loadgroup``) run on one worker one after the
-other. Each worker first starts and collects the suite (``--start`` seconds, measured here by
-default: ``pytest --collect-only`` of the whole suite). The figure for the run's own worker count
-is the check on the model: it should come out near the run's wall time. It leaves out what more
-cores change inside a test (a test that starts a router and children uses more than one core, and
-ran slower beside another on 2 cores), so it is an upper bound where tests were slowed by each
-other and a lower bound where one test's parts would have run in parallel anyway.
+the suite), and an ``xdist_group``'s tests (``--dist loadgroup``, which names them
+``test@group``) run on one worker one after the other. Each worker first starts and collects the
+suite (``--start`` seconds, measured here by default: ``pytest --collect-only`` of the whole
+suite). The figure for the run's own worker count is the check on the model: it should come out
+near the run's wall time.
+
+What it leaves out: a module- or session-scoped fixture is set up once per worker that runs a
+test needing it, and the report counts it once (in the first test that used it on its worker),
+so more workers pay some set-ups more often than the replay does; and a test that starts a router
+and children uses more than one core, so it ran slower beside another test on 2 cores than it
+would with a core to spare.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import os
 import random
 import statistics
 import subprocess
@@ -30,51 +31,31 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def durations(junit: Path) -> dict[str, float]:
-    """Seconds per test id (``path::name``, as pytest names it) from a junit XML report."""
+def units(junit: Path) -> tuple[int, dict[str, float]]:
+    """The number of tests in a junit XML report, and the seconds of each unit xdist hands out:
+    a test, or an ``xdist_group``'s tests together. ``ValueError`` for a file that is not such a
+    report."""
+    try:
+        root = ET.parse(junit).getroot()
+    except ET.ParseError as exc:
+        raise ValueError(f"{junit} is not XML: {exc}") from None
+    tests = 0
     out: dict[str, float] = {}
-    for case in ET.parse(junit).getroot().iter("testcase"):
-        classname, name = case.get("classname", ""), case.get("name", "")
-        parts = classname.split(".")
-        # classname "tests.test_x" or "tests.test_x.TestClass": the module is the longest prefix
-        # that is a file
-        for cut in range(len(parts), 0, -1):
-            path = Path(*parts[:cut]).with_suffix(".py")
-            if (ROOT / path).is_file():
-                node = "::".join([str(path), *parts[cut:], name])
-                out[node] = out.get(node, 0.0) + float(case.get("time", 0.0))
-                break
-    return out
-
-
-class _Groups:
-    """A pytest plugin that notes each collected test's ``xdist_group``."""
-
-    def __init__(self) -> None:
-        self.group: dict[str, str | None] = {}
-
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        for item in items:
-            mark = item.get_closest_marker("xdist_group")
-            name = None
-            if mark is not None:
-                name = mark.args[0] if mark.args else mark.kwargs.get("name")
-            self.group[item.nodeid] = name
-
-
-def groups() -> dict[str, str | None]:
-    plugin = _Groups()
-    os.chdir(ROOT)  # the suite the README's command runs: pyproject.toml's testpaths
-    with contextlib.redirect_stdout(io.StringIO()):
-        code = pytest.main(["--collect-only", "-q", "-p", "no:randomly"], plugins=[plugin])
-    if code not in (0, 5):
-        sys.exit(f"suite_cores: collecting the suite failed (pytest exit {code})")
-    return plugin.group
+    for case in root.iter("testcase"):
+        name = case.get("name", "")
+        try:
+            seconds = float(case.get("time", "0"))
+        except ValueError:
+            raise ValueError(f"{junit}: test {name!r} has the time {case.get('time')!r}") \
+                from None
+        group = name.rpartition("@")[2] if "@" in name else ""
+        key = f"@{group}" if group else f"{case.get('classname', '')}::{name}"
+        out[key] = out.get(key, 0.0) + seconds
+        tests += 1
+    return tests, out
 
 
 def makespan(units: list[float], workers: int, start: float, rng: random.Random) -> float:
@@ -95,33 +76,47 @@ def collect_seconds() -> float:
     return time.monotonic() - began
 
 
+def at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def not_negative(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=(__doc__ or "").split("\n", 1)[1])
     p.add_argument("junit", type=Path, help="the run's junit XML report (--junitxml)")
-    p.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4, 8])
-    p.add_argument("--start", type=float, default=None,
+    p.add_argument("--workers", type=at_least_one, nargs="+", default=[1, 2, 4, 8],
+                   help="worker counts to estimate (default: 1 2 4 8)")
+    p.add_argument("--start", type=not_negative, default=None,
                    help="seconds a worker takes to start and collect (measured by default)")
-    p.add_argument("--orders", type=int, default=20, help="shuffled orders per figure (median)")
+    p.add_argument("--orders", type=at_least_one, default=20,
+                   help="shuffled orders per figure, their median printed (default: 20)")
     args = p.parse_args(argv)
     if not args.junit.is_file():
         p.error(f"no such report: {args.junit} (run the suite with --junitxml={args.junit})")
-    times = durations(args.junit)
-    if not times:
-        p.error(f"{args.junit} names no test of this checkout")
-    group_of = groups()
-    units: dict[str, float] = {}
-    for node, seconds in times.items():
-        key = group_of.get(node) or node
-        units[key] = units.get(key, 0.0) + seconds
+    try:
+        tests, by_unit = units(args.junit)
+    except ValueError as exc:
+        p.error(str(exc))
+    if not by_unit:
+        p.error(f"{args.junit} holds no test")
     start = collect_seconds() if args.start is None else args.start
-    total = sum(units.values())
-    print(f"{len(times)} tests, {total:.0f} s of test time, longest unit "
-          f"{max(units.values()):.0f} s, a worker's start {start:.1f} s")
+    longest = max(by_unit, key=by_unit.__getitem__)
+    print(f"{tests} tests, {sum(by_unit.values()):.0f} s of test time, the longest unit "
+          f"{by_unit[longest]:.1f} s ({longest}), a worker's start {start:.1f} s")
     rng = random.Random(0)
     for n in args.workers:
-        spans = [makespan(list(units.values()), n, start, rng) for _ in range(args.orders)]
+        spans = [makespan(list(by_unit.values()), n, start, rng) for _ in range(args.orders)]
         print(f"  {n} worker(s): {statistics.median(spans):.0f} s "
               f"(from {min(spans):.0f} to {max(spans):.0f} s over {args.orders} orders)")
     return 0

@@ -97,9 +97,10 @@ class ChildProcess:
     """One real child: the driver reads its output and writes the exit command to its stdin.
 
     Started with ``subprocess.Popen`` and driven through non-blocking pipes and a pidfd, not with
-    ``anyio.open_process``: under uvicorn that is uvloop's spawn, which leaves extra copies of the
-    child's stdio pipes (and every inheritable descriptor of the router) open in the child, so a
-    child that closes its stdout is never seen at EOF (tests/test_faults.py, no-newline).
+    ``anyio.open_process``: under uvicorn that was uvloop's spawn (the router ran on uvloop
+    then), which left extra copies of the child's stdio pipes (and every inheritable descriptor of
+    the router) open in the child, so a child that closed its stdout was never seen at EOF
+    (tests/test_faults.py, no-newline). Popen does not depend on the event loop.
 
     A child dies with the router (``die_with_parent``), SIGKILL of the router included. The
     router starts every child from its event-loop thread (``Driver._run_child`` awaits the

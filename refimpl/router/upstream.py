@@ -53,8 +53,8 @@ class BrokenAnswer(UpstreamError):
 
 async def tcp(host: str, port: int) -> anyio.abc.ByteStream:
     """A TCP connection to ``host``: an address in numbers (the children's, 127.0.0.1) is
-    connected to without a name lookup, which ``anyio.connect_tcp`` always makes (uvloop makes
-    it on a pool of four threads, started for it)."""
+    connected to without a name lookup, which ``anyio.connect_tcp`` always makes (on a thread
+    of the loop's executor, started for it)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         socket.inet_pton(family, host)

@@ -31,6 +31,8 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from refimpl.router.options import whole_number
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -76,32 +78,20 @@ def collect_seconds() -> float:
     return time.monotonic() - began
 
 
-def at_least_one(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
-    return value
-
-
-def not_negative(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=(__doc__ or "").split("\n", 1)[1])
     p.add_argument("junit", type=Path, help="the run's junit XML report (--junitxml)")
-    p.add_argument("--workers", type=at_least_one, nargs="+", default=[1, 2, 4, 8],
+    p.add_argument("--workers", type=whole_number(1), nargs="+", default=[1, 2, 4, 8],
                    help="worker counts to estimate (default: 1 2 4 8)")
-    p.add_argument("--start", type=not_negative, default=None,
+    p.add_argument("--start", type=float, default=None,
                    help="seconds a worker takes to start and collect (measured by default)")
-    p.add_argument("--orders", type=at_least_one, default=20,
+    p.add_argument("--orders", type=whole_number(1), default=20,
                    help="shuffled orders per figure, their median printed (default: 20)")
     args = p.parse_args(argv)
+    if args.start is not None and not args.start >= 0:
+        p.error(f"argument --start: must be 0 or more, not {args.start}")
     if not args.junit.is_file():
         p.error(f"no such report: {args.junit} (run the suite with --junitxml={args.junit})")
     try:

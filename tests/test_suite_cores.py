@@ -51,7 +51,7 @@ def test_figures_per_worker_count(tmp_path: Path, capsys: pytest.CaptureFixture[
     ("<testsuites><testcase", [], "is not XML"),
     ('<testsuites><testcase name="t" time="soon"/></testsuites>', [], "has the time 'soon'"),
     ("<testsuites></testsuites>", [], "holds no test"),
-    (REPORT, ["--workers", "0"], "must be 1 or more, not 0"),
+    (REPORT, ["--workers", "0"], "'0' is not a whole number of 1 or more"),
     (REPORT, ["--start", "-1"], "must be 0 or more"),
 ])
 def test_bad_input_is_refused_with_what_was_wrong(tmp_path: Path,

@@ -100,7 +100,7 @@ def parse_seconds(text: str, never: bool = False) -> float:
     return value
 
 
-def _whole(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+def whole_number(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -183,14 +183,14 @@ def build_parser(prog: str = "refimpl-router") -> argparse.ArgumentParser:
                     "every child, as llama-server's router does.")
     p.add_argument("--version", action=Version)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
-    p.add_argument("--port", type=_whole(1, 65535), default=8080,
+    p.add_argument("--port", type=whole_number(1, 65535), default=8080,
                    help="port to listen on (%(default)s)")
     p.add_argument("--models-dir", help="folder of *.gguf models (sub-folders: multimodal or "
                                         "sharded models)")
     p.add_argument("--models-preset", help="INI file: [*] for all models, one section per model")
-    p.add_argument("--models-max", type=_whole(0), default=4,
+    p.add_argument("--models-max", type=whole_number(0), default=4,
                    help="children running at once, 0 = unlimited (%(default)s)")
-    p.add_argument("--models-memory-margin", type=_whole(0), default=1024, metavar="MiB",
+    p.add_argument("--models-memory-margin", type=whole_number(0), default=1024, metavar="MiB",
                    help="MiB to leave free on each device, 0 = no memory budget (%(default)s)")
     p.add_argument("--device-memory", type=parse_device, action="append", default=[],
                    metavar="DEVICE=SIZE",
@@ -224,7 +224,7 @@ def build_parser(prog: str = "refimpl-router") -> argparse.ArgumentParser:
                    help="unload a model that has had no request in flight or waiting for this "
                         "long, 0 = never (%(default)s); preset key ttl sets it per model, and "
                         "a model pinned with pin = true keeps only its own")
-    p.add_argument("--queue-max", type=_whole(0), default=0, metavar="N",
+    p.add_argument("--queue-max", type=whole_number(0), default=0, metavar="N",
                    help="requests that may wait (for a load, a slot or a model's concurrency) "
                         "at once; one more is answered 429 with Retry-After, 0 = unlimited "
                         "(%(default)s)")
@@ -244,7 +244,7 @@ def build_parser(prog: str = "refimpl-router") -> argparse.ArgumentParser:
                         "($LLAMA_CACHE, else the Hugging Face hub cache), e.g. 'llama-server' "
                         "(default: our child)")
     http = p.add_argument_group("HTTP limits")
-    http.add_argument("--limit-concurrency", type=_whole(1), default=1000, metavar="N",
+    http.add_argument("--limit-concurrency", type=whole_number(1), default=1000, metavar="N",
                       help="open connections or running requests past which a request gets "
                            "503 (%(default)s)")
     http.add_argument("--timeout-keep-alive", type=_positive_seconds, default=5.0,

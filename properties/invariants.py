@@ -1449,3 +1449,9 @@ def check_all(trace: Trace, config: RouterConfig, *, liveness: bool = True,
     checking = Checking(config, liveness=liveness)
     checking.feed(trace)
     return checking.finish(first_only=first_only)
+
+
+def assert_held(trace: Trace, config: RouterConfig) -> None:
+    """For the laws: every guarantee holds on ``trace``, or the assertion lists what failed."""
+    violations = check_all(trace, config)
+    assert not violations, "\n".join(map(str, violations))

@@ -29,7 +29,7 @@ from simulator.policies import apply, seeded
 from simulator.scenario import Action, Load, Request, play
 from simulator.workloads import WORKLOADS, make_workload
 
-from .invariants import CHECKS, GROUP_CHECKS, POLICY_CHECKS, Violation, check_all
+from .invariants import CHECKS, GROUP_CHECKS, POLICY_CHECKS, assert_held, check_all
 from .mutants.groups import GROUP_MUTANTS, group_mutated
 from .mutants.registry import MUTANTS
 from .policy_machine import policy_machine
@@ -54,12 +54,6 @@ def stops(trace: list[At]) -> list[tuple[float, str, str | None]]:
             if isinstance(at.what, SendExit)]
 
 
-def held(trace: list[At], config: RouterConfig) -> list[Violation]:
-    violations = check_all(trace, config)
-    assert not violations, "\n".join(map(str, violations))
-    return violations
-
-
 # -- laws --------------------------------------------------------------------------------------
 
 def test_a_model_in_the_way_of_a_queued_model_takes_no_later_request_before_it() -> None:
@@ -75,7 +69,7 @@ def test_a_model_in_the_way_of_a_queued_model_takes_no_later_request_before_it()
                           (2.0, Request("h")), (3.0, Request("e")), (4.0, Request("y"))])
     order = [at.what.req for at in trace if isinstance(at.what, Forward)]
     assert order == [1, 2, 3, 4, 5], order
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_members_of_one_group_run_together_and_an_outsider_waits_for_them_to_exit() -> None:
@@ -90,7 +84,7 @@ def test_members_of_one_group_run_together_and_an_outsider_waits_for_them_to_exi
     assert stops(trace) == [(2.1, "a2", "b"), (6.0, "a1", "b")]
     b_start = next(at.t for at in trace if isinstance(at.what, Spawn) and at.what.model == "b")
     assert b_start > 6.0  # after a1's exit, not at its stop
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_model_without_a_group_is_its_own_once_groups_are_in_use() -> None:
@@ -100,7 +94,7 @@ def test_a_model_without_a_group_is_its_own_once_groups_are_in_use() -> None:
     config = RouterConfig((spec("a1", CHAT), spec("b"), spec("c")), models_max=4)
     trace = play(config, [(0.0, Request("b")), (3.0, Request("c"))])
     assert stops(trace) == [(3.0, "b", "c")]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_no_group_anywhere_changes_nothing() -> None:
@@ -115,7 +109,7 @@ def test_no_group_anywhere_changes_nothing() -> None:
         RouterConfig((ModelSpec("b", stop_timeout=5.0), ModelSpec("c", stop_timeout=5.0)),
                      models_max=4), script)]
     assert not config.groups
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_swap_group_runs_one_member_at_a_time() -> None:
@@ -124,7 +118,7 @@ def test_a_swap_group_runs_one_member_at_a_time() -> None:
     config = RouterConfig((spec("s1", SWAP), spec("s2", SWAP)), models_max=4)
     trace = play(config, [(0.0, Request("s1")), (3.0, Request("s2"))])
     assert stops(trace) == [(3.0, "s1", "s2")]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_persistent_group_is_not_stopped_for_another_but_count_still_ends_it() -> None:
@@ -133,11 +127,11 @@ def test_a_persistent_group_is_not_stopped_for_another_but_count_still_ends_it()
     config = RouterConfig((spec("k", KEPT), spec("a", CHAT)), models_max=4)
     trace = play(config, [(0.0, Request("k")), (3.0, Request("a"))])
     assert stops(trace) == [] and spawned(trace) == ["k", "a"]
-    held(trace, config)
+    assert_held(trace, config)
     one = replace(config, models_max=1)
     trace = play(one, [(0.0, Request("k")), (3.0, Request("a"))])
     assert stops(trace) == [(3.0, "k", None)]  # an eviction for count, not for a group
-    held(trace, one)
+    assert_held(trace, one)
 
 
 def test_a_pinned_model_in_the_way_refuses_at_once() -> None:
@@ -150,7 +144,7 @@ def test_a_pinned_model_in_the_way_refuses_at_once() -> None:
     assert [(r.req, r.kind) for r in refused] == [(2, errors.PINNED_OUT), (3, errors.PINNED_OUT)]
     assert all("'p'" in r.message and "group" in r.message for r in refused)
     assert spawned(trace) == ["p"]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_requests_for_a_draining_outsider_queue_behind_the_load_it_blocks() -> None:
@@ -163,7 +157,7 @@ def test_requests_for_a_draining_outsider_queue_behind_the_load_it_blocks() -> N
                           (3.0, Request("a", 5.0))])
     order = [(at.what.req, at.what.model) for at in trace if isinstance(at.what, Forward)]
     assert order == [(1, "a"), (2, "b"), (3, "a")]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_the_listing_shows_the_group_and_a_reload_publishes_its_change() -> None:

@@ -27,7 +27,7 @@ from simulator.policies import Policies, apply, seeded
 from simulator.scenario import Action, Crash, Hang, Load, Remove, Request, Unload, play
 from simulator.workloads import WORKLOADS, make_workload
 
-from .invariants import CHECKS, POLICY_CHECKS, Violation, check_all
+from .invariants import CHECKS, POLICY_CHECKS, assert_held, check_all
 from .mutants import MUTANTS, mutated
 from .mutants.policies import POLICY_MUTANTS
 
@@ -44,12 +44,6 @@ def replies(trace: list[At], status: int | None = None) -> list[Reply]:
             and (status is None or at.what.status == status)]
 
 
-def held(trace: list[At], config: RouterConfig) -> list[Violation]:
-    violations = check_all(trace, config)
-    assert not violations, "\n".join(map(str, violations))
-    return violations
-
-
 # -- queue limit -------------------------------------------------------------------------------
 
 def test_a_full_queue_answers_429_with_retry_after_and_keeps_its_waiters() -> None:
@@ -61,7 +55,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_keeps_its_waiters() -> No
     assert [r.req for r in refused] == [2, 3] and all(r.retry_after == 1 for r in refused)
     assert all(r.kind == errors.QUEUE_FULL for r in refused)
     assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_the_queue_limit_counts_waiting_requests_not_those_in_flight() -> None:
@@ -72,7 +66,7 @@ def test_the_queue_limit_counts_waiting_requests_not_those_in_flight() -> None:
                           (5.0, Request("B"))])
     assert not replies(trace, 429)
     assert {at.what.req for at in trace if isinstance(at.what, Forward)} == {1, 2, 3}
-    held(trace, config)
+    assert_held(trace, config)
 
 
 # -- pin ---------------------------------------------------------------------------------------
@@ -85,7 +79,7 @@ def test_a_pinned_model_is_never_the_victim() -> None:
     stopped = [at.what.instance for at in trace if isinstance(at.what, SendExit)]
     spawned = {at.what.instance: at.what.model for at in trace if isinstance(at.what, Spawn)}
     assert [spawned[i] for i in stopped] == ["A"]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_request_that_pins_crowd_out_is_answered_503_at_once_naming_them() -> None:
@@ -99,7 +93,7 @@ def test_a_request_that_pins_crowd_out_is_answered_503_at_once_naming_them() -> 
     assert [(r.req, r.kind) for r in refused] == [(2, errors.PINNED_OUT), (3, errors.PINNED_OUT)]
     assert all("'P'" in r.message for r in refused)
     assert [at.what.model for at in trace if isinstance(at.what, Spawn)] == ["P", "B"]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_pins_count_against_memory() -> None:
@@ -109,7 +103,7 @@ def test_pins_count_against_memory() -> None:
                           devices={"gpu": 10 * GiB})
     trace = play(config, [(0.0, Request("P")), (3.0, Request("B"))])
     assert [r.req for r in replies(trace, 503)] == [2]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 # -- idle TTL ----------------------------------------------------------------------------------
@@ -124,7 +118,7 @@ def test_an_idle_model_is_unloaded_after_its_ttl_not_failed() -> None:
     unloaded = [at.what.data for at in trace if isinstance(at.what, Publish)
                 and at.what.data.get("status") == "unloaded"]
     assert unloaded == [{"status": "unloaded", "exit_code": 0, "failed": False}]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_busy_model_outlives_its_ttl() -> None:
@@ -133,7 +127,7 @@ def test_a_busy_model_outlives_its_ttl() -> None:
     config = RouterConfig(specs("A", ttl=2.0))
     trace = play(config, [(0.0, Request("A", 30.0))], until=60.0)
     assert [at.t for at in trace if isinstance(at.what, SendExit)] == [33.0]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_pinned_model_keeps_only_its_own_ttl() -> None:
@@ -145,7 +139,7 @@ def test_a_pinned_model_keeps_only_its_own_ttl() -> None:
     spawned = {at.what.instance: at.what.model for at in trace if isinstance(at.what, Spawn)}
     assert sorted(spawned[at.what.instance] for at in trace
                   if isinstance(at.what, SendExit)) == ["B", "Q"]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 # -- per-model concurrency ---------------------------------------------------------------------
@@ -158,7 +152,7 @@ def test_concurrency_caps_requests_in_flight_and_keeps_arrival_order() -> None:
                           (0.2, Request("A"))])
     assert [(at.t, at.what.req) for at in trace if isinstance(at.what, Forward)] == [
         (1.0, 1), (3.0, 2), (5.0, 3)]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_requests_in_line_keep_their_model_from_eviction() -> None:
@@ -170,7 +164,7 @@ def test_requests_in_line_keep_their_model_from_eviction() -> None:
                           (2.0, Request("B"))])
     order = [at.what.req for at in trace if isinstance(at.what, Forward)]
     assert order == [1, 2, 3], order
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_line_sent_back_to_the_queue_keeps_arrival_order_in_its_entry() -> None:
@@ -186,7 +180,7 @@ def test_a_line_sent_back_to_the_queue_keeps_arrival_order_in_its_entry() -> Non
                           (2.0, Crash("A"))])
     order = [at.what.req for at in trace if isinstance(at.what, Forward)]
     assert order == [1, 2, 3, 5, 4], order
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_request_for_a_running_model_joins_the_requests_queued_for_it() -> None:
@@ -201,7 +195,7 @@ def test_a_request_for_a_running_model_joins_the_requests_queued_for_it() -> Non
                           (7.0, Request("A"))])
     order = [at.what.req for at in trace if isinstance(at.what, Forward)]
     assert order == [1, 2, 3, 4, 5], order
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_request_in_line_keeps_its_autoload_when_its_child_dies() -> None:
@@ -218,7 +212,7 @@ def test_a_request_in_line_keeps_its_autoload_when_its_child_dies() -> None:
         (3, 400, errors.MODEL_NOT_LOADED)]
     forwarded = [(at.what.req, at.what.instance) for at in trace if isinstance(at.what, Forward)]
     assert forwarded[-1] == (4, 2), forwarded
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_requests_that_shared_a_load_keep_their_places_when_their_line_goes_back() -> None:
@@ -231,7 +225,7 @@ def test_requests_that_shared_a_load_keep_their_places_when_their_line_goes_back
     trace = play(config, [(0.0, Request("A", 10.0)), (0.1, Request("A")), (0.2, Request("A")),
                           (1.5, Request("B")), (2.0, Crash("A"))])
     assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1, 2, 3, 4]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_client_that_leaves_its_place_in_line_leaves_nothing_behind() -> None:
@@ -242,7 +236,7 @@ def test_a_client_that_leaves_its_place_in_line_leaves_nothing_behind() -> None:
     trace = play(config, [(0.0, Request("A", 3.0)), (1.5, Request("A", patience=0.5)),
                           (1.6, Request("A"))])
     assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1, 3]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 # -- what the router shows ---------------------------------------------------------------------
@@ -360,7 +354,7 @@ def test_a_request_in_line_when_its_model_is_removed_gets_404_removed() -> None:
         (2, 404, errors.REMOVED, "model 'A' was removed")]
     assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1]
     assert sum(isinstance(at.what, Spawn) for at in trace) == 1
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_the_pin_refusal_says_which_limit_the_pinned_models_hold() -> None:
@@ -392,18 +386,19 @@ def test_a_request_whose_line_went_back_to_the_queue_may_leave_from_there() -> N
                           (1.55, Request("A", patience=1.0)), (2.0, Crash("A")),
                           (2.1, Request("A"))])
     assert [at.what.req for at in trace if isinstance(at.what, Forward)] == [1, 2, 4]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_model_idle_after_its_line_is_served_expires_at_its_ttl() -> None:
     """A (concurrency 1, ttl 5 s): request 2 waits in line and goes to the child when 1 ends;
-    A then idles and is unloaded 5 s after 2 ended, as expired. Breaks when a request sent
-    from the line is recorded without the time it was sent (mutmut: ``_next_in_line`` and
-    ``_release`` passing no ``now``): the model's idle time cannot be counted."""
+    A then idles and is unloaded 5 s after 2 ended, as expired: its idle time counts from the
+    end of the last request its line sent. (``_next_in_line`` passing no ``now``, mutmut's
+    ``_next_in_line__mutmut_6``, passes this law: ``_release`` sets the model's last use right
+    after; properties/test_survivor_laws.py kills it with a reload.)"""
     config = RouterConfig(specs("A", concurrency=1, ttl=5.0))
     trace = play(config, [(0.0, Request("A", 2.0)), (0.1, Request("A", 1.0))], until=30.0)
     sent = {at.what.req: at.t for at in trace if isinstance(at.what, Forward)}
     assert sent == {1: 1.0, 2: 3.0}, sent
     expired = [at.t for at in trace if isinstance(at.what, SendExit) and at.what.expired]
     assert expired == [9.0], expired
-    held(trace, config)
+    assert_held(trace, config)

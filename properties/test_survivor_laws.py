@@ -20,10 +20,9 @@ from refimpl.core.events import (CatalogChanged, ChildExited, ChildOutput, Clien
                                  RequestArrived, ResponseEnded, RouterStarted, UnloadAsked)
 from refimpl.core.protocol import ReadyState, format_message
 from refimpl.core.router import RouterCore
-from refimpl.core.trace import At
 from simulator.scenario import Request, play
 
-from .invariants import check_all
+from .invariants import assert_held
 
 GiB = 1024**3
 READY = format_message(ReadyState({}))
@@ -60,11 +59,6 @@ class Driven:
 
 def stops(commands: list[Command]) -> list[Command]:
     return [c for c in commands if isinstance(c, (SendExit, Kill))]
-
-
-def held(trace: list[At], config: RouterConfig) -> None:
-    violations = check_all(trace, config)
-    assert not violations, "\n".join(map(str, violations))
 
 
 # -- a reload --------------------------------------------------------------------------------
@@ -182,7 +176,7 @@ def test_a_busy_model_in_the_way_drains_under_every_policy(policy: str) -> None:
                           (3.0, Request("a", 5.0))])
     order = [(at.what.req, at.what.model) for at in trace if isinstance(at.what, Forward)]
     assert order == [(1, "a"), (2, "b"), (3, "a")], order
-    held(trace, config)
+    assert_held(trace, config)
 
 
 # -- pins beside a model too big for any device ----------------------------------------------
@@ -199,7 +193,7 @@ def test_a_model_bigger_than_any_device_is_refused_507_even_beside_pins() -> Non
     trace = play(config, [(0.0, Request("P")), (3.0, Request("B"))])
     assert [(r.req, r.status, r.kind) for r in (at.what for at in trace)
             if isinstance(r, Reply)] == [(2, 507, errors.INSUFFICIENT_MEMORY)]
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_model_too_big_for_any_device_costs_the_entries_behind_it_nothing() -> None:
@@ -217,7 +211,7 @@ def test_a_model_too_big_for_any_device_costs_the_entries_behind_it_nothing() ->
     assert spawns == [(0.0, "A"), (6.1, "X"), (6.1, "Y")], spawns
     refused = [(at.t, at.what.req, at.what.status) for at in trace if isinstance(at.what, Reply)]
     assert refused == [(6.1, 3, 507)], refused
-    held(trace, config)
+    assert_held(trace, config)
 
 
 def test_a_pinned_model_is_not_stopped_for_a_model_that_fits_nowhere() -> None:

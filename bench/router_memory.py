@@ -4,8 +4,7 @@
 
 Each layer is imported in a fresh interpreter on top of the ones before it, in the order the
 router imports them, and its figure is what the process's resident memory (VmRSS) grew by; then
-msgspec's share once everything else is in (what dropping it would save), and the Python objects
-the router's own modules allocate (tracemalloc). Run it with the interpreter the router runs
+the Python objects the router's own modules allocate (tracemalloc). Run it with the interpreter the router runs
 with: a venv's gives the router's figures; an interpreter whose site-packages runs ``.pth``
 files at start-up starts bigger (the first row). The peak under load is ``bench/load.py``'s.
 """
@@ -62,13 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         grew, total = (float(x) for x in run(code).split())
         print(f"| {label} | {grew:.1f} | {total:.1f} |")
         before.append(modules)
-    share = run("import " + ", ".join(m for _, m in LAYERS[:5]) + "\nimport uuid, datetime, "
-                "platform, typing_extensions\nbase = rss()\nimport msgspec\nprint(rss() - base)")
-    print(f"\nmsgspec's share, the rest imported first: {float(share):.1f} MiB")
-    traced = run("import " + ", ".join(m for _, m in LAYERS[:6]) + "\nimport tracemalloc\n"
-                 "tracemalloc.start()\nimport refimpl.router.main\n"
-                 "print(tracemalloc.get_traced_memory()[0] / 1024 / 1024)")
-    print(f"Python objects the router's own modules allocate (tracemalloc): {float(traced):.1f} "
+    *rest, router = before  # the router's own modules last
+    traced = run(f"import {', '.join(rest)}\nimport tracemalloc\ntracemalloc.start()\n"
+                 f"import {router}\nprint(tracemalloc.get_traced_memory()[0] / 1024 / 1024)")
+    print(f"\nPython objects the router's own modules allocate (tracemalloc): {float(traced):.1f} "
           "MiB")
     return 0
 

@@ -1,7 +1,7 @@
 """The router process carries no library it never runs (issue: router peak memory): numpy (the
 ``gguf`` package imports it; the router reads gguf's type table alone), rich and pygments,
 trio, watchfiles (uvicorn's reload), websockets; httpx, httpcore and h11 (the proxy has its own
-client on httptools: refimpl/router/upstream.py; h11 is uvicorn's fallback without httptools)
+client on httptools: refimpl/router/upstream.py; h11 is uvicorn's fallback without httptools),
 psutil (free memory is read from /proc/meminfo on Linux) and uvloop (the router runs on asyncio's
 own loop: 1.3 MiB less, refimpl/router/main.py)."""
 
